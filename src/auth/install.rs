@@ -1,0 +1,114 @@
+//! Atlassian's signed-install public keys, fetched from `{install_keys_url}/{kid}`.
+//!
+//! A key never changes under its `kid`, so found keys are cached for a day. A `kid`
+//! the server does not know is remembered for a short while, so that a flood of
+//! forged installs cannot turn into a flood of outgoing requests. Fetch failures
+//! other than "not found" are not cached: the next install tries again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::DecodingKey;
+use moka::future::Cache;
+use url::Url;
+
+use super::AuthError;
+
+const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+const MAX_KEYS: u64 = 1_000;
+/// A PEM public key is well under this; anything larger is not one.
+const MAX_KEY_BYTES: usize = 16 * 1024;
+
+pub struct InstallKeys {
+    base: Url,
+    /// Shared client; its timeouts bound every fetch.
+    http: reqwest::Client,
+    found: Cache<String, Arc<DecodingKey>>,
+    missing: Cache<String, ()>,
+}
+
+impl InstallKeys {
+    pub fn new(base: Url, http: reqwest::Client) -> Self {
+        Self {
+            base,
+            http,
+            found: Cache::builder()
+                .max_capacity(MAX_KEYS)
+                .time_to_live(KEY_TTL)
+                .build(),
+            missing: Cache::builder()
+                .max_capacity(MAX_KEYS)
+                .time_to_live(NEGATIVE_TTL)
+                .build(),
+        }
+    }
+
+    pub async fn get(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+        // A kid becomes a URL path segment: allow only what real kids contain.
+        if kid.is_empty()
+            || kid.len() > 128
+            || !kid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || kid.starts_with('.')
+        {
+            return Err(AuthError::BadKid);
+        }
+        if self.missing.contains_key(kid) {
+            return Err(AuthError::UnknownKid);
+        }
+        let result = self
+            .found
+            .try_get_with(kid.to_string(), self.fetch(kid))
+            .await
+            .map_err(|e| match &*e {
+                FetchError::NotFound => AuthError::UnknownKid,
+                FetchError::Unavailable(reason) => AuthError::KeyServer(reason.clone()),
+            });
+        if matches!(result, Err(AuthError::UnknownKid)) {
+            self.missing.insert(kid.to_string(), ()).await;
+        }
+        result
+    }
+
+    async fn fetch(&self, kid: &str) -> Result<Arc<DecodingKey>, FetchError> {
+        let url = format!("{}/{}", self.base.as_str().trim_end_matches('/'), kid);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| FetchError::Unavailable(format!("GET {url}: {e}")))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
+            tracing::warn!(kid, %status, "install key server does not know this kid");
+            return Err(FetchError::NotFound);
+        }
+        if !status.is_success() {
+            return Err(FetchError::Unavailable(format!(
+                "GET {url}: status {status}"
+            )));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| FetchError::Unavailable(format!("GET {url}: {e}")))?;
+        if body.len() > MAX_KEY_BYTES {
+            return Err(FetchError::Unavailable(format!(
+                "GET {url}: response too large"
+            )));
+        }
+        let key = DecodingKey::from_rsa_pem(&body).map_err(|e| {
+            FetchError::Unavailable(format!("GET {url}: not an RSA public key in PEM: {e}"))
+        })?;
+        tracing::info!(kid, "fetched install key");
+        Ok(Arc::new(key))
+    }
+}
+
+#[derive(Debug)]
+enum FetchError {
+    NotFound,
+    Unavailable(String),
+}

@@ -1,0 +1,200 @@
+//! Authentication of everything Atlassian sends: which key verifies a request, and
+//! the proof that it was verified.
+//!
+//! A handler receives a [`Verified<T>`], which only this module can build, so it
+//! cannot act on a request that skipped verification. This module never logs a
+//! token or a secret; on a qsh mismatch it exposes the canonical string it computed,
+//! which is safe to log.
+
+pub mod install;
+pub mod jwt;
+pub mod qsh;
+pub mod tenants;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use secrecy::ExposeSecret;
+
+use crate::config::{normalise_audience, Config};
+use crate::domain::{ClientKey, Tenant};
+use crate::store::StoreError;
+use install::InstallKeys;
+pub use jwt::{Claims, SignedRequest};
+use tenants::TenantCache;
+
+/// Why a request was not authenticated. Everything but [`AuthError::KeyServer`]
+/// and [`AuthError::Store`] is the caller's fault and answers 401.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no JWT in the Authorization header or the jwt query parameter")]
+    MissingToken,
+    #[error("malformed JWT: {0}")]
+    Malformed(&'static str),
+    #[error("JWT algorithm not accepted here")]
+    WrongAlgorithm,
+    #[error("JWT signature does not verify")]
+    BadSignature,
+    #[error("JWT has expired")]
+    Expired,
+    #[error("JWT `{0}` lies in the future")]
+    NotYetValid(&'static str),
+    #[error("JWT lacks the `{0}` claim")]
+    MissingClaim(&'static str),
+    #[error("JWT qsh does not match this request")]
+    QshMismatch {
+        /// The canonical request computed here (no secret in it), for the log.
+        canonical: String,
+    },
+    #[error("JWT `iss` names no installed tenant")]
+    UnknownTenant,
+    #[error("tenant is uninstalled")]
+    TenantUninstalled,
+    #[error("JWT `iss` does not match the body's clientKey")]
+    IssuerMismatch,
+    #[error("JWT `aud` is not this app's base URL")]
+    WrongAudience,
+    #[error("JWT header has no usable `kid`")]
+    BadKid,
+    #[error("no install key is published for this `kid`")]
+    UnknownKid,
+    #[error("install key server unavailable: {0}")]
+    KeyServer(String),
+    #[error("store unavailable")]
+    Store(#[from] StoreError),
+}
+
+impl AuthError {
+    /// True when the failure is ours, not the caller's: the answer is 503 so that
+    /// Atlassian retries, rather than 401.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, AuthError::KeyServer(_) | AuthError::Store(_))
+    }
+}
+
+/// A value that was obtained from a request whose signature, time claims and qsh
+/// were all checked. Only this module constructs one.
+#[derive(Debug, Clone)]
+pub struct Verified<T> {
+    value: T,
+    claims: Claims,
+}
+
+impl<T> Verified<T> {
+    fn new(value: T, claims: Claims) -> Self {
+        Self { value, claims }
+    }
+
+    pub fn get(&self) -> &T {
+        &self.value
+    }
+
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+}
+
+impl Verified<()> {
+    /// A signed install speaks for the `clientKey` in its body only if the token was
+    /// issued by that client: the body itself is not covered by the signature.
+    pub fn for_client(self, client_key: &str) -> Result<Verified<ClientKey>, AuthError> {
+        if self.claims.iss != client_key {
+            return Err(AuthError::IssuerMismatch);
+        }
+        Ok(Verified::new(
+            ClientKey(client_key.to_string()),
+            self.claims,
+        ))
+    }
+}
+
+/// Verifies Connect requests: HS256 with a tenant's shared secret, or RS256 signed
+/// installs with Atlassian's published keys.
+pub struct Authenticator {
+    context_path: String,
+    leeway: Duration,
+    audiences: Vec<String>,
+    tenants: Arc<TenantCache>,
+    install_keys: InstallKeys,
+}
+
+impl Authenticator {
+    pub fn new(config: &Config, tenants: Arc<TenantCache>, http: reqwest::Client) -> Self {
+        Self {
+            context_path: config.context_path.clone(),
+            leeway: config.jwt_leeway,
+            audiences: config.audiences.clone(),
+            tenants,
+            install_keys: InstallKeys::new(config.install_keys_url.clone(), http),
+        }
+    }
+
+    /// A request signed by an installed tenant with its shared secret (webhooks,
+    /// `enabled`, `disabled`). Returns the tenant whatever its state; callers decide
+    /// what an uninstalled tenant may do.
+    pub async fn verify_tenant_request(
+        &self,
+        request: &SignedRequest<'_>,
+    ) -> Result<Verified<Tenant>, AuthError> {
+        let token = request.token()?;
+        let (header, peeked) = jwt::peek(&token)?;
+        if header.alg != "HS256" {
+            return Err(AuthError::WrongAlgorithm);
+        }
+        let (tenant, cached) = self.tenants.get(&peeked.iss).await?;
+        let mut tenant = tenant.ok_or(AuthError::UnknownTenant)?;
+        let claims = match verify_hs256(&token, &tenant) {
+            // The cached secret may predate a reinstall handled by another process.
+            Err(AuthError::BadSignature) if cached => {
+                tenant = self
+                    .tenants
+                    .refresh(&peeked.iss)
+                    .await?
+                    .ok_or(AuthError::UnknownTenant)?;
+                verify_hs256(&token, &tenant)?
+            }
+            other => other?,
+        };
+        jwt::check_times(&claims, Utc::now(), self.leeway)?;
+        jwt::check_qsh(&claims, request, &self.context_path)?;
+        Ok(Verified::new(tenant, claims))
+    }
+
+    /// A signed-install lifecycle callback (`installed`, `uninstalled`): RS256 with
+    /// the key Atlassian publishes under the token's `kid`, and `aud` naming this
+    /// app. The caller then ties it to the body with [`Verified::for_client`].
+    pub async fn verify_signed_install(
+        &self,
+        request: &SignedRequest<'_>,
+    ) -> Result<Verified<()>, AuthError> {
+        let token = request.token()?;
+        let (header, _) = jwt::peek(&token)?;
+        if header.alg != "RS256" {
+            return Err(AuthError::WrongAlgorithm);
+        }
+        let kid = header.kid.ok_or(AuthError::BadKid)?;
+        let key = self.install_keys.get(&kid).await?;
+        let claims = jwt::verify_signature(&token, &key, Algorithm::RS256)?;
+        jwt::check_times(&claims, Utc::now(), self.leeway)?;
+        let audience_ok = claims
+            .audiences()
+            .iter()
+            .any(|aud| self.audiences.contains(&normalise_audience(aud)));
+        if !audience_ok {
+            return Err(AuthError::WrongAudience);
+        }
+        jwt::check_qsh(&claims, request, &self.context_path)?;
+        Ok(Verified::new((), claims))
+    }
+
+    pub fn tenants(&self) -> &TenantCache {
+        &self.tenants
+    }
+}
+
+fn verify_hs256(token: &str, tenant: &Tenant) -> Result<Claims, AuthError> {
+    let key = DecodingKey::from_secret(tenant.shared_secret.expose_secret().as_bytes());
+    jwt::verify_signature(token, &key, Algorithm::HS256)
+}

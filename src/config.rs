@@ -1,0 +1,451 @@
+//! Configuration: built-in defaults, then an optional TOML file, then `HOOKRELAY_*`
+//! environment variables; validated once at start into [`Config`], which the rest of
+//! the program receives as `Arc<Config>` and never re-reads.
+//!
+//! Every setting is a field of [`RawConfig`], so every setting has an environment
+//! variable: `HOOKRELAY_` followed by the field name in upper case. Nested tables
+//! (`[jira]`, `[confluence]`) use `__` in the variable name.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize};
+use url::Url;
+
+use crate::domain::Product;
+
+/// A setting that failed validation, named the way a user sets it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid setting `{setting}` (env HOOKRELAY_{env}): {reason}")]
+    Invalid {
+        setting: &'static str,
+        env: String,
+        reason: String,
+    },
+    #[error("could not read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        env: setting.to_ascii_uppercase(),
+        reason: reason.into(),
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Per-event options written into the descriptor's webhook module.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebhookOptions {
+    /// JQL (Jira) that narrows which issues fire this webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    #[serde(
+        default,
+        alias = "excludeBody",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exclude_body: Option<bool>,
+    #[serde(
+        default,
+        alias = "propertyKeys",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub property_keys: Option<Vec<String>>,
+}
+
+/// The `[jira]` / `[confluence]` tables.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProductSettings {
+    /// Events to subscribe to; unset means every event of the product.
+    #[serde(default, deserialize_with = "opt_list")]
+    pub events: Option<Vec<String>>,
+    /// Options per event name.
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, WebhookOptions>,
+}
+
+/// The settings as the layers give them, before validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawConfig {
+    pub listen: String,
+    pub base_url: String,
+    pub database_url: String,
+    pub amqp_url: Option<String>,
+    pub exchange: String,
+    pub admin_token: Option<String>,
+    pub app_key: String,
+    pub install_keys_url: String,
+    pub jwt_leeway_secs: u64,
+    pub allow_private_destinations: bool,
+    #[serde(deserialize_with = "list")]
+    pub retry_schedule: Vec<String>,
+    pub log_format: LogFormat,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Extra `aud` values accepted on signed installs, besides `base_url`.
+    #[serde(deserialize_with = "list")]
+    pub allowed_audiences: Vec<String>,
+    pub database_max_connections: u32,
+    pub database_acquire_timeout: String,
+    pub install_keys_timeout: String,
+    pub tenant_cache_ttl: String,
+    pub shutdown_timeout: String,
+    pub jira: ProductSettings,
+    pub confluence: ProductSettings,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            base_url: "http://localhost:8080".into(),
+            database_url: "sqlite://hookrelay.db".into(),
+            amqp_url: None,
+            exchange: "hookrelay.events".into(),
+            admin_token: None,
+            app_key: "hookrelay".into(),
+            install_keys_url: "https://connect-install-keys.atlassian.com".into(),
+            jwt_leeway_secs: 30,
+            allow_private_destinations: false,
+            retry_schedule: default_retry_schedule(),
+            log_format: LogFormat::Human,
+            max_body_bytes: 10 * 1024 * 1024,
+            allowed_audiences: Vec::new(),
+            database_max_connections: 10,
+            database_acquire_timeout: "5s".into(),
+            install_keys_timeout: "5s".into(),
+            tenant_cache_ttl: "60s".into(),
+            shutdown_timeout: "30s".into(),
+            jira: ProductSettings::default(),
+            confluence: ProductSettings::default(),
+        }
+    }
+}
+
+/// 5s, 30s, 2m, 10m, 30m, 1h, then every 2h: about 24 hours in all.
+fn default_retry_schedule() -> Vec<String> {
+    let mut schedule: Vec<String> = ["5s", "30s", "2m", "10m", "30m", "1h"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    schedule.extend(std::iter::repeat_n("2h".to_string(), 11));
+    schedule
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub base_url: Url,
+    /// The path of `base_url` without its trailing slash ("" for none): stripped
+    /// from request paths before the qsh is computed.
+    pub context_path: String,
+    pub database_url: SecretString,
+    pub amqp_url: Option<SecretString>,
+    pub exchange: String,
+    pub admin_token: Option<SecretString>,
+    pub app_key: String,
+    pub install_keys_url: Url,
+    pub jwt_leeway: Duration,
+    pub allow_private_destinations: bool,
+    pub retry_schedule: Vec<Duration>,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    /// Normalised (no trailing slash) audiences a signed install may name.
+    pub audiences: Vec<String>,
+    pub database_max_connections: u32,
+    pub database_acquire_timeout: Duration,
+    pub install_keys_timeout: Duration,
+    pub tenant_cache_ttl: Duration,
+    pub shutdown_timeout: Duration,
+    pub jira: ProductSettings,
+    pub confluence: ProductSettings,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid(
+                    "config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(
+            Env::prefixed("HOOKRELAY_")
+                .ignore(&["config", "log"])
+                .split("__"),
+        );
+        let raw: RawConfig = figment.extract().map_err(Box::new)?;
+        raw.validate()
+    }
+
+    pub fn product(&self, product: Product) -> &ProductSettings {
+        match product {
+            Product::Jira => &self.jira,
+            Product::Confluence => &self.confluence,
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        use secrecy::ExposeSecret;
+        self.database_url.expose_secret().starts_with("postgres")
+    }
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let listen = self.listen.trim().to_string();
+        match listen.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => {
+                return Err(invalid(
+                    "listen",
+                    format!("expected host:port, got `{listen}`"),
+                ))
+            }
+        }
+
+        let base_url = http_url("base_url", &self.base_url)?;
+        if base_url.query().is_some() || base_url.fragment().is_some() {
+            return Err(invalid(
+                "base_url",
+                "must not have a query string or fragment",
+            ));
+        }
+        let context_path = base_url.path().trim_end_matches('/').to_string();
+
+        let database_url = self.database_url.trim().to_string();
+        if !(database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://")
+            || database_url.starts_with("sqlite:"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+
+        let amqp_url = match self.amqp_url.map(|u| u.trim().to_string()) {
+            None => None,
+            Some(u) if u.is_empty() => None,
+            Some(u) if u.starts_with("amqp://") || u.starts_with("amqps://") => {
+                Some(SecretString::from(u))
+            }
+            Some(_) => return Err(invalid("amqp_url", "must start with amqp:// or amqps://")),
+        };
+
+        if self.exchange.trim().is_empty() {
+            return Err(invalid("exchange", "must not be empty"));
+        }
+        let admin_token = match self.admin_token {
+            None => None,
+            Some(t) if t.is_empty() => None,
+            Some(t) if t.len() < 16 => {
+                return Err(invalid("admin_token", "must be at least 16 characters"))
+            }
+            Some(t) => Some(SecretString::from(t)),
+        };
+        if self.app_key.is_empty()
+            || self.app_key.len() > 64
+            || !self
+                .app_key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "app_key",
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        let install_keys_url = http_url("install_keys_url", &self.install_keys_url)?;
+        if self.jwt_leeway_secs > 600 {
+            return Err(invalid("jwt_leeway_secs", "must be at most 600"));
+        }
+
+        if self.retry_schedule.is_empty() {
+            return Err(invalid("retry_schedule", "must name at least one delay"));
+        }
+        let retry_schedule = self
+            .retry_schedule
+            .iter()
+            .map(|d| duration("retry_schedule", d))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        if self.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be greater than 0"));
+        }
+        if self.database_max_connections == 0 {
+            return Err(invalid("database_max_connections", "must be at least 1"));
+        }
+
+        let mut audiences = vec![normalise_audience(base_url.as_str())];
+        for aud in &self.allowed_audiences {
+            let aud = aud.trim();
+            if !aud.is_empty() {
+                audiences.push(normalise_audience(aud));
+            }
+        }
+
+        for (setting, product) in [("jira", &self.jira), ("confluence", &self.confluence)] {
+            for name in product.events.iter().flatten() {
+                if !crate::descriptor::valid_event_name(name) {
+                    return Err(invalid(setting, format!("invalid event name `{name}`")));
+                }
+            }
+        }
+
+        Ok(Config {
+            listen,
+            base_url,
+            context_path,
+            database_url: SecretString::from(database_url),
+            amqp_url,
+            exchange: self.exchange.trim().to_string(),
+            admin_token,
+            app_key: self.app_key,
+            install_keys_url,
+            jwt_leeway: Duration::from_secs(self.jwt_leeway_secs),
+            allow_private_destinations: self.allow_private_destinations,
+            retry_schedule,
+            log_format: self.log_format,
+            max_body_bytes: self.max_body_bytes,
+            audiences,
+            database_max_connections: self.database_max_connections,
+            database_acquire_timeout: duration(
+                "database_acquire_timeout",
+                &self.database_acquire_timeout,
+            )?,
+            install_keys_timeout: duration("install_keys_timeout", &self.install_keys_timeout)?,
+            tenant_cache_ttl: duration("tenant_cache_ttl", &self.tenant_cache_ttl)?,
+            shutdown_timeout: duration("shutdown_timeout", &self.shutdown_timeout)?,
+            jira: self.jira,
+            confluence: self.confluence,
+        })
+    }
+}
+
+/// `aud` comparison ignores trailing slashes: Atlassian sends the baseUrl as the
+/// descriptor gave it, and admins write it either way.
+pub fn normalise_audience(aud: &str) -> String {
+    aud.trim().trim_end_matches('/').to_string()
+}
+
+fn http_url(setting: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value.trim())
+        .map_err(|e| invalid(setting, format!("`{value}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(
+            setting,
+            format!("`{value}` must be an absolute http(s) URL"),
+        ));
+    }
+    Ok(url)
+}
+
+fn duration(setting: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        invalid(
+            setting,
+            format!("`{value}` is not a duration like 5s or 2m: {e}"),
+        )
+    })
+}
+
+/// A list given either as a TOML array or as one comma-separated string (the form
+/// an environment variable takes).
+fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn opt_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    list(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let config = RawConfig::default().validate().unwrap();
+        assert_eq!(config.context_path, "");
+        assert_eq!(config.retry_schedule.len(), 17);
+        let total: Duration = config.retry_schedule.iter().sum();
+        assert!(total > Duration::from_secs(23 * 3600) && total <= Duration::from_secs(24 * 3600));
+        assert_eq!(config.audiences, vec!["http://localhost:8080".to_string()]);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let raw = RawConfig {
+            base_url: "not a url".into(),
+            ..RawConfig::default()
+        };
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("base_url") && err.contains("HOOKRELAY_BASE_URL"),
+            "{err}"
+        );
+
+        let raw = RawConfig {
+            retry_schedule: vec!["5s".into(), "soon".into()],
+            ..RawConfig::default()
+        };
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("HOOKRELAY_RETRY_SCHEDULE"), "{err}");
+    }
+
+    #[test]
+    fn context_path_and_audiences() {
+        let raw = RawConfig {
+            base_url: "https://hooks.example.com/relay/".into(),
+            allowed_audiences: vec!["https://old.example.com/".into()],
+            ..RawConfig::default()
+        };
+        let config = raw.validate().unwrap();
+        assert_eq!(config.context_path, "/relay");
+        assert_eq!(
+            config.audiences,
+            vec![
+                "https://hooks.example.com/relay".to_string(),
+                "https://old.example.com".to_string()
+            ]
+        );
+    }
+}

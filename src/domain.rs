@@ -1,0 +1,336 @@
+//! The types that flow between intake, the store and (later) the broker and relay.
+//!
+//! Nothing here does I/O. Identifiers get their own types so that a client key is
+//! never passed where an event id is expected.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// hookrelay's own id for a stored event; stable across retries and replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub Uuid);
+
+impl EventId {
+    /// A new time-ordered (v7) id, so ids sort roughly by arrival.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A Connect installation's `clientKey`: the tenant's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientKey(pub String);
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The Atlassian product a Connect app is installed into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Product {
+    Jira,
+    Confluence,
+}
+
+impl Product {
+    pub const ALL: [Product; 2] = [Product::Jira, Product::Confluence];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Product::Jira => "jira",
+            Product::Confluence => "confluence",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "jira" => Some(Product::Jira),
+            "confluence" => Some(Product::Confluence),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Product {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an event came from (the envelope's `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Connect,
+    Forge,
+    JiraAdmin,
+    Webtrigger,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Connect => "connect",
+            Source::Forge => "forge",
+            Source::JiraAdmin => "jira-admin",
+            Source::Webtrigger => "webtrigger",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "connect" => Some(Source::Connect),
+            "forge" => Some(Source::Forge),
+            "jira-admin" => Some(Source::JiraAdmin),
+            "webtrigger" => Some(Source::Webtrigger),
+            _ => None,
+        }
+    }
+}
+
+/// The lifecycle state of a Connect installation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantState {
+    Installed,
+    Enabled,
+    Disabled,
+    Uninstalled,
+}
+
+impl TenantState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantState::Installed => "installed",
+            TenantState::Enabled => "enabled",
+            TenantState::Disabled => "disabled",
+            TenantState::Uninstalled => "uninstalled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "installed" => Some(TenantState::Installed),
+            "enabled" => Some(TenantState::Enabled),
+            "disabled" => Some(TenantState::Disabled),
+            "uninstalled" => Some(TenantState::Uninstalled),
+            _ => None,
+        }
+    }
+
+    /// Whether webhooks signed for this tenant are accepted. A disabled app still
+    /// holds a valid shared secret, and anything Jira sends it is authentic.
+    pub fn accepts_webhooks(self) -> bool {
+        self != TenantState::Uninstalled
+    }
+}
+
+/// One Connect installation, as stored.
+#[derive(Clone)]
+pub struct Tenant {
+    pub client_key: ClientKey,
+    pub product: Product,
+    pub base_url: String,
+    pub display_url: Option<String>,
+    /// HS256 key for everything the site signs after install. Never logged.
+    pub shared_secret: secrecy::SecretString,
+    pub state: TenantState,
+    /// `iat` of the newest lifecycle callback applied, so that an older callback
+    /// arriving late cannot undo a newer one.
+    pub lifecycle_at: DateTime<Utc>,
+    pub installed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tenant")
+            .field("client_key", &self.client_key)
+            .field("product", &self.product)
+            .field("base_url", &self.base_url)
+            .field("state", &self.state)
+            .field("lifecycle_at", &self.lifecycle_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A verified lifecycle callback, ready to be applied to the tenant table.
+#[derive(Debug, Clone)]
+pub struct LifecycleChange {
+    pub client_key: ClientKey,
+    pub product: Product,
+    pub state: TenantState,
+    /// `iat` of the callback's token.
+    pub at: DateTime<Utc>,
+    /// Only for `installed`: the new installation data.
+    pub install: Option<InstallData>,
+}
+
+#[derive(Clone)]
+pub struct InstallData {
+    pub base_url: String,
+    pub display_url: Option<String>,
+    pub shared_secret: secrecy::SecretString,
+}
+
+impl fmt::Debug for InstallData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstallData")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What applying a lifecycle change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleOutcome {
+    Applied,
+    /// A newer callback had already been applied; nothing changed.
+    Stale,
+    /// No such tenant (only possible for enabled/disabled/uninstalled).
+    UnknownTenant,
+}
+
+/// An event as accepted by intake, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub source: Source,
+    pub product: Option<Product>,
+    pub event: String,
+    pub client_key: Option<ClientKey>,
+    pub tenant_base_url: Option<String>,
+    pub webhook_id: Option<String>,
+    pub webhook_retry: Option<i32>,
+    pub webhook_flow: Option<String>,
+    pub received_at: DateTime<Utc>,
+    /// The body exactly as received (validated to be JSON).
+    pub payload: String,
+}
+
+/// A stored event.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: EventId,
+    pub source: Source,
+    pub product: Option<Product>,
+    pub event: String,
+    pub client_key: Option<ClientKey>,
+    pub tenant_base_url: Option<String>,
+    pub webhook_id: Option<String>,
+    pub webhook_retry: Option<i32>,
+    pub webhook_flow: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub payload: String,
+}
+
+/// Result of storing an event: the id it is stored under, and whether it was
+/// already there (a Jira retry of the same webhook identifier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub id: EventId,
+    pub duplicate: bool,
+}
+
+/// The one shape every consumer sees (DESIGN.md, "Event envelope").
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a> {
+    pub id: EventId,
+    pub source: &'static str,
+    pub product: Option<Product>,
+    pub event: &'a str,
+    pub tenant: Option<EnvelopeTenant<'a>>,
+    pub webhook_id: Option<&'a str>,
+    pub received_at: String,
+    pub payload: &'a RawValue,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnvelopeTenant<'a> {
+    pub client_key: &'a str,
+    pub base_url: Option<&'a str>,
+}
+
+impl StoredEvent {
+    /// Renders the envelope. Fails only if the stored payload is not JSON, which
+    /// intake never lets happen.
+    pub fn envelope_json(&self) -> Result<String, serde_json::Error> {
+        let payload: &RawValue = serde_json::from_str(&self.payload)?;
+        let envelope = Envelope {
+            id: self.id,
+            source: self.source.as_str(),
+            product: self.product,
+            event: &self.event,
+            tenant: self.client_key.as_ref().map(|key| EnvelopeTenant {
+                client_key: &key.0,
+                base_url: self.tenant_base_url.as_deref(),
+            }),
+            webhook_id: self.webhook_id.as_deref(),
+            received_at: format_timestamp(self.received_at),
+            payload,
+        };
+        serde_json::to_string(&envelope)
+    }
+}
+
+/// RFC 3339 with milliseconds and `Z`, as in the envelope.
+pub fn format_timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The current time truncated to milliseconds, so that what is stored and what is
+/// rendered never differ in precision between backends.
+pub fn now_millis() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_embeds_payload_verbatim() {
+        let event = StoredEvent {
+            id: EventId::new(),
+            source: Source::Connect,
+            product: Some(Product::Confluence),
+            event: "page_updated".into(),
+            client_key: Some(ClientKey("ck".into())),
+            tenant_base_url: Some("https://example.atlassian.net/wiki".into()),
+            webhook_id: Some("wh-1".into()),
+            webhook_retry: None,
+            webhook_flow: None,
+            received_at: DateTime::from_timestamp_millis(1_795_000_000_123).unwrap(),
+            payload: r#"{"b": 1,  "a": [2]}"#.into(),
+        };
+        let json = event.envelope_json().unwrap();
+        assert!(json.contains(r#""payload":{"b": 1,  "a": [2]}"#), "{json}");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["source"], "connect");
+        assert_eq!(value["product"], "confluence");
+        assert_eq!(value["tenant"]["client_key"], "ck");
+        assert_eq!(value["received_at"], "2026-11-18T11:06:40.123Z");
+    }
+}

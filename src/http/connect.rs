@@ -1,0 +1,401 @@
+//! The Connect side: descriptors, lifecycle callbacks and webhook intake.
+//!
+//! Intake answers 2xx only after the event is committed. Authentication happens
+//! before the body is read, so an unauthenticated request costs no more than its
+//! headers and changes nothing.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::{AuthError, SignedRequest};
+use crate::descriptor;
+use crate::domain::{
+    EventId, InstallData, LifecycleChange, LifecycleOutcome, NewEvent, Product, Source, TenantState,
+};
+use crate::store::StoreError;
+
+pub async fn descriptor_for(
+    state: web::Data<AppState>,
+    product: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let product = Product::parse(&product).ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(descriptor::render(&state.config, product)))
+}
+
+/// `/atlassian-connect.json`: the Jira descriptor, where Connect tooling looks first.
+pub async fn default_descriptor(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(descriptor::render(&state.config, Product::Jira))
+}
+
+fn signed_request(req: &HttpRequest) -> SignedRequest<'_> {
+    SignedRequest {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query().unwrap_or(""),
+        authorization: req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    }
+}
+
+/// Logs why authentication failed and turns it into the answer: 503 when the
+/// failure is ours (store or key server), 401 otherwise.
+fn auth_failure(e: AuthError) -> ApiError {
+    metrics::counter!("hookrelay_auth_failures_total", "reason" => auth_reason(&e)).increment(1);
+    match &e {
+        AuthError::QshMismatch { canonical } => {
+            tracing::warn!(reason = %e, canonical = %canonical, "request not authenticated")
+        }
+        AuthError::Store(source) => {
+            tracing::error!(error = ?source, "store unavailable during authentication")
+        }
+        _ if e.is_unavailable() => tracing::error!(reason = %e, "cannot authenticate now"),
+        _ => tracing::warn!(reason = %e, "request not authenticated"),
+    }
+    if e.is_unavailable() {
+        ApiError::Unavailable(e.to_string())
+    } else {
+        ApiError::Unauthorized(e.to_string())
+    }
+}
+
+fn auth_reason(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::MissingToken => "missing_token",
+        AuthError::Malformed(_) => "malformed",
+        AuthError::WrongAlgorithm => "algorithm",
+        AuthError::BadSignature => "signature",
+        AuthError::Expired => "expired",
+        AuthError::NotYetValid(_) => "not_yet_valid",
+        AuthError::MissingClaim(_) => "missing_claim",
+        AuthError::QshMismatch { .. } => "qsh",
+        AuthError::UnknownTenant => "unknown_tenant",
+        AuthError::TenantUninstalled => "uninstalled",
+        AuthError::IssuerMismatch => "issuer",
+        AuthError::WrongAudience => "audience",
+        AuthError::BadKid => "kid",
+        AuthError::UnknownKid => "unknown_kid",
+        AuthError::KeyServer(_) => "key_server",
+        AuthError::Store(_) => "store",
+    }
+}
+
+fn store_failure(e: StoreError) -> ApiError {
+    if e.is_unavailable() {
+        tracing::error!(error = ?e, "store unavailable");
+        ApiError::Unavailable("store unavailable, retry later".into())
+    } else {
+        tracing::error!(error = ?e, "store error");
+        ApiError::Internal
+    }
+}
+
+/// Reads the body, refusing more than `limit` bytes (by Content-Length up front,
+/// and while streaming for chunked bodies).
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        tracing::warn!(declared, limit, "body too large");
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            tracing::warn!(error = %e, "could not read request body");
+            ApiError::BadRequest("could not read request body".into())
+        })?;
+        if body.len() + chunk.len() > limit {
+            tracing::warn!(limit, "body too large");
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The body as UTF-8 text that is valid JSON, or 400.
+fn json_text(body: web::Bytes) -> Result<String, ApiError> {
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        tracing::warn!(error = %e, "body is not JSON");
+        return Err(ApiError::BadRequest(format!("body is not JSON: {e}")));
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+pub async fn webhook(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (product, event) = path.into_inner();
+    let product = Product::parse(&product).ok_or(ApiError::NotFound)?;
+    if !descriptor::valid_event_name(&event) {
+        return Err(ApiError::NotFound);
+    }
+    let webhook_id = header(&req, "X-Atlassian-Webhook-Identifier").map(str::to_string);
+    let span = tracing::info_span!(
+        "webhook",
+        product = %product,
+        event = %event,
+        webhook_id = webhook_id.as_deref().unwrap_or(""),
+        client_key = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+    );
+    async move {
+        let result = intake(&req, product, event, webhook_id, payload, &state).await;
+        let outcome = match &result {
+            Ok(_) => "stored",
+            Err(ApiError::Unauthorized(_)) => "unauthorized",
+            Err(ApiError::Unavailable(_)) => "unavailable",
+            Err(_) => "rejected",
+        };
+        metrics::counter!("hookrelay_webhooks_total", "product" => product.as_str(), "outcome" => outcome)
+            .increment(1);
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn intake(
+    req: &HttpRequest,
+    product: Product,
+    event: String,
+    webhook_id: Option<String>,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let verified = state
+        .auth
+        .verify_tenant_request(&signed_request(req))
+        .await
+        .map_err(auth_failure)?;
+    let tenant = verified.get();
+    tracing::Span::current().record("client_key", tenant.client_key.0.as_str());
+    if !tenant.state.accepts_webhooks() {
+        return Err(auth_failure(AuthError::TenantUninstalled));
+    }
+    if tenant.product != product {
+        tracing::warn!(installed_for = %tenant.product, "webhook for another product's URL");
+        return Err(ApiError::Unauthorized(format!(
+            "tenant is installed for {}, not {product}",
+            tenant.product
+        )));
+    }
+
+    let body = json_text(read_body(req, payload, state.config.max_body_bytes).await?)?;
+    let new_event = NewEvent {
+        id: EventId::new(),
+        source: Source::Connect,
+        product: Some(product),
+        event,
+        client_key: Some(tenant.client_key.clone()),
+        tenant_base_url: Some(tenant.base_url.clone()),
+        webhook_id,
+        webhook_retry: header(req, "X-Atlassian-Webhook-Retry").and_then(|v| v.parse().ok()),
+        webhook_flow: header(req, "X-Atlassian-Webhook-Flow").map(str::to_string),
+        received_at: crate::domain::now_millis(),
+        payload: body,
+    };
+    let stored = state
+        .store
+        .insert_event(&new_event)
+        .await
+        .map_err(store_failure)?;
+    tracing::Span::current().record("event_id", tracing::field::display(stored.id));
+    if stored.duplicate {
+        tracing::info!("duplicate webhook identifier, already stored");
+    } else {
+        tracing::info!(retry = new_event.webhook_retry, "event stored");
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "id": stored.id,
+        "duplicate": stored.duplicate,
+    })))
+}
+
+/// The body Atlassian posts to every lifecycle URL. Only the fields we use.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LifecyclePayload {
+    client_key: String,
+    #[serde(default)]
+    shared_secret: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    display_url: Option<String>,
+    #[serde(default)]
+    product_type: Option<String>,
+}
+
+pub async fn lifecycle(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (product, kind) = path.into_inner();
+    let product = Product::parse(&product).ok_or(ApiError::NotFound)?;
+    let target = TenantState::parse(&kind).ok_or(ApiError::NotFound)?;
+    let span = tracing::info_span!(
+        "lifecycle",
+        product = %product,
+        callback = target.as_str(),
+        client_key = tracing::field::Empty,
+    );
+    async move {
+        let result = apply_callback(&req, product, target, payload, &state).await;
+        let outcome = match &result {
+            Ok(o) => match o {
+                LifecycleOutcome::Applied => "applied",
+                LifecycleOutcome::Stale => "stale",
+                LifecycleOutcome::UnknownTenant => "unknown_tenant",
+            },
+            Err(ApiError::Unauthorized(_)) => "unauthorized",
+            Err(_) => "rejected",
+        };
+        metrics::counter!("hookrelay_lifecycle_total", "callback" => target.as_str(), "outcome" => outcome)
+            .increment(1);
+        result.map(|_| HttpResponse::NoContent().finish())
+    }
+    .instrument(span)
+    .await
+}
+
+fn parse_lifecycle(body: web::Bytes) -> Result<LifecyclePayload, ApiError> {
+    serde_json::from_slice(&body).map_err(|e| {
+        tracing::warn!(error = %e, "lifecycle body is not the JSON expected");
+        ApiError::BadRequest(format!("lifecycle body is not the JSON expected: {e}"))
+    })
+}
+
+async fn apply_callback(
+    req: &HttpRequest,
+    product: Product,
+    target: TenantState,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<LifecycleOutcome, ApiError> {
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    let signed = signed_request(req);
+    let (client_key, at, install) = match target {
+        TenantState::Installed | TenantState::Uninstalled => {
+            let verified = state
+                .auth
+                .verify_signed_install(&signed)
+                .await
+                .map_err(auth_failure)?;
+            let body = parse_lifecycle(body)?;
+            tracing::Span::current().record("client_key", body.client_key.as_str());
+            let verified = verified
+                .for_client(&body.client_key)
+                .map_err(auth_failure)?;
+            let install = if target == TenantState::Installed {
+                Some(install_data(product, body)?)
+            } else {
+                None
+            };
+            (
+                verified.get().clone(),
+                verified.claims().issued_at(),
+                install,
+            )
+        }
+        TenantState::Enabled | TenantState::Disabled => {
+            let body = parse_lifecycle(body)?;
+            tracing::Span::current().record("client_key", body.client_key.as_str());
+            // After an uninstall Atlassian may still send `disabled`, signed with a
+            // secret it has forgotten or not at all: acknowledge it and change nothing.
+            let current = state
+                .auth
+                .tenants()
+                .refresh(&body.client_key)
+                .await
+                .map_err(store_failure)?;
+            if current.is_none_or(|t| t.state == TenantState::Uninstalled) {
+                tracing::info!("callback for an unknown or uninstalled tenant, ignored");
+                return Ok(LifecycleOutcome::UnknownTenant);
+            }
+            let verified = state
+                .auth
+                .verify_tenant_request(&signed)
+                .await
+                .map_err(auth_failure)?;
+            if verified.get().client_key.0 != body.client_key {
+                return Err(auth_failure(AuthError::IssuerMismatch));
+            }
+            (
+                verified.get().client_key.clone(),
+                verified.claims().issued_at(),
+                None,
+            )
+        }
+    };
+    let change = LifecycleChange {
+        client_key,
+        product,
+        state: target,
+        at: at.unwrap_or_else(crate::domain::now_millis),
+        install,
+    };
+    let outcome = state
+        .store
+        .apply_lifecycle(&change)
+        .await
+        .map_err(store_failure)?;
+    state.auth.tenants().invalidate(&change.client_key.0).await;
+    match outcome {
+        LifecycleOutcome::Applied => tracing::info!("lifecycle callback applied"),
+        LifecycleOutcome::Stale => {
+            tracing::info!("older than the newest callback applied, ignored")
+        }
+        LifecycleOutcome::UnknownTenant => tracing::info!("no such tenant, ignored"),
+    }
+    Ok(outcome)
+}
+
+fn install_data(product: Product, body: LifecyclePayload) -> Result<InstallData, ApiError> {
+    if let Some(declared) = body.product_type.as_deref() {
+        if declared != product.as_str() {
+            return Err(ApiError::BadRequest(format!(
+                "productType `{declared}` posted to the {product} lifecycle URL"
+            )));
+        }
+    }
+    let shared_secret = body
+        .shared_secret
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("installed callback without sharedSecret".into()))?;
+    let base_url = body
+        .base_url
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("installed callback without baseUrl".into()))?;
+    Ok(InstallData {
+        base_url,
+        display_url: body.display_url,
+        shared_secret: shared_secret.into(),
+    })
+}

@@ -1,0 +1,25 @@
+//! hookrelay: the durable front door for Atlassian events and the fan-out behind it.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from defaults, a TOML file and `HOOKRELAY_*` variables,
+//!   validated once into [`config::Config`].
+//! - [`telemetry`]: tracing subscriber and the Prometheus recorder.
+//! - [`domain`]: the types that flow (event ids, client keys, tenants, the envelope).
+//! - [`auth`]: Connect JWTs, the query string hash, signed-install keys, and the
+//!   [`auth::Verified`] proof a handler needs before it acts.
+//! - [`store`]: tenants and events in PostgreSQL or SQLite; SQL per backend.
+//! - [`descriptor`]: the app descriptor per product, from `descriptor/`.
+//! - [`http`]: routes, handlers and the one place errors become answers.
+//! - [`startup`]: builds an [`startup::Application`] from a config and runs it.
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls in here.
+
+pub mod auth;
+pub mod config;
+pub mod descriptor;
+pub mod domain;
+pub mod http;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,116 @@
+//! The `hookrelay` command: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use hookrelay::config::Config;
+use hookrelay::domain::Product;
+use hookrelay::startup::Application;
+use hookrelay::store::Store;
+use hookrelay::{descriptor, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "hookrelay",
+    version,
+    about = "Atlassian webhook receiver and event fan-out"
+)]
+struct Cli {
+    /// TOML configuration file, read after the defaults and before HOOKRELAY_* variables.
+    #[arg(long, global = true, env = "HOOKRELAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP: descriptors, lifecycle callbacks, webhook intake.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the rendered app descriptor.
+    Descriptor {
+        #[arg(long, value_enum)]
+        product: ProductArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProductArg {
+    Jira,
+    Confluence,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "hookrelay failed");
+            eprintln!("hookrelay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Descriptor { product } => {
+            let product = match product {
+                ProductArg::Jira => Product::Jira,
+                ProductArg::Confluence => Product::Confluence,
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&descriptor::render(&config, product))?
+            );
+        }
+        Command::Migrate => {
+            telemetry::init_tracing(config.log_format);
+            let store = Store::connect(&config)
+                .await
+                .context("cannot open the store")?;
+            store
+                .migrate()
+                .await
+                .context("cannot apply database migrations")?;
+            tracing::info!(store = store.backend(), "migrations applied");
+            store.close().await;
+        }
+        Command::Serve => {
+            telemetry::init_tracing(config.log_format);
+            let app = Application::build(config).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            app.run_until_stopped(shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT or SIGTERM starts a graceful shutdown.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+    shutdown.cancel();
+}

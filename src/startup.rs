@@ -1,0 +1,107 @@
+//! Wiring: builds the store, the authenticator and the HTTP server from a
+//! [`Config`], and runs them until a shutdown token fires.
+//!
+//! `main` and the tests build the very same [`Application`]; the tests bind port 0
+//! and ask [`Application::port`] where it landed.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpServer};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::tenants::TenantCache;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::store::Store;
+use crate::telemetry;
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    store: Store,
+}
+
+impl Application {
+    /// Connects to the store, applies migrations and binds the listener. The server
+    /// does not serve until [`Application::run_until_stopped`] is awaited.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let store = Store::connect(&config)
+            .await
+            .with_context(|| format!("cannot open the {} store", backend_name(&config)))?;
+        store
+            .migrate()
+            .await
+            .context("cannot apply database migrations")?;
+
+        // One client for every outgoing call of this process, with bounded waits.
+        let http_client = reqwest::Client::builder()
+            .connect_timeout(config.install_keys_timeout.min(Duration::from_secs(5)))
+            .timeout(config.install_keys_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("hookrelay/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let tenants = Arc::new(TenantCache::new(store.clone(), config.tenant_cache_ttl));
+        let auth = Authenticator::new(&config, tenants, http_client);
+        let state = web::Data::new(AppState {
+            config: config.clone(),
+            store: store.clone(),
+            auth,
+            metrics: telemetry::metrics_handle(),
+        });
+
+        let listener = TcpListener::bind(&config.listen)
+            .with_context(|| format!("cannot listen on {} (HOOKRELAY_LISTEN)", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || http::app(state.clone()))
+            .listen(listener)?
+            .disable_signals()
+            .shutdown_timeout(config.shutdown_timeout.as_secs())
+            .run();
+        tracing::info!(
+            listen = %config.listen,
+            port,
+            base_url = %config.base_url,
+            store = store.backend(),
+            "hookrelay is serving"
+        );
+        Ok(Self {
+            port,
+            server,
+            store,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting connections, lets
+    /// in-flight requests finish (up to the shutdown timeout) and closes the store.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let stopper = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            handle.stop(true).await;
+        });
+        let result = self.server.await;
+        stopper.abort();
+        self.store.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+fn backend_name(config: &Config) -> &'static str {
+    if config.is_postgres() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    }
+}

@@ -1,0 +1,235 @@
+//! Persistence: tenants and events, in PostgreSQL (production) or SQLite (the
+//! embedded default), with the same behaviour on both.
+//!
+//! All SQL lives in `postgres.rs` and `sqlite.rs`, one file per backend; this file
+//! picks the backend and classifies errors. A write returns only after its commit,
+//! which is what lets intake answer 2xx. Nothing here knows about HTTP.
+
+mod postgres;
+mod sqlite;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::config::Config;
+use crate::domain::{
+    ClientKey, EventId, LifecycleChange, LifecycleOutcome, NewEvent, Stored, StoredEvent, Tenant,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is too busy: callers answer 503.
+    #[error("store unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("store query failed")]
+    Query(#[source] sqlx::Error),
+    #[error("store migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored row is not valid: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Query(e)
+        }
+    }
+}
+
+/// Errors that mean "the store is not there right now", as opposed to a bad query.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: connection exceptions (08), insufficient resources (53),
+            // operator intervention (57P: shutdown, cannot connect now), and a
+            // database that refuses connections (55000).
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "55000"
+                // SQLite primary result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+                || code
+                    .parse::<i32>()
+                    .map(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14))
+                    .unwrap_or(false)
+        }
+        _ => false,
+    }
+}
+
+/// The store: a connection pool to one of the two backends. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Store {
+    /// Opens the pool (creating the SQLite file if needed) without migrating.
+    pub async fn connect(config: &Config) -> Result<Self, StoreError> {
+        let url = config.database_url.expose_secret();
+        if config.is_postgres() {
+            let options = PgConnectOptions::from_str(url).map_err(StoreError::Query)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(config.database_max_connections)
+                .acquire_timeout(config.database_acquire_timeout)
+                .connect_with(options)
+                .await?;
+            Ok(Store::Postgres(pool))
+        } else {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(StoreError::Query)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(config.database_acquire_timeout)
+                .foreign_keys(true);
+            // An in-memory database exists once per connection: keep exactly one.
+            let max = if url.contains(":memory:") || url.contains("mode=memory") {
+                1
+            } else {
+                config.database_max_connections
+            };
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(config.database_acquire_timeout)
+                .connect_with(options)
+                .await?;
+            Ok(Store::Sqlite(pool))
+        }
+    }
+
+    /// Applies the migrations in `migrations/<backend>/` (idempotent; PostgreSQL
+    /// takes an advisory lock, so several processes may start at once).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Store::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// A round trip to the database, bounded by `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let query = async {
+            match self {
+                Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+                Store::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            }
+        };
+        match tokio::time::timeout(timeout, query).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    pub async fn tenant(&self, client_key: &ClientKey) -> Result<Option<Tenant>, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::tenant(pool, client_key).await,
+            Store::Sqlite(pool) => sqlite::tenant(pool, client_key).await,
+        }
+    }
+
+    /// Applies a verified lifecycle callback unless a newer one was already applied.
+    /// `installed` upserts the whole installation (a reinstall replaces the secret).
+    pub async fn apply_lifecycle(
+        &self,
+        change: &LifecycleChange,
+    ) -> Result<LifecycleOutcome, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::apply_lifecycle(pool, change).await,
+            Store::Sqlite(pool) => sqlite::apply_lifecycle(pool, change).await,
+        }
+    }
+
+    /// Stores an event once per (tenant, webhook identifier) and returns after the
+    /// commit. A repeat returns the id of the event stored first.
+    pub async fn insert_event(&self, event: &NewEvent) -> Result<Stored, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::insert_event(pool, event).await,
+            Store::Sqlite(pool) => sqlite::insert_event(pool, event).await,
+        }
+    }
+
+    pub async fn event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::event(pool, id).await,
+            Store::Sqlite(pool) => sqlite::event(pool, id).await,
+        }
+    }
+
+    /// The events of one tenant, oldest first, at most `limit`.
+    pub async fn events_for_tenant(
+        &self,
+        client_key: &ClientKey,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::events_for_tenant(pool, client_key, limit).await,
+            Store::Sqlite(pool) => sqlite::events_for_tenant(pool, client_key, limit).await,
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Postgres(pool) => pool.close().await,
+            Store::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Row decoding shared by both backends: text columns into domain types.
+mod decode {
+    use crate::domain::{ClientKey, EventId, Product, Source, TenantState};
+
+    use super::StoreError;
+
+    pub fn product(s: &str) -> Result<Product, StoreError> {
+        Product::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown product `{s}`")))
+    }
+
+    pub fn state(s: &str) -> Result<TenantState, StoreError> {
+        TenantState::parse(s)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown tenant state `{s}`")))
+    }
+
+    pub fn source(s: &str) -> Result<Source, StoreError> {
+        Source::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown source `{s}`")))
+    }
+
+    pub fn event_id(s: &str) -> Result<EventId, StoreError> {
+        uuid::Uuid::parse_str(s)
+            .map(EventId)
+            .map_err(|_| StoreError::Corrupt(format!("bad event id `{s}`")))
+    }
+
+    pub fn client_key(s: Option<String>) -> Option<ClientKey> {
+        s.map(ClientKey)
+    }
+}

@@ -1,0 +1,207 @@
+//! The PostgreSQL backend's SQL.
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+
+use super::{decode, StoreError};
+use crate::domain::{
+    ClientKey, EventId, LifecycleChange, LifecycleOutcome, NewEvent, Stored, StoredEvent, Tenant,
+    TenantState,
+};
+
+#[derive(sqlx::FromRow)]
+struct TenantRow {
+    client_key: String,
+    product: String,
+    base_url: String,
+    display_url: Option<String>,
+    shared_secret: String,
+    state: String,
+    lifecycle_at: DateTime<Utc>,
+    installed_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = StoreError;
+
+    fn try_from(row: TenantRow) -> Result<Self, StoreError> {
+        Ok(Tenant {
+            client_key: ClientKey(row.client_key),
+            product: decode::product(&row.product)?,
+            base_url: row.base_url,
+            display_url: row.display_url,
+            shared_secret: SecretString::from(row.shared_secret),
+            state: decode::state(&row.state)?,
+            lifecycle_at: row.lifecycle_at,
+            installed_at: row.installed_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: uuid::Uuid,
+    source: String,
+    product: Option<String>,
+    event: String,
+    tenant_client_key: Option<String>,
+    tenant_base_url: Option<String>,
+    webhook_id: Option<String>,
+    webhook_retry: Option<i32>,
+    webhook_flow: Option<String>,
+    received_at: DateTime<Utc>,
+    payload: String,
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        Ok(StoredEvent {
+            id: EventId(row.id),
+            source: decode::source(&row.source)?,
+            product: row.product.as_deref().map(decode::product).transpose()?,
+            event: row.event,
+            client_key: decode::client_key(row.tenant_client_key),
+            tenant_base_url: row.tenant_base_url,
+            webhook_id: row.webhook_id,
+            webhook_retry: row.webhook_retry,
+            webhook_flow: row.webhook_flow,
+            received_at: row.received_at,
+            payload: row.payload,
+        })
+    }
+}
+
+pub async fn tenant(pool: &PgPool, client_key: &ClientKey) -> Result<Option<Tenant>, StoreError> {
+    sqlx::query_as::<_, TenantRow>("SELECT * FROM tenants WHERE client_key = $1")
+        .bind(&client_key.0)
+        .fetch_optional(pool)
+        .await?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
+pub async fn apply_lifecycle(
+    pool: &PgPool,
+    change: &LifecycleChange,
+) -> Result<LifecycleOutcome, StoreError> {
+    let now = crate::domain::now_millis();
+    let applied = match (&change.install, change.state) {
+        (Some(install), TenantState::Installed) => sqlx::query(
+            "INSERT INTO tenants (client_key, product, base_url, display_url, shared_secret, state,
+                                  lifecycle_at, installed_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'installed', $6, $7, $7)
+             ON CONFLICT (client_key) DO UPDATE SET
+                 product = EXCLUDED.product, base_url = EXCLUDED.base_url,
+                 display_url = EXCLUDED.display_url, shared_secret = EXCLUDED.shared_secret,
+                 state = 'installed', lifecycle_at = EXCLUDED.lifecycle_at,
+                 installed_at = EXCLUDED.installed_at, updated_at = EXCLUDED.updated_at
+             WHERE tenants.lifecycle_at <= EXCLUDED.lifecycle_at
+             RETURNING client_key",
+        )
+        .bind(&change.client_key.0)
+        .bind(change.product.as_str())
+        .bind(&install.base_url)
+        .bind(&install.display_url)
+        .bind(install.shared_secret.expose_secret())
+        .bind(change.at)
+        .bind(now)
+        .fetch_optional(pool)
+        .await?
+        .is_some(),
+        _ => sqlx::query(
+            "UPDATE tenants SET state = $2, lifecycle_at = $3, updated_at = $4
+             WHERE client_key = $1 AND lifecycle_at <= $3
+             RETURNING client_key",
+        )
+        .bind(&change.client_key.0)
+        .bind(change.state.as_str())
+        .bind(change.at)
+        .bind(now)
+        .fetch_optional(pool)
+        .await?
+        .is_some(),
+    };
+    if applied {
+        return Ok(LifecycleOutcome::Applied);
+    }
+    let exists = sqlx::query("SELECT 1 FROM tenants WHERE client_key = $1")
+        .bind(&change.client_key.0)
+        .fetch_optional(pool)
+        .await?
+        .is_some();
+    Ok(if exists {
+        LifecycleOutcome::Stale
+    } else {
+        LifecycleOutcome::UnknownTenant
+    })
+}
+
+pub async fn insert_event(pool: &PgPool, event: &NewEvent) -> Result<Stored, StoreError> {
+    let inserted: Option<(uuid::Uuid,)> = sqlx::query_as(
+        "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
+                             webhook_id, webhook_retry, webhook_flow, received_at, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(event.id.0)
+    .bind(event.source.as_str())
+    .bind(event.product.map(|p| p.as_str()))
+    .bind(&event.event)
+    .bind(event.client_key.as_ref().map(|k| &k.0))
+    .bind(&event.tenant_base_url)
+    .bind(&event.webhook_id)
+    .bind(event.webhook_retry)
+    .bind(&event.webhook_flow)
+    .bind(event.received_at)
+    .bind(&event.payload)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((id,)) = inserted {
+        return Ok(Stored {
+            id: EventId(id),
+            duplicate: false,
+        });
+    }
+    let (id,): (uuid::Uuid,) =
+        sqlx::query_as("SELECT id FROM events WHERE tenant_client_key = $1 AND webhook_id = $2")
+            .bind(event.client_key.as_ref().map(|k| &k.0))
+            .bind(&event.webhook_id)
+            .fetch_one(pool)
+            .await?;
+    Ok(Stored {
+        id: EventId(id),
+        duplicate: true,
+    })
+}
+
+pub async fn event(pool: &PgPool, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+    sqlx::query_as::<_, EventRow>("SELECT * FROM events WHERE id = $1")
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await?
+        .map(StoredEvent::try_from)
+        .transpose()
+}
+
+pub async fn events_for_tenant(
+    pool: &PgPool,
+    client_key: &ClientKey,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    sqlx::query_as::<_, EventRow>(
+        "SELECT * FROM events WHERE tenant_client_key = $1 ORDER BY received_at, id LIMIT $2",
+    )
+    .bind(&client_key.0)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(StoredEvent::try_from)
+    .collect()
+}

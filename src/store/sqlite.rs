@@ -1,0 +1,221 @@
+//! The SQLite backend's SQL.
+//!
+//! Ids and timestamps are TEXT here. Timestamps are always written in one
+//! fixed-width form (`2026-11-22T10:00:00.123Z`), so that comparing them as text
+//! (`lifecycle_at <= ?`) compares them as times.
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::SqlitePool;
+
+use super::{decode, StoreError};
+use crate::domain::{
+    format_timestamp, ClientKey, EventId, LifecycleChange, LifecycleOutcome, NewEvent, Stored,
+    StoredEvent, Tenant, TenantState,
+};
+
+fn time(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| StoreError::Corrupt(format!("bad timestamp `{s}`")))
+}
+
+#[derive(sqlx::FromRow)]
+struct TenantRow {
+    client_key: String,
+    product: String,
+    base_url: String,
+    display_url: Option<String>,
+    shared_secret: String,
+    state: String,
+    lifecycle_at: String,
+    installed_at: String,
+    updated_at: String,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = StoreError;
+
+    fn try_from(row: TenantRow) -> Result<Self, StoreError> {
+        Ok(Tenant {
+            client_key: ClientKey(row.client_key),
+            product: decode::product(&row.product)?,
+            base_url: row.base_url,
+            display_url: row.display_url,
+            shared_secret: SecretString::from(row.shared_secret),
+            state: decode::state(&row.state)?,
+            lifecycle_at: time(&row.lifecycle_at)?,
+            installed_at: time(&row.installed_at)?,
+            updated_at: time(&row.updated_at)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: String,
+    source: String,
+    product: Option<String>,
+    event: String,
+    tenant_client_key: Option<String>,
+    tenant_base_url: Option<String>,
+    webhook_id: Option<String>,
+    webhook_retry: Option<i32>,
+    webhook_flow: Option<String>,
+    received_at: String,
+    payload: String,
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        Ok(StoredEvent {
+            id: decode::event_id(&row.id)?,
+            source: decode::source(&row.source)?,
+            product: row.product.as_deref().map(decode::product).transpose()?,
+            event: row.event,
+            client_key: decode::client_key(row.tenant_client_key),
+            tenant_base_url: row.tenant_base_url,
+            webhook_id: row.webhook_id,
+            webhook_retry: row.webhook_retry,
+            webhook_flow: row.webhook_flow,
+            received_at: time(&row.received_at)?,
+            payload: row.payload,
+        })
+    }
+}
+
+pub async fn tenant(
+    pool: &SqlitePool,
+    client_key: &ClientKey,
+) -> Result<Option<Tenant>, StoreError> {
+    sqlx::query_as::<_, TenantRow>("SELECT * FROM tenants WHERE client_key = ?")
+        .bind(&client_key.0)
+        .fetch_optional(pool)
+        .await?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
+pub async fn apply_lifecycle(
+    pool: &SqlitePool,
+    change: &LifecycleChange,
+) -> Result<LifecycleOutcome, StoreError> {
+    let now = format_timestamp(crate::domain::now_millis());
+    let at = format_timestamp(change.at);
+    let applied = match (&change.install, change.state) {
+        (Some(install), TenantState::Installed) => sqlx::query(
+            "INSERT INTO tenants (client_key, product, base_url, display_url, shared_secret, state,
+                                  lifecycle_at, installed_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'installed', ?6, ?7, ?7)
+             ON CONFLICT (client_key) DO UPDATE SET
+                 product = excluded.product, base_url = excluded.base_url,
+                 display_url = excluded.display_url, shared_secret = excluded.shared_secret,
+                 state = 'installed', lifecycle_at = excluded.lifecycle_at,
+                 installed_at = excluded.installed_at, updated_at = excluded.updated_at
+             WHERE tenants.lifecycle_at <= excluded.lifecycle_at
+             RETURNING client_key",
+        )
+        .bind(&change.client_key.0)
+        .bind(change.product.as_str())
+        .bind(&install.base_url)
+        .bind(&install.display_url)
+        .bind(install.shared_secret.expose_secret())
+        .bind(&at)
+        .bind(&now)
+        .fetch_optional(pool)
+        .await?
+        .is_some(),
+        _ => sqlx::query(
+            "UPDATE tenants SET state = ?2, lifecycle_at = ?3, updated_at = ?4
+             WHERE client_key = ?1 AND lifecycle_at <= ?3
+             RETURNING client_key",
+        )
+        .bind(&change.client_key.0)
+        .bind(change.state.as_str())
+        .bind(&at)
+        .bind(&now)
+        .fetch_optional(pool)
+        .await?
+        .is_some(),
+    };
+    if applied {
+        return Ok(LifecycleOutcome::Applied);
+    }
+    let exists = sqlx::query("SELECT 1 FROM tenants WHERE client_key = ?")
+        .bind(&change.client_key.0)
+        .fetch_optional(pool)
+        .await?
+        .is_some();
+    Ok(if exists {
+        LifecycleOutcome::Stale
+    } else {
+        LifecycleOutcome::UnknownTenant
+    })
+}
+
+pub async fn insert_event(pool: &SqlitePool, event: &NewEvent) -> Result<Stored, StoreError> {
+    let inserted: Option<(String,)> = sqlx::query_as(
+        "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
+                             webhook_id, webhook_retry, webhook_flow, received_at, payload)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(event.id.to_string())
+    .bind(event.source.as_str())
+    .bind(event.product.map(|p| p.as_str()))
+    .bind(&event.event)
+    .bind(event.client_key.as_ref().map(|k| &k.0))
+    .bind(&event.tenant_base_url)
+    .bind(&event.webhook_id)
+    .bind(event.webhook_retry)
+    .bind(&event.webhook_flow)
+    .bind(format_timestamp(event.received_at))
+    .bind(&event.payload)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((id,)) = inserted {
+        return Ok(Stored {
+            id: decode::event_id(&id)?,
+            duplicate: false,
+        });
+    }
+    let (id,): (String,) =
+        sqlx::query_as("SELECT id FROM events WHERE tenant_client_key = ? AND webhook_id = ?")
+            .bind(event.client_key.as_ref().map(|k| &k.0))
+            .bind(&event.webhook_id)
+            .fetch_one(pool)
+            .await?;
+    Ok(Stored {
+        id: decode::event_id(&id)?,
+        duplicate: true,
+    })
+}
+
+pub async fn event(pool: &SqlitePool, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+    sqlx::query_as::<_, EventRow>("SELECT * FROM events WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await?
+        .map(StoredEvent::try_from)
+        .transpose()
+}
+
+pub async fn events_for_tenant(
+    pool: &SqlitePool,
+    client_key: &ClientKey,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    sqlx::query_as::<_, EventRow>(
+        "SELECT * FROM events WHERE tenant_client_key = ? ORDER BY received_at, id LIMIT ?",
+    )
+    .bind(&client_key.0)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(StoredEvent::try_from)
+    .collect()
+}
