@@ -73,7 +73,11 @@ pub struct WebhookOptions {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProductSettings {
     /// Events to subscribe to; unset means every event of the product.
-    #[serde(default, deserialize_with = "opt_list")]
+    #[serde(
+        default,
+        deserialize_with = "opt_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub events: Option<Vec<String>>,
     /// Options per event name.
     #[serde(default)]
@@ -107,6 +111,8 @@ pub struct RawConfig {
     pub install_keys_timeout: String,
     pub tenant_cache_ttl: String,
     pub shutdown_timeout: String,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub http_workers: usize,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -133,6 +139,7 @@ impl Default for RawConfig {
             install_keys_timeout: "5s".into(),
             tenant_cache_ttl: "60s".into(),
             shutdown_timeout: "30s".into(),
+            http_workers: 0,
             jira: ProductSettings::default(),
             confluence: ProductSettings::default(),
         }
@@ -175,6 +182,7 @@ pub struct Config {
     pub install_keys_timeout: Duration,
     pub tenant_cache_ttl: Duration,
     pub shutdown_timeout: Duration,
+    pub http_workers: usize,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -340,6 +348,7 @@ impl RawConfig {
             install_keys_timeout: duration("install_keys_timeout", &self.install_keys_timeout)?,
             tenant_cache_ttl: duration("tenant_cache_ttl", &self.tenant_cache_ttl)?,
             shutdown_timeout: duration("shutdown_timeout", &self.shutdown_timeout)?,
+            http_workers: self.http_workers,
             jira: self.jira,
             confluence: self.confluence,
         })

@@ -58,7 +58,11 @@ impl Application {
         let listener = TcpListener::bind(&config.listen)
             .with_context(|| format!("cannot listen on {} (HOOKRELAY_LISTEN)", config.listen))?;
         let port = listener.local_addr()?.port();
-        let server = HttpServer::new(move || http::app(state.clone()))
+        let mut server = HttpServer::new(move || http::app(state.clone()));
+        if config.http_workers > 0 {
+            server = server.workers(config.http_workers);
+        }
+        let server = server
             .listen(listener)?
             .disable_signals()
             .shutdown_timeout(config.shutdown_timeout.as_secs())

@@ -6,7 +6,7 @@
 //!   segments), `/` when empty, without a trailing slash, and with `&` written `%26`;
 //! - `query` is every parameter except `jwt`, decoded form-style (`+` is a space),
 //!   re-encoded per RFC 3986 (only `A-Za-z0-9-._~` left bare), values of a repeated
-//!   key sorted and joined with `,`, and keys sorted by their encoded form.
+//!   key sorted (decoded) and joined with `,`, and keys sorted by their encoded form.
 //!
 //! The rules and the vectors in `tests/fixtures/` come from Atlassian's
 //! "Understanding JWT for Connect apps" and its signing interoperability tests.
@@ -69,17 +69,19 @@ fn canonical_query(query: &str) -> String {
             continue;
         }
         let key = encode(&key);
-        let value = encode(&value);
         match params.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, values)) => values.push(value),
-            None => params.push((key, vec![value])),
+            Some((_, values)) => values.push(value.into_owned()),
+            None => params.push((key, vec![value.into_owned()])),
         }
     }
     params.sort_by(|a, b| a.0.cmp(&b.0));
     params
         .into_iter()
         .map(|(key, mut values)| {
+            // Values sort by their decoded form (".1" before ":1", though "%3A1"
+            // would sort before ".1"), as Atlassian's reference implementation does.
             values.sort();
+            let values: Vec<String> = values.iter().map(|v| encode(v)).collect();
             format!("{key}={}", values.join(","))
         })
         .collect::<Vec<_>>()

@@ -1,0 +1,251 @@
+//! The `hookrelay` binary as a user runs it: configuration from the environment,
+//! start-up errors, JSON logs, `migrate`, `descriptor`, and graceful shutdown.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn hookrelay() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+    // Nothing from the developer's shell leaks into the test.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HOOKRELAY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn descriptor_command_prints_the_rendered_descriptor() {
+    let output = hookrelay()
+        .args(["descriptor", "--product", "confluence"])
+        .env("HOOKRELAY_BASE_URL", "https://relay.example.org/x")
+        .env("HOOKRELAY_APP_KEY", "acme")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let d: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(d["baseUrl"], "https://relay.example.org/x");
+    assert_eq!(d["key"], "acme");
+    assert_eq!(
+        d["lifecycle"]["installed"],
+        "/confluence/lifecycle/installed"
+    );
+    assert!(d["modules"]["webhooks"].as_array().unwrap().len() > 20);
+}
+
+#[test]
+fn invalid_settings_stop_start_up_with_their_name() {
+    for (var, value) in [
+        ("HOOKRELAY_BASE_URL", "not a url"),
+        ("HOOKRELAY_DATABASE_URL", "mysql://x"),
+        ("HOOKRELAY_RETRY_SCHEDULE", "5s,later"),
+        ("HOOKRELAY_JWT_LEEWAY_SECS", "soon"),
+        ("HOOKRELAY_LISTEN", "nowhere"),
+    ] {
+        let output = hookrelay().arg("serve").env(var, value).output().unwrap();
+        assert!(!output.status.success(), "{var}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr).to_ascii_uppercase();
+        let name = var.trim_start_matches("HOOKRELAY_");
+        assert!(stderr.contains(name), "{var}: {stderr}");
+    }
+    let output = hookrelay()
+        .args(["--config", "/nonexistent.toml", "serve"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+}
+
+#[tokio::test]
+async fn migrate_command_prepares_both_stores() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let db = TestDb::new(backend).await;
+        let output = hookrelay()
+            .arg("migrate")
+            .env("HOOKRELAY_DATABASE_URL", db.url())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The schema is there: the store can be queried.
+        let config = hookrelay::config::RawConfig {
+            database_url: db.url().into(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let store = hookrelay::store::Store::connect(&config).await.unwrap();
+        let missing = store
+            .tenant(&hookrelay::domain::ClientKey("nobody".into()))
+            .await
+            .unwrap();
+        assert!(missing.is_none());
+    }
+}
+
+/// A running `hookrelay serve` whose stderr lines arrive on a channel.
+struct Served {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Served {
+    fn start(envs: &[(&str, &str)]) -> Self {
+        let mut cmd = hookrelay();
+        cmd.arg("serve")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Served {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line satisfying `pred`, up to `timeout`.
+    fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no such log line within {timeout:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hookrelay did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[test]
+fn serve_logs_json_and_finishes_in_flight_requests_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("served.db").display());
+    let mut served = Served::start(&[
+        ("HOOKRELAY_LISTEN", "127.0.0.1:0"),
+        ("HOOKRELAY_DATABASE_URL", &db),
+        ("HOOKRELAY_LOG_FORMAT", "json"),
+        ("HOOKRELAY_SHUTDOWN_TIMEOUT", "20s"),
+    ]);
+    let line = served.wait_for(Duration::from_secs(60), |l| {
+        l.contains("hookrelay is serving")
+    });
+    let started: Value = serde_json::from_str(&line).expect("log lines are JSON");
+    let port = started["fields"]["port"].as_u64().expect("port logged") as u16;
+    assert_eq!(started["level"], "INFO");
+
+    let mut health = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    health
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    health.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A lifecycle callback whose body is still on its way when SIGTERM arrives.
+    let body = br#"{"clientKey":"jira:never-installed","eventType":"disabled"}"#;
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        slow,
+        "POST /jira/lifecycle/disabled HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // 100 Continue: the handler is reading the body, so the request is in flight.
+    let mut reader = BufReader::new(slow.try_clone().unwrap());
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 100"), "{status}");
+    let mut blank = String::new();
+    reader.read_line(&mut blank).unwrap();
+
+    served.signal("TERM");
+    // Shutdown has begun once the listener refuses new connections.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "listener still open after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    slow.write_all(body).unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.starts_with("HTTP/1.1 204"),
+        "in-flight request answered: {rest}"
+    );
+
+    let status = served.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}");
+    served.wait_for(Duration::from_secs(5), |l| l.contains("stopped"));
+    for line in &served.seen {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+    }
+}

@@ -1,0 +1,493 @@
+//! Test harness: the real application on port 0, a fresh database per test
+//! (a new PostgreSQL database, or a new SQLite file), an install-key server on
+//! loopback, and signers that build tokens the way Jira does.
+//!
+//! Tokens are built here with `jsonwebtoken` and a qsh computed by this file's own
+//! few lines (not by hookrelay's canonicaliser), so the tests do not grade the
+//! code under test with itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::{web, HttpResponse, HttpServer};
+use hookrelay::config::RawConfig;
+use hookrelay::domain::{ClientKey, StoredEvent, Tenant};
+use hookrelay::startup::Application;
+use hookrelay::store::Store;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+pub const BASE_URL: &str = "https://relay.example.test";
+pub const KID_A: &str = "kid-a";
+pub const KID_B: &str = "kid-b";
+
+pub fn fixture(path: &str) -> String {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {full}: {e}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Runs a scenario `async fn name(backend: Backend)` once per backend, as two tests.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            }
+        )*
+    };
+}
+
+/// Where the tests find PostgreSQL; `scripts/test.sh` makes sure it runs.
+pub fn postgres_admin_url() -> String {
+    std::env::var("HOOKRELAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A database of the test's own.
+pub enum TestDb {
+    Postgres {
+        name: String,
+        url: String,
+    },
+    Sqlite {
+        _dir: tempfile::TempDir,
+        url: String,
+    },
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL is not reachable at {admin} ({e}). Start it with `scripts/test.sh`, \
+                         which starts (or installs) it, or set HOOKRELAY_TEST_POSTGRES_URL."
+                    )
+                });
+                // The timestamp lets scripts/test.sh drop databases left by old runs.
+                let name = format!(
+                    "hookrelay_t_{}_{}",
+                    unix_now(),
+                    uuid::Uuid::now_v7().simple()
+                );
+                sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let mut url = url::Url::parse(&admin).unwrap();
+                url.set_path(&name);
+                TestDb::Postgres {
+                    name,
+                    url: url.to_string(),
+                }
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("hookrelay.db").display());
+                TestDb::Sqlite { _dir: dir, url }
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::Postgres { url, .. } | TestDb::Sqlite { url, .. } => url,
+        }
+    }
+}
+
+/// Atlassian's install-key service, played on loopback: serves PEM public keys
+/// by kid and counts the requests it gets.
+pub struct KeyServer {
+    pub url: String,
+    pub hits: Arc<AtomicUsize>,
+    keys: Arc<Mutex<HashMap<String, String>>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl KeyServer {
+    pub async fn start() -> Self {
+        let keys = Arc::new(Mutex::new(HashMap::from([
+            (KID_A.to_string(), fixture("keys/install-a.pub.pem")),
+            (KID_B.to_string(), fixture("keys/install-b.pub.pem")),
+        ])));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (k, h) = (keys.clone(), hits.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = HttpServer::new(move || {
+            let (k, h) = (k.clone(), h.clone());
+            actix_web::App::new().route(
+                "/{kid}",
+                web::get().to(move |kid: web::Path<String>| {
+                    let (k, h) = (k.clone(), h.clone());
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        match k.lock().unwrap().get(kid.as_str()) {
+                            Some(pem) => HttpResponse::Ok()
+                                .content_type("text/plain")
+                                .body(pem.clone()),
+                            None => HttpResponse::NotFound().finish(),
+                        }
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .disable_signals()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        KeyServer {
+            url: format!("http://127.0.0.1:{port}"),
+            hits,
+            keys,
+            handle,
+        }
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    #[allow(dead_code)]
+    pub fn remove(&self, kid: &str) {
+        self.keys.lock().unwrap().remove(kid);
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub store: Store,
+    pub client: reqwest::Client,
+    pub keys: KeyServer,
+    pub db: TestDb,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Spawns the app with the test defaults, after `adjust` has had its say.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut RawConfig)) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let keys = KeyServer::start().await;
+    let mut raw = RawConfig {
+        listen: "127.0.0.1:0".into(),
+        base_url: BASE_URL.into(),
+        database_url: db.url().to_string(),
+        install_keys_url: keys.url.clone(),
+        database_acquire_timeout: "2s".into(),
+        http_workers: 1,
+        shutdown_timeout: "1s".into(),
+        ..RawConfig::default()
+    };
+    adjust(&mut raw);
+    let config = raw.validate().expect("test config is valid");
+    let app = Application::build(config.clone())
+        .await
+        .expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    // A second pool, for the test to look at what was stored.
+    let store = Store::connect(&config).await.expect("test store connects");
+    TestApp {
+        address,
+        store,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        keys,
+        db,
+        shutdown,
+    }
+}
+
+/// `METHOD&path&` hashed: the qsh of a request without query parameters.
+pub fn simple_qsh(method: &str, path: &str) -> String {
+    hex::encode(Sha256::digest(format!("{method}&{path}&").as_bytes()))
+}
+
+/// A Connect installation as the tests play it.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub client_key: String,
+    pub secret: String,
+    pub base_url: String,
+    pub product: &'static str,
+}
+
+impl Site {
+    pub fn new(product: &'static str) -> Self {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        Site {
+            client_key: format!("{product}:{id}"),
+            secret: format!("secret-{id}-{id}"),
+            base_url: format!("https://site-{}.atlassian.net", &id[20..]),
+            product,
+        }
+    }
+
+    pub fn lifecycle_body(&self, event_type: &str) -> Value {
+        json!({
+            "key": "hookrelay",
+            "clientKey": self.client_key,
+            "sharedSecret": self.secret,
+            "baseUrl": self.base_url,
+            "displayUrl": self.base_url,
+            "productType": self.product,
+            "description": "Atlassian site",
+            "eventType": event_type,
+        })
+    }
+
+    /// An HS256 token for `method path` signed with this site's secret.
+    pub fn token(&self, method: &str, path: &str) -> String {
+        self.token_with(json!({
+            "iss": self.client_key,
+            "iat": unix_now(),
+            "exp": unix_now() + 180,
+            "qsh": simple_qsh(method, path),
+        }))
+    }
+
+    pub fn token_with(&self, claims: Value) -> String {
+        hs256(&self.secret, claims)
+    }
+}
+
+pub fn hs256(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// An RS256 signed-install token, as Atlassian signs `installed`/`uninstalled`.
+pub fn install_token(kid: &str, key_file: &str, claims: Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_string());
+    let key = EncodingKey::from_rsa_pem(fixture(key_file).as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// Claims of a valid signed install for `site` posted to `path`, issued at `iat`.
+pub fn install_claims(site: &Site, path: &str, iat: i64) -> Value {
+    json!({
+        "iss": site.client_key,
+        "sub": "557058:installer",
+        "aud": [BASE_URL],
+        "iat": iat,
+        "exp": iat + 180,
+        "qsh": simple_qsh("POST", path),
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Posts a lifecycle callback with an explicit token (or none).
+    pub async fn lifecycle(
+        &self,
+        site: &Site,
+        callback: &str,
+        token: Option<String>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let path = format!("/{}/lifecycle/{callback}", site.product);
+        let mut request = self.client.post(self.url(&path)).json(body);
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("JWT {token}"));
+        }
+        request.send().await.expect("lifecycle request is answered")
+    }
+
+    /// Installs `site` with a valid signed install issued at `iat`.
+    pub async fn install_at(&self, site: &Site, iat: i64) -> reqwest::Response {
+        let path = format!("/{}/lifecycle/installed", site.product);
+        let token = install_token(
+            KID_A,
+            "keys/install-a.pem",
+            install_claims(site, &path, iat),
+        );
+        self.lifecycle(
+            site,
+            "installed",
+            Some(token),
+            &site.lifecycle_body("installed"),
+        )
+        .await
+    }
+
+    pub async fn install(&self, site: &Site) -> reqwest::Response {
+        self.install_at(site, unix_now()).await
+    }
+
+    /// Posts a webhook for `event` signed by `site`, with optional extra headers.
+    pub async fn webhook(
+        &self,
+        site: &Site,
+        event: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let path = format!("/{}/events/{event}", site.product);
+        let token = site.token("POST", &path);
+        self.webhook_with_token(&path, Some(&token), body, headers)
+            .await
+    }
+
+    pub async fn webhook_with_token(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("JWT {token}"));
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        request.send().await.expect("webhook request is answered")
+    }
+
+    pub async fn tenant(&self, site: &Site) -> Option<Tenant> {
+        self.store
+            .tenant(&ClientKey(site.client_key.clone()))
+            .await
+            .unwrap()
+    }
+
+    pub async fn events(&self, site: &Site) -> Vec<StoredEvent> {
+        self.store
+            .events_for_tenant(&ClientKey(site.client_key.clone()), 1000)
+            .await
+            .unwrap()
+    }
+
+    /// Makes the store unreachable for hookrelay (and only for this test's database).
+    pub async fn break_store(&self) -> StoreBreak {
+        match &self.db {
+            TestDb::Postgres { name, .. } => {
+                let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+                    .await
+                    .unwrap();
+                sqlx::query(&format!(
+                    "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false"
+                ))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                    .bind(name)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                StoreBreak::Postgres { name: name.clone() }
+            }
+            TestDb::Sqlite { url, .. } => {
+                // A writer that holds the lock: hookrelay's writes wait out their busy
+                // timeout and fail, as they would on a wedged disk.
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                StoreBreak::Sqlite(conn)
+            }
+        }
+    }
+}
+
+pub enum StoreBreak {
+    Postgres { name: String },
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl StoreBreak {
+    pub async fn restore(self) {
+        match self {
+            StoreBreak::Postgres { name } => {
+                let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+                    .await
+                    .unwrap();
+                sqlx::query(&format!(
+                    "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true"
+                ))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            }
+            StoreBreak::Sqlite(mut conn) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
+/// Reads an error answer and checks its JSON shape.
+pub async fn error_body(response: reqwest::Response) -> Value {
+    let body: Value = response.json().await.expect("error bodies are JSON");
+    assert!(body["error"].is_string(), "{body}");
+    assert!(body["detail"].is_string(), "{body}");
+    body
+}
+
+pub fn now() -> i64 {
+    unix_now()
+}

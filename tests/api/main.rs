@@ -1,0 +1,12 @@
+//! Black-box tests: the real application on port 0 against a fresh PostgreSQL
+//! database or SQLite file per test. Scenarios marked with `both_backends!` run
+//! once on each store.
+
+mod helpers;
+
+mod binary;
+mod descriptor;
+mod lifecycle;
+mod ops;
+mod vectors;
+mod webhooks;

@@ -1,0 +1,411 @@
+//! Webhook intake: real payloads stored once, every bad input refused with its
+//! status and nothing stored, and 503 while the store is down.
+
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::helpers::*;
+
+both_backends!(
+    fixture_payloads_are_stored_verbatim_before_the_answer,
+    a_repeated_identifier_is_stored_once,
+    bad_requests_are_refused_and_store_nothing,
+    token_in_query_and_context_path,
+    store_down_answers_503_then_recovers,
+);
+
+async fn fixture_payloads_are_stored_verbatim_before_the_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let jira = Site::new("jira");
+    let confluence = Site::new("confluence");
+    assert_eq!(app.install(&jira).await.status(), 204);
+    assert_eq!(app.install(&confluence).await.status(), 204);
+
+    let cases = [
+        (
+            &jira,
+            "jira:issue_created",
+            "payloads/jira_issue_created.json",
+        ),
+        (
+            &jira,
+            "jira:issue_updated",
+            "payloads/jira_issue_updated.json",
+        ),
+        (
+            &jira,
+            "comment_created",
+            "payloads/jira_comment_created.json",
+        ),
+        (
+            &confluence,
+            "page_updated",
+            "payloads/confluence_page_updated.json",
+        ),
+    ];
+    for (i, (site, event, file)) in cases.iter().enumerate() {
+        let body = fixture(file);
+        let webhook_id = format!("wh-{i}-{}", site.client_key);
+        let response = app
+            .webhook(
+                site,
+                event,
+                body.clone(),
+                &[
+                    ("X-Atlassian-Webhook-Identifier", &webhook_id),
+                    ("X-Atlassian-Webhook-Retry", "2"),
+                    ("X-Atlassian-Webhook-Flow", "Primary"),
+                ],
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{event}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["duplicate"], false);
+        let id: uuid::Uuid = answer["id"].as_str().unwrap().parse().unwrap();
+
+        // The answer came after the commit: the event is there now.
+        let stored = app
+            .store
+            .event(hookrelay::domain::EventId(id))
+            .await
+            .unwrap()
+            .expect("stored before the 2xx");
+        assert_eq!(stored.event, *event);
+        assert_eq!(stored.product.unwrap().as_str(), site.product);
+        assert_eq!(stored.payload, body, "payload byte for byte");
+        assert_eq!(stored.webhook_id.as_deref(), Some(webhook_id.as_str()));
+        assert_eq!(stored.webhook_retry, Some(2));
+        assert_eq!(stored.webhook_flow.as_deref(), Some("Primary"));
+        assert_eq!(stored.client_key.as_ref().unwrap().0, site.client_key);
+
+        let envelope: Value = serde_json::from_str(&stored.envelope_json().unwrap()).unwrap();
+        assert_eq!(envelope["id"], answer["id"]);
+        assert_eq!(envelope["source"], "connect");
+        assert_eq!(envelope["event"], *event);
+        assert_eq!(envelope["tenant"]["client_key"], site.client_key.as_str());
+        assert_eq!(envelope["tenant"]["base_url"], site.base_url.as_str());
+        assert_eq!(envelope["webhook_id"], webhook_id.as_str());
+        assert_eq!(
+            envelope["payload"],
+            serde_json::from_str::<Value>(&body).unwrap()
+        );
+        assert!(envelope["received_at"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_eq!(app.events(&jira).await.len(), 3);
+    assert_eq!(app.events(&confluence).await.len(), 1);
+}
+
+async fn a_repeated_identifier_is_stored_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let site = Site::new("jira");
+    let other = Site::new("jira");
+    assert_eq!(app.install(&site).await.status(), 204);
+    assert_eq!(app.install(&other).await.status(), 204);
+    let body = fixture("payloads/jira_issue_created.json");
+    let headers = [("X-Atlassian-Webhook-Identifier", "same-id-1")];
+
+    let first: Value = app
+        .webhook(&site, "jira:issue_created", body.clone(), &headers)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let retry = app
+        .webhook(
+            &site,
+            "jira:issue_created",
+            body.clone(),
+            &[headers[0], ("X-Atlassian-Webhook-Retry", "1")],
+        )
+        .await;
+    assert_eq!(retry.status(), 200);
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["id"], first["id"]);
+    assert_eq!(retry["duplicate"], true);
+    assert_eq!(app.events(&site).await.len(), 1);
+
+    // The same identifier from another tenant is another event.
+    let theirs: Value = app
+        .webhook(&other, "jira:issue_created", body.clone(), &headers)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(theirs["id"], first["id"]);
+    assert_eq!(app.events(&other).await.len(), 1);
+
+    // Without an identifier nothing can be deduplicated: each is stored.
+    app.webhook(&site, "comment_created", "{}", &[]).await;
+    app.webhook(&site, "comment_created", "{}", &[]).await;
+    assert_eq!(app.events(&site).await.len(), 3);
+}
+
+async fn bad_requests_are_refused_and_store_nothing(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.max_body_bytes = 4096).await;
+    let site = Site::new("jira");
+    assert_eq!(app.install(&site).await.status(), 204);
+    let path = "/jira/events/jira:issue_created";
+    let now = now();
+    let claims = |overrides: Value| {
+        let mut c = json!({"iss": site.client_key, "iat": now, "exp": now + 180, "qsh": simple_qsh("POST", path)});
+        for (k, v) in overrides.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let uninstalled = Site::new("jira");
+    assert_eq!(app.install_at(&uninstalled, now - 10).await.status(), 204);
+    let token = install_token(
+        KID_A,
+        "keys/install-a.pem",
+        install_claims(&uninstalled, "/jira/lifecycle/uninstalled", now),
+    );
+    app.lifecycle(
+        &uninstalled,
+        "uninstalled",
+        Some(token),
+        &uninstalled.lifecycle_body("uninstalled"),
+    )
+    .await;
+
+    let mut rs256_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    rs256_header.kid = Some(KID_A.into());
+    let rs256 = jsonwebtoken::encode(
+        &rs256_header,
+        &claims(json!({})),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(fixture("keys/install-a.pem").as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let valid = site.token_with(claims(json!({})));
+    let mut bad_sig = valid.clone();
+    bad_sig.replace_range(bad_sig.len() - 4.., "AAAA");
+
+    let unauthorized: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("garbled", Some("not.a.jwt".into())),
+        (
+            "two parts",
+            Some("eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJ4In0".into()),
+        ),
+        (
+            "alg none",
+            Some(format!(
+                "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+                valid.split('.').nth(1).unwrap()
+            )),
+        ),
+        ("RS256", Some(rs256)),
+        ("wrong signature", Some(bad_sig)),
+        (
+            "other secret",
+            Some(hs256("someone-elses-secret", claims(json!({})))),
+        ),
+        (
+            "expired",
+            Some(site.token_with(claims(json!({"iat": now - 3600, "exp": now - 600})))),
+        ),
+        (
+            "no exp",
+            Some(site.token_with(claims(json!({"exp": null})))),
+        ),
+        (
+            "issued in the future",
+            Some(site.token_with(claims(json!({"iat": now + 3600, "exp": now + 4000})))),
+        ),
+        (
+            "qsh of another path",
+            Some(site.token_with(claims(
+                json!({"qsh": simple_qsh("POST", "/jira/events/comment_created")}),
+            ))),
+        ),
+        (
+            "qsh of another method",
+            Some(site.token_with(claims(json!({"qsh": simple_qsh("GET", path)})))),
+        ),
+        (
+            "no qsh",
+            Some(site.token_with(claims(json!({"qsh": null})))),
+        ),
+        (
+            "unknown tenant",
+            Some(Site::new("jira").token("POST", path)),
+        ),
+        ("uninstalled tenant", Some(uninstalled.token("POST", path))),
+    ];
+    for (case, token) in unauthorized {
+        let response = app
+            .webhook_with_token(path, token.as_deref(), "{}", &[])
+            .await;
+        assert_eq!(response.status(), 401, "{case}");
+        let body = error_body(response).await;
+        assert_eq!(body["error"], "unauthorized", "{case}");
+        // The reason never echoes the token or the secret.
+        let text = body.to_string();
+        assert!(
+            !text.contains(&site.secret) && !text.contains(&valid),
+            "{case}: {text}"
+        );
+    }
+
+    // A Confluence tenant posting to a Jira URL is refused.
+    let wiki = Site::new("confluence");
+    assert_eq!(app.install(&wiki).await.status(), 204);
+    let response = app
+        .webhook_with_token(path, Some(&wiki.token("POST", path)), "{}", &[])
+        .await;
+    assert_eq!(response.status(), 401);
+
+    for (case, body) in [
+        ("not JSON", "this is not json"),
+        ("truncated JSON", r#"{"a": "#),
+        ("empty", ""),
+    ] {
+        let response = app.webhook(&site, "jira:issue_created", body, &[]).await;
+        assert_eq!(response.status(), 400, "{case}");
+        assert_eq!(error_body(response).await["error"], "bad_request");
+    }
+    let response = app
+        .webhook(&site, "jira:issue_created", vec![0xff, 0xfe, 0x7b], &[])
+        .await;
+    assert_eq!(response.status(), 400, "invalid UTF-8");
+
+    let big = format!(r#"{{"x":"{}"}}"#, "a".repeat(5000));
+    let response = app
+        .webhook(&site, "jira:issue_created", big.clone(), &[])
+        .await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(error_body(response).await["error"], "payload_too_large");
+    // Chunked, with no Content-Length to refuse it by up front.
+    let stream = futures_util::stream::iter(
+        big.into_bytes()
+            .chunks(1000)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let response = app
+        .webhook(
+            &site,
+            "jira:issue_created",
+            reqwest::Body::wrap_stream(stream),
+            &[],
+        )
+        .await;
+    assert_eq!(response.status(), 413, "chunked");
+
+    // Unknown product or an impossible event name: 404 in the JSON shape.
+    let response = app
+        .webhook_with_token("/bitbucket/events/x", Some(&valid), "{}", &[])
+        .await;
+    assert_eq!(response.status(), 404);
+    error_body(response).await;
+    let response = app
+        .webhook_with_token("/jira/events/bad%20name", Some(&valid), "{}", &[])
+        .await;
+    assert_eq!(response.status(), 404);
+
+    assert!(app.events(&site).await.is_empty(), "nothing stored");
+    assert!(app.events(&uninstalled).await.is_empty());
+    assert!(app.events(&wiki).await.is_empty());
+
+    // And the valid request still works afterwards.
+    let response = app.webhook_with_token(path, Some(&valid), "{}", &[]).await;
+    assert_eq!(response.status(), 200);
+}
+
+async fn token_in_query_and_context_path(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.base_url = format!("{BASE_URL}/hooks/")).await;
+    let site = Site::new("jira");
+    // The signed install's qsh is over the path without the context path.
+    let token = install_token(
+        KID_A,
+        "keys/install-a.pem",
+        json!({"iss": site.client_key, "aud": format!("{BASE_URL}/hooks"), "iat": now(), "exp": now() + 60,
+               "qsh": simple_qsh("POST", "/jira/lifecycle/installed")}),
+    );
+    let response = app
+        .client
+        .post(app.url("/hooks/jira/lifecycle/installed"))
+        .header("Authorization", format!("JWT {token}"))
+        .json(&site.lifecycle_body("installed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+
+    // Behind a proxy that keeps the context path.
+    let path = "/jira/events/jira:issue_created";
+    let token = site.token("POST", path);
+    let response = app
+        .webhook_with_token(&format!("/hooks{path}"), Some(&token), "{}", &[])
+        .await;
+    assert_eq!(response.status(), 200);
+    // Behind one that strips it.
+    let response = app.webhook_with_token(path, Some(&token), "{}", &[]).await;
+    assert_eq!(response.status(), 200);
+
+    // The token in `?jwt=`, with other query parameters covered by the qsh
+    // (canonical: sorted keys, RFC 3986 encoding, `jwt` left out).
+    let canonical = format!("POST&{path}&a=1&user_id=x%20y");
+    let qsh = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(canonical.as_bytes()));
+    let token = site
+        .token_with(json!({"iss": site.client_key, "iat": now(), "exp": now() + 60, "qsh": qsh}));
+    let url = app.url(&format!("/hooks{path}?user_id=x+y&jwt={token}&a=1"));
+    let response = app.client.post(url).body("{}").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The same token with a changed parameter does not verify.
+    let url = app.url(&format!("/hooks{path}?user_id=z&jwt={token}&a=1"));
+    let response = app.client.post(url).body("{}").send().await.unwrap();
+    assert_eq!(response.status(), 401);
+
+    assert_eq!(app.events(&site).await.len(), 3);
+    let descriptor: Value = app
+        .client
+        .get(app.url("/hooks/jira/atlassian-connect.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(descriptor["baseUrl"], format!("{BASE_URL}/hooks"));
+}
+
+async fn store_down_answers_503_then_recovers(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.database_acquire_timeout = "1s".into()).await;
+    let site = Site::new("confluence");
+    assert_eq!(app.install(&site).await.status(), 204);
+    assert_eq!(
+        app.webhook(&site, "page_updated", "{}", &[]).await.status(),
+        200
+    );
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let broken = app.break_store().await;
+    let headers = [("X-Atlassian-Webhook-Identifier", "during-outage")];
+    let response = app
+        .webhook(&site, "page_updated", r#"{"n":1}"#, &headers)
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_body(response).await["error"], "unavailable");
+    if backend == Backend::Postgres {
+        // SQLite readers are not blocked by a writer, so only PostgreSQL goes unready.
+        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+    }
+    broken.restore().await;
+
+    // Jira retries the same delivery; now it is stored, once.
+    let response = app
+        .webhook(&site, "page_updated", r#"{"n":1}"#, &headers)
+        .await;
+    assert_eq!(response.status(), 200);
+    let events = app.events(&site).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].webhook_id.as_deref(), Some("during-outage"));
+}
