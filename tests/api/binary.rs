@@ -249,3 +249,40 @@ fn serve_logs_json_and_finishes_in_flight_requests_on_sigterm() {
         serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
     }
 }
+
+#[test]
+fn example_config_file_loads() {
+    let file = format!("{}/hookrelay.example.toml", env!("CARGO_MANIFEST_DIR"));
+    let output = hookrelay()
+        .args(["--config", &file, "descriptor", "--product", "jira"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let d: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(d["baseUrl"], "https://hooks.example.com");
+    let hooks = d["modules"]["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 3);
+    assert_eq!(hooks[1]["event"], "jira:issue_updated");
+    assert_eq!(hooks[1]["filter"], "project = OPS");
+    assert_eq!(hooks[1]["propertyKeys"][0], "team");
+
+    // The environment wins over the file.
+    let output = hookrelay()
+        .args(["--config", &file, "descriptor", "--product", "jira"])
+        .env("HOOKRELAY_BASE_URL", "https://override.example.com")
+        .env("HOOKRELAY_JIRA__EVENTS", "jira:issue_deleted")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let d: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(d["baseUrl"], "https://override.example.com");
+    assert_eq!(d["modules"]["webhooks"].as_array().unwrap().len(), 1);
+}

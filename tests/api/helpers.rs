@@ -59,7 +59,7 @@ macro_rules! both_backends {
 /// Where the tests find PostgreSQL; `scripts/test.sh` makes sure it runs.
 pub fn postgres_admin_url() -> String {
     std::env::var("HOOKRELAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn unix_now() -> i64 {

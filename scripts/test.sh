@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Runs hookrelay's whole test suite on this machine.
+#
+# The tests talk to a real PostgreSQL and a real RabbitMQ on their standard ports.
+# This script makes sure both are running first: it starts them when they are
+# installed but stopped, and installs them from the OS packages (apt) when they are
+# missing. Then it runs every test, on PostgreSQL and on SQLite.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh lifecycle       # extra arguments go to the test runner (a filter)
+#
+# Environment:
+#   HOOKRELAY_TEST_POSTGRES_URL  admin URL the tests create their databases with
+#                                (default postgres://postgres:postgres@127.0.0.1:5432/postgres)
+#   HOOKRELAY_TEST_AMQP_URL      RabbitMQ the tests use (default amqp://guest:guest@127.0.0.1:5672/%2f)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export HOOKRELAY_TEST_POSTGRES_URL="${HOOKRELAY_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+export HOOKRELAY_TEST_AMQP_URL="${HOOKRELAY_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'scripts/test.sh: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root to run: $* (install sudo or run as root)"
+  fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds what
+  local i
+  for ((i = 0; i < $2 * 5; i++)); do
+    port_open "$1" && return 0
+    sleep 0.2
+  done
+  die "$3 did not start listening on 127.0.0.1:$1 within $2 s"
+}
+
+apt_updated=""
+apt_install() {
+  [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_postgres() {
+  if port_open 5432; then return 0; fi
+  local installed_here=""
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    say "PostgreSQL is not installed: installing it from the OS packages"
+    apt_install postgresql
+    installed_here=1
+  fi
+  say "starting PostgreSQL"
+  local version
+  for version in $(ls /etc/postgresql); do
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  done
+  wait_port 5432 60 PostgreSQL
+  if [ -n "$installed_here" ]; then
+    # A fresh Debian cluster wants a password over TCP: give the tests one.
+    as_root su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
+  fi
+}
+
+ensure_rabbitmq() {
+  if port_open 5672; then return 0; fi
+  if ! command -v rabbitmq-server >/dev/null && [ ! -x /usr/sbin/rabbitmq-server ]; then
+    say "RabbitMQ is not installed: installing it from the OS packages"
+    apt_install rabbitmq-server
+  fi
+  if ! port_open 5672; then
+    say "starting RabbitMQ"
+    as_root rabbitmq-server -detached || true
+    wait_port 5672 120 RabbitMQ
+  fi
+}
+
+# Test databases are named hookrelay_t_<unix time>_<id>; drop those over an hour
+# old, left by earlier runs. Recent ones may belong to a run still going.
+prune_test_databases() {
+  command -v psql >/dev/null || return 0
+  local cutoff name ts
+  cutoff=$(($(date +%s) - 3600))
+  psql "$HOOKRELAY_TEST_POSTGRES_URL" -Atqc \
+    "SELECT datname FROM pg_database WHERE datname LIKE 'hookrelay\_t\_%'" 2>/dev/null |
+    while read -r name; do
+      ts=${name#hookrelay_t_}
+      ts=${ts%%_*}
+      if [[ "$ts" =~ ^[0-9]+$ ]] && [ "$ts" -lt "$cutoff" ]; then
+        psql "$HOOKRELAY_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true
+      fi
+    done
+}
+
+ensure_postgres
+ensure_rabbitmq
+prune_test_databases
+
+if cargo nextest --version >/dev/null 2>&1; then
+  say "running the test suite (cargo nextest)"
+  exec cargo nextest run --locked --no-fail-fast "$@"
+else
+  say "running the test suite (cargo test)"
+  exec cargo test --locked --no-fail-fast -- "$@"
+fi
