@@ -212,9 +212,9 @@ pub enum LifecycleOutcome {
     UnknownTenant,
 }
 
-/// An event as accepted by intake, before it is stored.
+/// An event: built by intake, then stored as is (the store adds nothing to it).
 #[derive(Debug, Clone)]
-pub struct NewEvent {
+pub struct Event {
     pub id: EventId,
     pub source: Source,
     pub product: Option<Product>,
@@ -226,22 +226,6 @@ pub struct NewEvent {
     pub webhook_flow: Option<String>,
     pub received_at: DateTime<Utc>,
     /// The body exactly as received (validated to be JSON).
-    pub payload: String,
-}
-
-/// A stored event.
-#[derive(Debug, Clone)]
-pub struct StoredEvent {
-    pub id: EventId,
-    pub source: Source,
-    pub product: Option<Product>,
-    pub event: String,
-    pub client_key: Option<ClientKey>,
-    pub tenant_base_url: Option<String>,
-    pub webhook_id: Option<String>,
-    pub webhook_retry: Option<i32>,
-    pub webhook_flow: Option<String>,
-    pub received_at: DateTime<Utc>,
     pub payload: String,
 }
 
@@ -272,7 +256,7 @@ pub struct EnvelopeTenant<'a> {
     pub base_url: Option<&'a str>,
 }
 
-impl StoredEvent {
+impl Event {
     /// Renders the envelope. Fails only if the stored payload is not JSON, which
     /// intake never lets happen.
     pub fn envelope_json(&self) -> Result<String, serde_json::Error> {
@@ -312,7 +296,7 @@ mod tests {
 
     #[test]
     fn envelope_embeds_payload_verbatim() {
-        let event = StoredEvent {
+        let event = Event {
             id: EventId::new(),
             source: Source::Connect,
             product: Some(Product::Confluence),

@@ -14,7 +14,7 @@ use super::AppState;
 use crate::auth::{AuthError, SignedRequest};
 use crate::descriptor;
 use crate::domain::{
-    EventId, InstallData, LifecycleChange, LifecycleOutcome, NewEvent, Product, Source, TenantState,
+    Event, EventId, InstallData, LifecycleChange, LifecycleOutcome, Product, Source, TenantState,
 };
 use crate::store::StoreError;
 
@@ -206,7 +206,7 @@ async fn intake(
     }
 
     let body = json_text(read_body(req, payload, state.config.max_body_bytes).await?)?;
-    let new_event = NewEvent {
+    let new_event = Event {
         id: EventId::new(),
         source: Source::Connect,
         product: Some(product),

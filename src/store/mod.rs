@@ -17,9 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
 use crate::config::Config;
-use crate::domain::{
-    ClientKey, EventId, LifecycleChange, LifecycleOutcome, NewEvent, Stored, StoredEvent, Tenant,
-};
+use crate::domain::{ClientKey, Event, EventId, LifecycleChange, LifecycleOutcome, Stored, Tenant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -162,22 +160,53 @@ impl Store {
         &self,
         change: &LifecycleChange,
     ) -> Result<LifecycleOutcome, StoreError> {
-        match self {
-            Store::Postgres(pool) => postgres::apply_lifecycle(pool, change).await,
-            Store::Sqlite(pool) => sqlite::apply_lifecycle(pool, change).await,
+        let applied = match self {
+            Store::Postgres(pool) => postgres::apply_lifecycle(pool, change).await?,
+            Store::Sqlite(pool) => sqlite::apply_lifecycle(pool, change).await?,
+        };
+        if applied {
+            Ok(LifecycleOutcome::Applied)
+        } else if self.tenant(&change.client_key).await?.is_some() {
+            Ok(LifecycleOutcome::Stale)
+        } else {
+            Ok(LifecycleOutcome::UnknownTenant)
         }
     }
 
     /// Stores an event once per (tenant, webhook identifier) and returns after the
     /// commit. A repeat returns the id of the event stored first.
-    pub async fn insert_event(&self, event: &NewEvent) -> Result<Stored, StoreError> {
-        match self {
-            Store::Postgres(pool) => postgres::insert_event(pool, event).await,
-            Store::Sqlite(pool) => sqlite::insert_event(pool, event).await,
+    pub async fn insert_event(&self, event: &Event) -> Result<Stored, StoreError> {
+        let inserted = match self {
+            Store::Postgres(pool) => postgres::insert_event(pool, event).await?,
+            Store::Sqlite(pool) => sqlite::insert_event(pool, event).await?,
+        };
+        if inserted {
+            return Ok(Stored {
+                id: event.id,
+                duplicate: false,
+            });
         }
+        // Only a (tenant, webhook id) collision makes an insert a no-op.
+        let (Some(client_key), Some(webhook_id)) = (&event.client_key, &event.webhook_id) else {
+            return Err(StoreError::Corrupt(
+                "insert ignored without a webhook identifier".into(),
+            ));
+        };
+        let id = match self {
+            Store::Postgres(pool) => {
+                postgres::event_id_by_webhook_id(pool, client_key, webhook_id).await?
+            }
+            Store::Sqlite(pool) => {
+                sqlite::event_id_by_webhook_id(pool, client_key, webhook_id).await?
+            }
+        };
+        Ok(Stored {
+            id,
+            duplicate: true,
+        })
     }
 
-    pub async fn event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+    pub async fn event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
         match self {
             Store::Postgres(pool) => postgres::event(pool, id).await,
             Store::Sqlite(pool) => sqlite::event(pool, id).await,
@@ -189,7 +218,7 @@ impl Store {
         &self,
         client_key: &ClientKey,
         limit: i64,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    ) -> Result<Vec<Event>, StoreError> {
         match self {
             Store::Postgres(pool) => postgres::events_for_tenant(pool, client_key, limit).await,
             Store::Sqlite(pool) => sqlite::events_for_tenant(pool, client_key, limit).await,

@@ -5,10 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 
 use super::{decode, StoreError};
-use crate::domain::{
-    ClientKey, EventId, LifecycleChange, LifecycleOutcome, NewEvent, Stored, StoredEvent, Tenant,
-    TenantState,
-};
+use crate::domain::{ClientKey, Event, EventId, LifecycleChange, Tenant, TenantState};
 
 #[derive(sqlx::FromRow)]
 struct TenantRow {
@@ -56,11 +53,11 @@ struct EventRow {
     payload: String,
 }
 
-impl TryFrom<EventRow> for StoredEvent {
+impl TryFrom<EventRow> for Event {
     type Error = StoreError;
 
     fn try_from(row: EventRow) -> Result<Self, StoreError> {
-        Ok(StoredEvent {
+        Ok(Event {
             id: EventId(row.id),
             source: decode::source(&row.source)?,
             product: row.product.as_deref().map(decode::product).transpose()?,
@@ -85,10 +82,7 @@ pub async fn tenant(pool: &PgPool, client_key: &ClientKey) -> Result<Option<Tena
         .transpose()
 }
 
-pub async fn apply_lifecycle(
-    pool: &PgPool,
-    change: &LifecycleChange,
-) -> Result<LifecycleOutcome, StoreError> {
+pub async fn apply_lifecycle(pool: &PgPool, change: &LifecycleChange) -> Result<bool, StoreError> {
     let now = crate::domain::now_millis();
     let applied = match (&change.install, change.state) {
         (Some(install), TenantState::Installed) => sqlx::query(
@@ -126,23 +120,11 @@ pub async fn apply_lifecycle(
         .await?
         .is_some(),
     };
-    if applied {
-        return Ok(LifecycleOutcome::Applied);
-    }
-    let exists = sqlx::query("SELECT 1 FROM tenants WHERE client_key = $1")
-        .bind(&change.client_key.0)
-        .fetch_optional(pool)
-        .await?
-        .is_some();
-    Ok(if exists {
-        LifecycleOutcome::Stale
-    } else {
-        LifecycleOutcome::UnknownTenant
-    })
+    Ok(applied)
 }
 
-pub async fn insert_event(pool: &PgPool, event: &NewEvent) -> Result<Stored, StoreError> {
-    let inserted: Option<(uuid::Uuid,)> = sqlx::query_as(
+pub async fn insert_event(pool: &PgPool, event: &Event) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
         "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
                              webhook_id, webhook_retry, webhook_flow, received_at, payload)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
@@ -162,30 +144,29 @@ pub async fn insert_event(pool: &PgPool, event: &NewEvent) -> Result<Stored, Sto
     .bind(&event.payload)
     .fetch_optional(pool)
     .await?;
-    if let Some((id,)) = inserted {
-        return Ok(Stored {
-            id: EventId(id),
-            duplicate: false,
-        });
-    }
-    let (id,): (uuid::Uuid,) =
-        sqlx::query_as("SELECT id FROM events WHERE tenant_client_key = $1 AND webhook_id = $2")
-            .bind(event.client_key.as_ref().map(|k| &k.0))
-            .bind(&event.webhook_id)
-            .fetch_one(pool)
-            .await?;
-    Ok(Stored {
-        id: EventId(id),
-        duplicate: true,
-    })
+    Ok(inserted.is_some())
 }
 
-pub async fn event(pool: &PgPool, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+pub async fn event_id_by_webhook_id(
+    pool: &PgPool,
+    client_key: &ClientKey,
+    webhook_id: &str,
+) -> Result<EventId, StoreError> {
+    let (id,): (uuid::Uuid,) =
+        sqlx::query_as("SELECT id FROM events WHERE tenant_client_key = $1 AND webhook_id = $2")
+            .bind(&client_key.0)
+            .bind(webhook_id)
+            .fetch_one(pool)
+            .await?;
+    Ok(EventId(id))
+}
+
+pub async fn event(pool: &PgPool, id: EventId) -> Result<Option<Event>, StoreError> {
     sqlx::query_as::<_, EventRow>("SELECT * FROM events WHERE id = $1")
         .bind(id.0)
         .fetch_optional(pool)
         .await?
-        .map(StoredEvent::try_from)
+        .map(Event::try_from)
         .transpose()
 }
 
@@ -193,7 +174,7 @@ pub async fn events_for_tenant(
     pool: &PgPool,
     client_key: &ClientKey,
     limit: i64,
-) -> Result<Vec<StoredEvent>, StoreError> {
+) -> Result<Vec<Event>, StoreError> {
     sqlx::query_as::<_, EventRow>(
         "SELECT * FROM events WHERE tenant_client_key = $1 ORDER BY received_at, id LIMIT $2",
     )
@@ -202,6 +183,6 @@ pub async fn events_for_tenant(
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(StoredEvent::try_from)
+    .map(Event::try_from)
     .collect()
 }

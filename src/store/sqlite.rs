@@ -10,8 +10,7 @@ use sqlx::SqlitePool;
 
 use super::{decode, StoreError};
 use crate::domain::{
-    format_timestamp, ClientKey, EventId, LifecycleChange, LifecycleOutcome, NewEvent, Stored,
-    StoredEvent, Tenant, TenantState,
+    format_timestamp, ClientKey, Event, EventId, LifecycleChange, Tenant, TenantState,
 };
 
 fn time(s: &str) -> Result<DateTime<Utc>, StoreError> {
@@ -66,11 +65,11 @@ struct EventRow {
     payload: String,
 }
 
-impl TryFrom<EventRow> for StoredEvent {
+impl TryFrom<EventRow> for Event {
     type Error = StoreError;
 
     fn try_from(row: EventRow) -> Result<Self, StoreError> {
-        Ok(StoredEvent {
+        Ok(Event {
             id: decode::event_id(&row.id)?,
             source: decode::source(&row.source)?,
             product: row.product.as_deref().map(decode::product).transpose()?,
@@ -101,7 +100,7 @@ pub async fn tenant(
 pub async fn apply_lifecycle(
     pool: &SqlitePool,
     change: &LifecycleChange,
-) -> Result<LifecycleOutcome, StoreError> {
+) -> Result<bool, StoreError> {
     let now = format_timestamp(crate::domain::now_millis());
     let at = format_timestamp(change.at);
     let applied = match (&change.install, change.state) {
@@ -140,23 +139,11 @@ pub async fn apply_lifecycle(
         .await?
         .is_some(),
     };
-    if applied {
-        return Ok(LifecycleOutcome::Applied);
-    }
-    let exists = sqlx::query("SELECT 1 FROM tenants WHERE client_key = ?")
-        .bind(&change.client_key.0)
-        .fetch_optional(pool)
-        .await?
-        .is_some();
-    Ok(if exists {
-        LifecycleOutcome::Stale
-    } else {
-        LifecycleOutcome::UnknownTenant
-    })
+    Ok(applied)
 }
 
-pub async fn insert_event(pool: &SqlitePool, event: &NewEvent) -> Result<Stored, StoreError> {
-    let inserted: Option<(String,)> = sqlx::query_as(
+pub async fn insert_event(pool: &SqlitePool, event: &Event) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
         "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
                              webhook_id, webhook_retry, webhook_flow, received_at, payload)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -176,30 +163,29 @@ pub async fn insert_event(pool: &SqlitePool, event: &NewEvent) -> Result<Stored,
     .bind(&event.payload)
     .fetch_optional(pool)
     .await?;
-    if let Some((id,)) = inserted {
-        return Ok(Stored {
-            id: decode::event_id(&id)?,
-            duplicate: false,
-        });
-    }
-    let (id,): (String,) =
-        sqlx::query_as("SELECT id FROM events WHERE tenant_client_key = ? AND webhook_id = ?")
-            .bind(event.client_key.as_ref().map(|k| &k.0))
-            .bind(&event.webhook_id)
-            .fetch_one(pool)
-            .await?;
-    Ok(Stored {
-        id: decode::event_id(&id)?,
-        duplicate: true,
-    })
+    Ok(inserted.is_some())
 }
 
-pub async fn event(pool: &SqlitePool, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+pub async fn event_id_by_webhook_id(
+    pool: &SqlitePool,
+    client_key: &ClientKey,
+    webhook_id: &str,
+) -> Result<EventId, StoreError> {
+    let (id,): (String,) =
+        sqlx::query_as("SELECT id FROM events WHERE tenant_client_key = ? AND webhook_id = ?")
+            .bind(&client_key.0)
+            .bind(webhook_id)
+            .fetch_one(pool)
+            .await?;
+    decode::event_id(&id)
+}
+
+pub async fn event(pool: &SqlitePool, id: EventId) -> Result<Option<Event>, StoreError> {
     sqlx::query_as::<_, EventRow>("SELECT * FROM events WHERE id = ?")
         .bind(id.to_string())
         .fetch_optional(pool)
         .await?
-        .map(StoredEvent::try_from)
+        .map(Event::try_from)
         .transpose()
 }
 
@@ -207,7 +193,7 @@ pub async fn events_for_tenant(
     pool: &SqlitePool,
     client_key: &ClientKey,
     limit: i64,
-) -> Result<Vec<StoredEvent>, StoreError> {
+) -> Result<Vec<Event>, StoreError> {
     sqlx::query_as::<_, EventRow>(
         "SELECT * FROM events WHERE tenant_client_key = ? ORDER BY received_at, id LIMIT ?",
     )
@@ -216,6 +202,6 @@ pub async fn events_for_tenant(
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(StoredEvent::try_from)
+    .map(Event::try_from)
     .collect()
 }

@@ -19,6 +19,15 @@ fn event_list(file: &str) -> Vec<String> {
         .collect()
 }
 
+fn events_of(descriptor: &Value) -> Vec<&str> {
+    descriptor["modules"]["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"].as_str().unwrap())
+        .collect()
+}
+
 fn fixture_file(path: &str) -> String {
     std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
@@ -51,12 +60,7 @@ async fn each_product_descriptor_lists_every_event_with_its_own_url() {
     }
     let jira = get_json(&app, "/jira/atlassian-connect.json").await;
     assert_eq!(get_json(&app, "/atlassian-connect.json").await, jira);
-    let events: Vec<&str> = jira["modules"]["webhooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["event"].as_str().unwrap())
-        .collect();
+    let events = events_of(&jira);
     for must in [
         "jira:issue_created",
         "comment_created",
@@ -70,12 +74,7 @@ async fn each_product_descriptor_lists_every_event_with_its_own_url() {
         assert!(events.contains(&must), "{must}");
     }
     let confluence = get_json(&app, "/confluence/atlassian-connect.json").await;
-    let events: Vec<&str> = confluence["modules"]["webhooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["event"].as_str().unwrap())
-        .collect();
+    let events = events_of(&confluence);
     for must in [
         "page_updated",
         "blog_created",

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, HttpResponse, HttpServer};
 use hookrelay::config::RawConfig;
-use hookrelay::domain::{ClientKey, StoredEvent, Tenant};
+use hookrelay::domain::{ClientKey, Event, Tenant};
 use hookrelay::startup::Application;
 use hookrelay::store::Store;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -413,7 +413,7 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn events(&self, site: &Site) -> Vec<StoredEvent> {
+    pub async fn events(&self, site: &Site) -> Vec<Event> {
         self.store
             .events_for_tenant(&ClientKey(site.client_key.clone()), 1000)
             .await

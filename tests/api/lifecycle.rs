@@ -13,6 +13,7 @@ both_backends!(
     reinstall_replaces_the_secret,
     callbacks_out_of_order_never_undo_newer_ones,
     install_keys_are_cached_per_kid,
+    audiences_from_the_allowed_list_are_accepted,
 );
 
 async fn valid_install_stores_the_tenant_and_its_webhooks_verify(backend: Backend) {
@@ -369,4 +370,38 @@ async fn install_keys_are_cached_per_kid(backend: Backend) {
         .await;
     assert_eq!(response.status(), 503);
     assert!(app.tenant(&site).await.is_none());
+}
+
+async fn audiences_from_the_allowed_list_are_accepted(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.allowed_audiences = vec!["https://old-name.example.test".into()]
+    })
+    .await;
+    let path = "/jira/lifecycle/installed";
+    for (aud, expected) in [
+        (json!("https://old-name.example.test/"), 204),
+        (json!(format!("{BASE_URL}/")), 204),
+        (json!(["https://elsewhere.example.test", BASE_URL]), 204),
+        (json!("https://old-name.example.test/other"), 401),
+        (json!(null), 401),
+    ] {
+        let site = Site::new("jira");
+        let mut claims = install_claims(&site, path, now());
+        claims["aud"] = aud.clone();
+        let token = install_token(KID_A, "keys/install-a.pem", claims);
+        let response = app
+            .lifecycle(
+                &site,
+                "installed",
+                Some(token),
+                &site.lifecycle_body("installed"),
+            )
+            .await;
+        assert_eq!(response.status(), expected, "aud {aud}");
+        assert_eq!(
+            app.tenant(&site).await.is_some(),
+            expected == 204,
+            "aud {aud}"
+        );
+    }
 }

@@ -409,3 +409,73 @@ async fn store_down_answers_503_then_recovers(backend: Backend) {
     assert_eq!(events.len(), 2);
     assert_eq!(events[1].webhook_id.as_deref(), Some("during-outage"));
 }
+
+/// Arbitrary tokens, headers, paths and bodies: every answer is a 4xx in the JSON
+/// shape, the server never falls over, and nothing is stored.
+#[tokio::test]
+async fn garbage_never_panics_or_stores() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let site = Site::new("jira");
+    assert_eq!(app.install(&site).await.status(), 204);
+    let valid = site.token("POST", "/jira/events/jira:issue_created");
+
+    // A small deterministic generator, so a failure can be replayed.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let alphabet = b"abcXYZ019-_.=+/%&?:{}[]\" \\";
+    for round in 0..300 {
+        let mut token = valid.clone().into_bytes();
+        match next() % 4 {
+            // Flip a few bytes of the valid token.
+            0 => {
+                for _ in 0..(1 + next() % 4) {
+                    let i = (next() as usize) % token.len();
+                    token[i] = alphabet[(next() as usize) % alphabet.len()];
+                }
+            }
+            // Truncate it.
+            1 => token.truncate((next() as usize) % token.len()),
+            // Random characters.
+            2 => {
+                token = (0..(next() % 200))
+                    .map(|_| alphabet[(next() as usize) % alphabet.len()])
+                    .collect()
+            }
+            // Segments that are valid base64 of invalid JSON.
+            _ => token = b"e30.W10.AAAA".to_vec(),
+        }
+        let token = String::from_utf8_lossy(&token).replace(['\r', '\n'], "");
+        let body: Vec<u8> = (0..(next() % 64)).map(|_| (next() % 256) as u8).collect();
+        let path = match next() % 3 {
+            0 => "/jira/events/jira:issue_created".to_string(),
+            1 => format!(
+                "/jira/events/{}",
+                "%FF%00".repeat(1 + (next() % 3) as usize)
+            ),
+            _ => "/confluence/lifecycle/installed".to_string(),
+        };
+        let response = app
+            .client
+            .post(app.url(&path))
+            .header("Authorization", format!("JWT {token}"))
+            .header("X-Atlassian-Webhook-Retry", "not-a-number")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: no answer: {e}"));
+        let status = response.status().as_u16();
+        assert!(
+            matches!(status, 400 | 401 | 404),
+            "round {round}: {status} for {path} {token}"
+        );
+        error_body(response).await;
+    }
+    assert!(app.events(&site).await.is_empty());
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
