@@ -204,6 +204,42 @@ fn serve_logs_json_and_finishes_in_flight_requests_on_sigterm() {
     health.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
+    // A rejected webhook is logged with its ids and reason, never with its token.
+    let token = hs256(
+        "a-secret-nobody-installed",
+        serde_json::json!({"iss": "jira:log-check", "exp": now() + 60, "qsh": "x"}),
+    );
+    let mut rejected = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        rejected,
+        "POST /jira/events/jira:issue_created HTTP/1.1\r\nHost: x\r\nAuthorization: JWT {token}\r\n\
+         X-Atlassian-Webhook-Identifier: wh-log-check\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    rejected.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let line = served.wait_for(Duration::from_secs(10), |l| {
+        l.contains("request not authenticated")
+    });
+    assert!(!line.contains(&token), "token logged: {line}");
+    let logged: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(logged["level"], "WARN");
+    assert_eq!(
+        logged["fields"]["reason"],
+        "JWT `iss` names no installed tenant"
+    );
+    assert_eq!(logged["span"]["claimed_iss"], "jira:log-check");
+    assert_eq!(logged["span"]["webhook_id"], "wh-log-check");
+    assert_eq!(logged["span"]["event"], "jira:issue_created");
+    let request_id = logged["spans"][0]["request_id"]
+        .as_str()
+        .expect("request id logged");
+    assert!(
+        answer.contains(request_id),
+        "the answer's x-request-id is the logged one"
+    );
+
     // A lifecycle callback whose body is still on its way when SIGTERM arrives.
     let body = br#"{"clientKey":"jira:never-installed","eventType":"disabled"}"#;
     let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
