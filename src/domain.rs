@@ -247,7 +247,9 @@ pub struct Envelope<'a> {
     pub tenant: Option<EnvelopeTenant<'a>>,
     pub webhook_id: Option<&'a str>,
     pub received_at: String,
-    pub payload: &'a RawValue,
+    /// Always present on the broker and in deliveries; left out of admin listings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Serialize)]
@@ -257,11 +259,10 @@ pub struct EnvelopeTenant<'a> {
 }
 
 impl Event {
-    /// Renders the envelope. Fails only if the stored payload is not JSON, which
-    /// intake never lets happen.
-    pub fn envelope_json(&self) -> Result<String, serde_json::Error> {
-        let payload: &RawValue = serde_json::from_str(&self.payload)?;
-        let envelope = Envelope {
+    /// The envelope, borrowing from the event. Fails only if the stored payload is
+    /// not JSON, which intake never lets happen.
+    pub fn envelope(&self) -> Result<Envelope<'_>, serde_json::Error> {
+        Ok(Envelope {
             id: self.id,
             source: self.source.as_str(),
             product: self.product,
@@ -272,9 +273,13 @@ impl Event {
             }),
             webhook_id: self.webhook_id.as_deref(),
             received_at: format_timestamp(self.received_at),
-            payload,
-        };
-        serde_json::to_string(&envelope)
+            payload: Some(serde_json::from_str(&self.payload)?),
+        })
+    }
+
+    /// The envelope as the JSON every consumer receives.
+    pub fn envelope_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(&self.envelope()?)
     }
 }
 

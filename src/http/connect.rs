@@ -16,7 +16,6 @@ use crate::descriptor;
 use crate::domain::{
     Event, EventId, InstallData, LifecycleChange, LifecycleOutcome, Product, Source, TenantState,
 };
-use crate::store::StoreError;
 
 pub async fn descriptor_for(
     state: web::Data<AppState>,
@@ -99,16 +98,6 @@ fn auth_reason(e: &AuthError) -> &'static str {
         AuthError::UnknownKid => "unknown_kid",
         AuthError::KeyServer(_) => "key_server",
         AuthError::Store(_) => "store",
-    }
-}
-
-fn store_failure(e: StoreError) -> ApiError {
-    if e.is_unavailable() {
-        tracing::error!(error = ?e, "store unavailable");
-        ApiError::Unavailable("store unavailable, retry later".into())
-    } else {
-        tracing::error!(error = ?e, "store error");
-        ApiError::Internal
     }
 }
 
@@ -239,11 +228,7 @@ async fn intake(
         received_at: crate::domain::now_millis(),
         payload: body,
     };
-    let stored = state
-        .store
-        .insert_event(&new_event)
-        .await
-        .map_err(store_failure)?;
+    let stored = state.store.insert_event(&new_event).await?;
     tracing::Span::current().record("event_id", tracing::field::display(stored.id));
     if stored.duplicate {
         tracing::info!("duplicate webhook identifier, already stored");
@@ -351,12 +336,7 @@ async fn apply_callback(
             tracing::Span::current().record("client_key", body.client_key.as_str());
             // After an uninstall Atlassian may still send `disabled`, signed with a
             // secret it has forgotten or not at all: acknowledge it and change nothing.
-            let current = state
-                .auth
-                .tenants()
-                .refresh(&body.client_key)
-                .await
-                .map_err(store_failure)?;
+            let current = state.auth.tenants().refresh(&body.client_key).await?;
             if current.is_none_or(|t| t.state == TenantState::Uninstalled) {
                 tracing::info!("callback for an unknown or uninstalled tenant, ignored");
                 return Ok(LifecycleOutcome::UnknownTenant);
@@ -383,11 +363,7 @@ async fn apply_callback(
         at: at.unwrap_or_else(crate::domain::now_millis),
         install,
     };
-    let outcome = state
-        .store
-        .apply_lifecycle(&change)
-        .await
-        .map_err(store_failure)?;
+    let outcome = state.store.apply_lifecycle(&change).await?;
     state.auth.tenants().invalidate(&change.client_key.0).await;
     match outcome {
         LifecycleOutcome::Applied => tracing::info!("lifecycle callback applied"),

@@ -9,6 +9,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::store::StoreError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -68,5 +70,19 @@ impl ResponseError for ApiError {
             error: self.code(),
             detail: self.to_string(),
         })
+    }
+}
+
+/// A store failure: 503 (retry later) when the store is away, 500 otherwise.
+/// Logged here, with the cause chain, inside the request's span.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::error!(error = ?e, "store unavailable");
+            ApiError::Unavailable("store unavailable, retry later".into())
+        } else {
+            tracing::error!(error = ?e, "store error");
+            ApiError::Internal
+        }
     }
 }

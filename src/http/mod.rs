@@ -4,6 +4,7 @@
 //! under that path too, so hookrelay works behind a proxy that strips the context
 //! path and behind one that does not.
 
+mod admin;
 mod connect;
 pub mod error;
 mod ops;
@@ -48,7 +49,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/{product}/events/{event}",
             web::post().to(connect::webhook),
-        );
+        )
+        .configure(admin::routes);
 }
 
 /// Builds the actix `App` for `state`; used by the server and nothing else, so

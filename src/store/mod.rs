@@ -75,6 +75,17 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Which events [`Store::list_events`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Exact event name.
+    pub event: Option<String>,
+    pub client_key: Option<ClientKey>,
+    /// Only events older than this one (the page cursor).
+    pub before: Option<EventId>,
+    pub limit: i64,
+}
+
 /// The store: a connection pool to one of the two backends. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -213,15 +224,11 @@ impl Store {
         }
     }
 
-    /// The events of one tenant, oldest first, at most `limit`.
-    pub async fn events_for_tenant(
-        &self,
-        client_key: &ClientKey,
-        limit: i64,
-    ) -> Result<Vec<Event>, StoreError> {
+    /// Events matching `filter`, newest first (ids are time-ordered).
+    pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
         match self {
-            Store::Postgres(pool) => postgres::events_for_tenant(pool, client_key, limit).await,
-            Store::Sqlite(pool) => sqlite::events_for_tenant(pool, client_key, limit).await,
+            Store::Postgres(pool) => postgres::list_events(pool, filter).await,
+            Store::Sqlite(pool) => sqlite::list_events(pool, filter).await,
         }
     }
 

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 
-use super::{decode, StoreError};
+use super::{decode, EventFilter, StoreError};
 use crate::domain::{ClientKey, Event, EventId, LifecycleChange, Tenant, TenantState};
 
 #[derive(sqlx::FromRow)]
@@ -170,16 +170,18 @@ pub async fn event(pool: &PgPool, id: EventId) -> Result<Option<Event>, StoreErr
         .transpose()
 }
 
-pub async fn events_for_tenant(
-    pool: &PgPool,
-    client_key: &ClientKey,
-    limit: i64,
-) -> Result<Vec<Event>, StoreError> {
+pub async fn list_events(pool: &PgPool, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
     sqlx::query_as::<_, EventRow>(
-        "SELECT * FROM events WHERE tenant_client_key = $1 ORDER BY received_at, id LIMIT $2",
+        "SELECT * FROM events
+         WHERE ($1::text IS NULL OR event = $1)
+           AND ($2::text IS NULL OR tenant_client_key = $2)
+           AND ($3::uuid IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4",
     )
-    .bind(&client_key.0)
-    .bind(limit)
+    .bind(&filter.event)
+    .bind(filter.client_key.as_ref().map(|k| &k.0))
+    .bind(filter.before.map(|id| id.0))
+    .bind(filter.limit)
     .fetch_all(pool)
     .await?
     .into_iter()

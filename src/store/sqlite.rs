@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::SqlitePool;
 
-use super::{decode, StoreError};
+use super::{decode, EventFilter, StoreError};
 use crate::domain::{
     format_timestamp, ClientKey, Event, EventId, LifecycleChange, Tenant, TenantState,
 };
@@ -189,16 +189,22 @@ pub async fn event(pool: &SqlitePool, id: EventId) -> Result<Option<Event>, Stor
         .transpose()
 }
 
-pub async fn events_for_tenant(
+pub async fn list_events(
     pool: &SqlitePool,
-    client_key: &ClientKey,
-    limit: i64,
+    filter: &EventFilter,
 ) -> Result<Vec<Event>, StoreError> {
+    // Hyphenated lower-case v7 ids compare as text in time order.
     sqlx::query_as::<_, EventRow>(
-        "SELECT * FROM events WHERE tenant_client_key = ? ORDER BY received_at, id LIMIT ?",
+        "SELECT * FROM events
+         WHERE (?1 IS NULL OR event = ?1)
+           AND (?2 IS NULL OR tenant_client_key = ?2)
+           AND (?3 IS NULL OR id < ?3)
+         ORDER BY id DESC LIMIT ?4",
     )
-    .bind(&client_key.0)
-    .bind(limit)
+    .bind(&filter.event)
+    .bind(filter.client_key.as_ref().map(|k| &k.0))
+    .bind(filter.before.map(|id| id.to_string()))
+    .bind(filter.limit)
     .fetch_all(pool)
     .await?
     .into_iter()

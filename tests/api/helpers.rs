@@ -15,7 +15,7 @@ use actix_web::{web, HttpResponse, HttpServer};
 use hookrelay::config::RawConfig;
 use hookrelay::domain::{ClientKey, Event, Tenant};
 use hookrelay::startup::Application;
-use hookrelay::store::Store;
+use hookrelay::store::{EventFilter, Store};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -413,11 +413,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The site's stored events, oldest first.
     pub async fn events(&self, site: &Site) -> Vec<Event> {
-        self.store
-            .events_for_tenant(&ClientKey(site.client_key.clone()), 1000)
-            .await
-            .unwrap()
+        let filter = EventFilter {
+            client_key: Some(ClientKey(site.client_key.clone())),
+            limit: 1000,
+            ..EventFilter::default()
+        };
+        let mut events = self.store.list_events(&filter).await.unwrap();
+        events.reverse();
+        events
     }
 
     /// Makes the store unreachable for hookrelay (and only for this test's database).

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod admin;
 mod binary;
 mod descriptor;
 mod lifecycle;

@@ -1,0 +1,164 @@
+//! The admin API under `/admin/api/v1`: read what was stored.
+//!
+//! Every route but the OpenAPI document needs `Authorization: Bearer
+//! $HOOKRELAY_ADMIN_TOKEN`; a handler proves it by taking an [`Admin`] argument.
+//! With no token configured the API is closed, not open.
+
+use std::future::{ready, Ready};
+
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::{ClientKey, Envelope, Event, EventId};
+use crate::store::EventFilter;
+
+const OPENAPI: &str = include_str!("openapi.json");
+const DEFAULT_LIMIT: i64 = 20;
+const MAX_LIMIT: i64 = 100;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin/api/v1")
+            .route("/openapi.json", web::get().to(openapi))
+            .route("/events", web::get().to(list_events))
+            .route("/events/{id}", web::get().to(get_event)),
+    );
+}
+
+/// Proof that the request carried the admin bearer token.
+pub struct Admin(());
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(
+            check_admin(req).inspect_err(|e| tracing::warn!(reason = %e, "admin request refused")),
+        )
+    }
+}
+
+fn check_admin(req: &HttpRequest) -> Result<Admin, ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or(ApiError::Internal)?;
+    let Some(expected) = &state.config.admin_token else {
+        return Err(ApiError::Unauthorized(
+            "admin API disabled: set HOOKRELAY_ADMIN_TOKEN".into(),
+        ));
+    };
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+    if bool::from(
+        given
+            .trim()
+            .as_bytes()
+            .ct_eq(expected.expose_secret().as_bytes()),
+    ) {
+        Ok(Admin(()))
+    } else {
+        Err(ApiError::Unauthorized("wrong bearer token".into()))
+    }
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    event: Option<String>,
+    tenant: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// An event as the admin API shows it: the envelope plus what Jira said about
+/// its delivery attempt.
+#[derive(Serialize)]
+struct AdminEvent<'a> {
+    #[serde(flatten)]
+    envelope: Envelope<'a>,
+    webhook_retry: Option<i32>,
+    webhook_flow: Option<&'a str>,
+}
+
+fn admin_event(event: &Event, with_payload: bool) -> Result<AdminEvent<'_>, ApiError> {
+    let mut envelope = event.envelope().map_err(|e| {
+        tracing::error!(event_id = %event.id, error = %e, "stored payload is not JSON");
+        ApiError::Internal
+    })?;
+    if !with_payload {
+        envelope.payload = None;
+    }
+    Ok(AdminEvent {
+        envelope,
+        webhook_retry: event.webhook_retry,
+        webhook_flow: event.webhook_flow.as_deref(),
+    })
+}
+
+fn parse_event_id(s: &str) -> Option<EventId> {
+    uuid::Uuid::parse_str(s).ok().map(EventId)
+}
+
+/// `GET /events?event=&tenant=&limit=&cursor=`: newest first, without payloads.
+/// `next_cursor` is set when there may be more.
+async fn list_events(
+    _: Admin,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let limit = match query.limit.as_deref() {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit must be 1 to {MAX_LIMIT}")))?,
+    };
+    let before = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => {
+            Some(parse_event_id(c).ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?)
+        }
+    };
+    let filter = EventFilter {
+        event: query.event.filter(|e| !e.is_empty()),
+        client_key: query.tenant.filter(|t| !t.is_empty()).map(ClientKey),
+        before,
+        limit,
+    };
+    let events = state.store.list_events(&filter).await?;
+    let next_cursor = (events.len() as i64 == limit)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    let data = events
+        .iter()
+        .map(|e| admin_event(e, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"data": data, "next_cursor": next_cursor})))
+}
+
+/// `GET /events/{id}`: one event with its payload.
+async fn get_event(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_event_id(&id).ok_or(ApiError::NotFound)?;
+    let event = state.store.event(id).await?.ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(admin_event(&event, true)?))
+}

@@ -1,0 +1,150 @@
+//! The admin API's event reads, behind the bearer token.
+
+use serde_json::Value;
+
+use crate::both_backends;
+use crate::helpers::*;
+
+const TOKEN: &str = "admin-token-0123456789";
+
+both_backends!(admin_lists_and_shows_stored_events);
+
+async fn admin_lists_and_shows_stored_events(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.admin_token = Some(TOKEN.into())).await;
+    let jira = Site::new("jira");
+    let wiki = Site::new("confluence");
+    app.install(&jira).await;
+    app.install(&wiki).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let event = if i % 2 == 0 {
+            "jira:issue_created"
+        } else {
+            "comment_created"
+        };
+        let body = format!(r#"{{"n": {i}}}"#);
+        let response = app
+            .webhook(&jira, event, body, &[("X-Atlassian-Webhook-Retry", "3")])
+            .await;
+        let answer: Value = response.json().await.unwrap();
+        ids.push(answer["id"].as_str().unwrap().to_string());
+    }
+    app.webhook(
+        &wiki,
+        "page_updated",
+        fixture("payloads/confluence_page_updated.json"),
+        &[],
+    )
+    .await;
+
+    let get = |path: String, token: Option<&'static str>| {
+        let mut request = app.client.get(app.url(&path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+
+    // Pages of two, newest first, for one tenant.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = get(
+            format!(
+                "/admin/api/v1/events?tenant={}&limit=2&cursor={cursor}",
+                jira.client_key
+            ),
+            Some(TOKEN),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        for e in page["data"].as_array().unwrap() {
+            assert!(e.get("payload").is_none(), "listings leave payloads out");
+            assert_eq!(e["tenant"]["client_key"], jira.client_key.as_str());
+            seen.push(e["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first);
+
+    let only_comments: Value = get(
+        "/admin/api/v1/events?event=comment_created".into(),
+        Some(TOKEN),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let only_comments = only_comments["data"].as_array().unwrap();
+    assert_eq!(only_comments.len(), 2);
+    assert!(only_comments
+        .iter()
+        .all(|e| e["event"] == "comment_created"));
+
+    let one: Value = get(format!("/admin/api/v1/events/{}", ids[2]), Some(TOKEN))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["id"], ids[2].as_str());
+    assert_eq!(one["payload"], serde_json::json!({"n": 2}));
+    assert_eq!(one["webhook_retry"], 3);
+    assert_eq!(one["source"], "connect");
+
+    for (path, status) in [
+        (
+            "/admin/api/v1/events/0192c1a4-0000-7000-8000-000000000000".to_string(),
+            404,
+        ),
+        ("/admin/api/v1/events/not-an-id".to_string(), 404),
+        ("/admin/api/v1/events?limit=0".to_string(), 400),
+        ("/admin/api/v1/events?limit=1000".to_string(), 400),
+        ("/admin/api/v1/events?cursor=nope".to_string(), 400),
+    ] {
+        let response = get(path.clone(), Some(TOKEN)).await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        error_body(response).await;
+    }
+    for token in [None, Some("admin-token-wrong-guess")] {
+        let response = get("/admin/api/v1/events".into(), token).await.unwrap();
+        assert_eq!(response.status(), 401);
+        error_body(response).await;
+    }
+
+    let spec: Value = get("/admin/api/v1/openapi.json".into(), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["paths"]["/events"]["get"].is_object());
+    assert!(spec["paths"]["/events/{id}"]["get"].is_object());
+}
+
+#[tokio::test]
+async fn admin_api_is_closed_without_a_token() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let response = app
+        .client
+        .get(app.url("/admin/api/v1/events"))
+        .bearer_auth("anything-at-all-here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body = error_body(response).await;
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("HOOKRELAY_ADMIN_TOKEN"));
+}
