@@ -92,8 +92,11 @@ pub struct RawConfig {
     pub base_url: String,
     pub database_url: String,
     pub amqp_url: Option<String>,
+    #[serde(deserialize_with = "text")]
     pub exchange: String,
+    #[serde(deserialize_with = "opt_text")]
     pub admin_token: Option<String>,
+    #[serde(deserialize_with = "text")]
     pub app_key: String,
     pub install_keys_url: String,
     pub jwt_leeway_secs: u64,
@@ -298,7 +301,14 @@ impl RawConfig {
         let retry_schedule = self
             .retry_schedule
             .iter()
-            .map(|d| duration("retry_schedule", d))
+            .map(|d| {
+                bounded(
+                    "retry_schedule",
+                    d,
+                    Duration::from_millis(1),
+                    Duration::from_secs(7 * 24 * 3600),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         if self.max_body_bytes == 0 {
@@ -341,13 +351,30 @@ impl RawConfig {
             max_body_bytes: self.max_body_bytes,
             audiences,
             database_max_connections: self.database_max_connections,
-            database_acquire_timeout: duration(
+            database_acquire_timeout: bounded(
                 "database_acquire_timeout",
                 &self.database_acquire_timeout,
+                Duration::from_millis(100),
+                Duration::from_secs(300),
             )?,
-            install_keys_timeout: duration("install_keys_timeout", &self.install_keys_timeout)?,
-            tenant_cache_ttl: duration("tenant_cache_ttl", &self.tenant_cache_ttl)?,
-            shutdown_timeout: duration("shutdown_timeout", &self.shutdown_timeout)?,
+            install_keys_timeout: bounded(
+                "install_keys_timeout",
+                &self.install_keys_timeout,
+                Duration::from_millis(100),
+                Duration::from_secs(120),
+            )?,
+            tenant_cache_ttl: bounded(
+                "tenant_cache_ttl",
+                &self.tenant_cache_ttl,
+                Duration::from_secs(1),
+                Duration::from_secs(24 * 3600),
+            )?,
+            shutdown_timeout: bounded(
+                "shutdown_timeout",
+                &self.shutdown_timeout,
+                Duration::ZERO,
+                Duration::from_secs(3600),
+            )?,
             http_workers: self.http_workers,
             jira: self.jira,
             confluence: self.confluence,
@@ -373,13 +400,62 @@ fn http_url(setting: &'static str, value: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-fn duration(setting: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value.trim()).map_err(|e| {
+/// A duration like `5s` or `2m` within `min..=max`.
+fn bounded(
+    setting: &'static str,
+    value: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(value.trim()).map_err(|e| {
         invalid(
             setting,
             format!("`{value}` is not a duration like 5s or 2m: {e}"),
         )
-    })
+    })?;
+    if d < min || d > max {
+        return Err(invalid(
+            setting,
+            format!(
+                "`{value}` must lie between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// A string setting that also takes what the environment layer reads as a number
+/// or a boolean (`HOOKRELAY_APP_KEY=123` is the string "123").
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Text {
+    Str(String),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl From<Text> for String {
+    fn from(t: Text) -> String {
+        match t {
+            Text::Str(s) => s,
+            Text::Int(i) => i.to_string(),
+            Text::UInt(u) => u.to_string(),
+            Text::Float(f) => f.to_string(),
+            Text::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Text::deserialize(d).map(String::from)
+}
+
+fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<Text>::deserialize(d).map(|t| t.map(String::from))
 }
 
 /// A list given either as a TOML array or as one comma-separated string (the form
@@ -438,6 +514,20 @@ mod tests {
         };
         let err = raw.validate().unwrap_err().to_string();
         assert!(err.contains("HOOKRELAY_RETRY_SCHEDULE"), "{err}");
+
+        let raw = RawConfig {
+            database_acquire_timeout: "0s".into(),
+            ..RawConfig::default()
+        };
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("HOOKRELAY_DATABASE_ACQUIRE_TIMEOUT"), "{err}");
+
+        let raw = RawConfig {
+            tenant_cache_ttl: "2000years".into(),
+            ..RawConfig::default()
+        };
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("HOOKRELAY_TENANT_CACHE_TTL"), "{err}");
     }
 
     #[test]

@@ -138,12 +138,6 @@ impl TenantState {
             _ => None,
         }
     }
-
-    /// Whether webhooks signed for this tenant are accepted. A disabled app still
-    /// holds a valid shared secret, and anything Jira sends it is authentic.
-    pub fn accepts_webhooks(self) -> bool {
-        self != TenantState::Uninstalled
-    }
 }
 
 /// One Connect installation, as stored.

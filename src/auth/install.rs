@@ -2,12 +2,15 @@
 //!
 //! A key never changes under its `kid`, so found keys are cached for a day. A `kid`
 //! the server does not know is remembered for a short while, so that a flood of
-//! forged installs cannot turn into a flood of outgoing requests. Fetch failures
-//! other than "not found" are not cached: the next install tries again.
+//! forged installs cannot turn into a flood of outgoing requests; and fetches of
+//! all kids together are rate-limited, since kids are attacker-chosen. Fetch
+//! failures other than "not found" are not cached: the next install tries again.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::DecodingKey;
 use moka::future::Cache;
 use url::Url;
@@ -19,6 +22,9 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 const MAX_KEYS: u64 = 1_000;
 /// A PEM public key is well under this; anything larger is not one.
 const MAX_KEY_BYTES: usize = 16 * 1024;
+/// Real installs need a fetch once per kid, and kids rotate rarely.
+const FETCHES_PER_SECOND: u32 = 5;
+const FETCH_BURST: u32 = 20;
 
 pub struct InstallKeys {
     base: Url,
@@ -26,6 +32,7 @@ pub struct InstallKeys {
     http: reqwest::Client,
     found: Cache<String, Arc<DecodingKey>>,
     missing: Cache<String, ()>,
+    fetches: DefaultDirectRateLimiter,
 }
 
 impl InstallKeys {
@@ -41,6 +48,10 @@ impl InstallKeys {
                 .max_capacity(MAX_KEYS)
                 .time_to_live(NEGATIVE_TTL)
                 .build(),
+            fetches: RateLimiter::direct(
+                Quota::per_second(NonZeroU32::new(FETCHES_PER_SECOND).expect("non-zero"))
+                    .allow_burst(NonZeroU32::new(FETCH_BURST).expect("non-zero")),
+            ),
         }
     }
 
@@ -73,6 +84,11 @@ impl InstallKeys {
     }
 
     async fn fetch(&self, kid: &str) -> Result<Arc<DecodingKey>, FetchError> {
+        if self.fetches.check().is_err() {
+            return Err(FetchError::Unavailable(
+                "install key fetches are rate-limited".into(),
+            ));
+        }
         let url = format!("{}/{}", self.base.as_str().trim_end_matches('/'), kid);
         let response = self
             .http
@@ -90,14 +106,19 @@ impl InstallKeys {
                 "GET {url}: status {status}"
             )));
         }
-        let body = response
-            .bytes()
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| FetchError::Unavailable(format!("GET {url}: {e}")))?;
-        if body.len() > MAX_KEY_BYTES {
-            return Err(FetchError::Unavailable(format!(
-                "GET {url}: response too large"
-            )));
+            .map_err(|e| FetchError::Unavailable(format!("GET {url}: {e}")))?
+        {
+            if body.len() + chunk.len() > MAX_KEY_BYTES {
+                return Err(FetchError::Unavailable(format!(
+                    "GET {url}: response too large"
+                )));
+            }
+            body.extend_from_slice(&chunk);
         }
         let key = DecodingKey::from_rsa_pem(&body).map_err(|e| {
             FetchError::Unavailable(format!("GET {url}: not an RSA public key in PEM: {e}"))

@@ -19,7 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use secrecy::ExposeSecret;
 
 use crate::config::{normalise_audience, Config};
-use crate::domain::{ClientKey, Tenant};
+use crate::domain::{ClientKey, Product, Tenant, TenantState};
 use crate::store::StoreError;
 use install::InstallKeys;
 pub use jwt::{Claims, SignedRequest};
@@ -52,6 +52,8 @@ pub enum AuthError {
     UnknownTenant,
     #[error("tenant is uninstalled")]
     TenantUninstalled,
+    #[error("tenant is installed for {installed_for}, not this product")]
+    WrongProduct { installed_for: Product },
     #[error("JWT `iss` does not match the body's clientKey")]
     IssuerMismatch,
     #[error("JWT `aud` is not this app's base URL")]
@@ -71,6 +73,18 @@ impl AuthError {
     /// Atlassian retries, rather than 401.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, AuthError::KeyServer(_) | AuthError::Store(_))
+    }
+
+    /// Refusals that cached tenant data could cause wrongly, after a change made
+    /// by another process: worth one more look at the store.
+    fn may_be_stale(&self) -> bool {
+        matches!(
+            self,
+            AuthError::UnknownTenant
+                | AuthError::BadSignature
+                | AuthError::TenantUninstalled
+                | AuthError::WrongProduct { .. }
+        )
     }
 }
 
@@ -131,12 +145,12 @@ impl Authenticator {
         }
     }
 
-    /// A request signed by an installed tenant with its shared secret (webhooks,
-    /// `enabled`, `disabled`). Returns the tenant whatever its state; callers decide
-    /// what an uninstalled tenant may do.
+    /// A request signed by an installed (not uninstalled) tenant of `product` with
+    /// its shared secret: webhooks, `enabled`, `disabled`.
     pub async fn verify_tenant_request(
         &self,
         request: &SignedRequest<'_>,
+        product: Product,
     ) -> Result<Verified<Tenant>, AuthError> {
         let token = request.token()?;
         let (header, peeked) = jwt::peek(&token)?;
@@ -144,17 +158,11 @@ impl Authenticator {
             return Err(AuthError::WrongAlgorithm);
         }
         let (tenant, cached) = self.tenants.get(&peeked.iss).await?;
-        let mut tenant = tenant.ok_or(AuthError::UnknownTenant)?;
-        let claims = match verify_hs256(&token, &tenant) {
-            // The cached secret may predate a reinstall handled by another process.
-            Err(AuthError::BadSignature) if cached => {
-                tenant = self
-                    .tenants
-                    .refresh(&peeked.iss)
-                    .await?
-                    .ok_or(AuthError::UnknownTenant)?;
-                verify_hs256(&token, &tenant)?
-            }
+        let (tenant, claims) = match check_tenant_token(&token, tenant, product) {
+            Err(e) if cached && e.may_be_stale() => match self.tenants.recheck(&peeked.iss).await {
+                Some(fresh) => check_tenant_token(&token, fresh?, product)?,
+                None => return Err(e),
+            },
             other => other?,
         };
         jwt::check_times(&claims, Utc::now(), self.leeway)?;
@@ -170,14 +178,28 @@ impl Authenticator {
         request: &SignedRequest<'_>,
     ) -> Result<Verified<()>, AuthError> {
         let token = request.token()?;
-        let (header, _) = jwt::peek(&token)?;
+        let (header, peeked) = jwt::peek(&token)?;
         if header.alg != "RS256" {
             return Err(AuthError::WrongAlgorithm);
         }
         let kid = header.kid.ok_or(AuthError::BadKid)?;
+        // The claims are checked before the key is fetched too: a token that fails
+        // them anyway must not cost an outgoing request.
+        self.check_install_claims(&peeked, request)?;
         let key = self.install_keys.get(&kid).await?;
         let claims = jwt::verify_signature(&token, &key, Algorithm::RS256)?;
-        jwt::check_times(&claims, Utc::now(), self.leeway)?;
+        self.check_install_claims(&claims, request)?;
+        Ok(Verified::new((), claims))
+    }
+
+    fn check_install_claims(
+        &self,
+        claims: &Claims,
+        request: &SignedRequest<'_>,
+    ) -> Result<(), AuthError> {
+        // Lifecycle callbacks are ordered by `iat`: one without it cannot be placed.
+        claims.iat.ok_or(AuthError::MissingClaim("iat"))?;
+        jwt::check_times(claims, Utc::now(), self.leeway)?;
         let audience_ok = claims
             .audiences()
             .iter()
@@ -185,8 +207,7 @@ impl Authenticator {
         if !audience_ok {
             return Err(AuthError::WrongAudience);
         }
-        jwt::check_qsh(&claims, request, &self.context_path)?;
-        Ok(Verified::new((), claims))
+        jwt::check_qsh(claims, request, &self.context_path)
     }
 
     pub fn tenants(&self) -> &TenantCache {
@@ -194,7 +215,22 @@ impl Authenticator {
     }
 }
 
-fn verify_hs256(token: &str, tenant: &Tenant) -> Result<Claims, AuthError> {
+/// The signature first, so that a forger learns nothing about the tenant's state.
+fn check_tenant_token(
+    token: &str,
+    tenant: Option<Tenant>,
+    product: Product,
+) -> Result<(Tenant, Claims), AuthError> {
+    let tenant = tenant.ok_or(AuthError::UnknownTenant)?;
     let key = DecodingKey::from_secret(tenant.shared_secret.expose_secret().as_bytes());
-    jwt::verify_signature(token, &key, Algorithm::HS256)
+    let claims = jwt::verify_signature(token, &key, Algorithm::HS256)?;
+    if tenant.state == TenantState::Uninstalled {
+        return Err(AuthError::TenantUninstalled);
+    }
+    if tenant.product != product {
+        return Err(AuthError::WrongProduct {
+            installed_for: tenant.product,
+        });
+    }
+    Ok((tenant, claims))
 }

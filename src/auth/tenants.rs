@@ -1,58 +1,100 @@
 //! Tenants by client key, cached in front of the store.
 //!
 //! Every webhook needs its tenant's secret; the cache keeps that off the database.
-//! It is bounded in size and age. Lifecycle changes made by this process invalidate
-//! their entry at once; changes made by another process are picked up when the age
-//! runs out, or sooner when a signature fails against a cached secret (see
-//! [`super::Authenticator::verify_tenant_request`]).
+//! It is bounded in size and age, and remembers for a moment that a client key is
+//! unknown, so that a flood of tokens naming one unknown key costs one read.
+//!
+//! Lifecycle changes made by this process invalidate their entry at once. Changes
+//! made by another process (a reinstall with a new secret, an uninstall) are picked
+//! up when the entry ages out, or sooner: a request that the cached data would
+//! refuse is checked again against the store before it is refused (see
+//! [`super::Authenticator::verify_tenant_request`]). Rechecks are rate-limited
+//! for the whole process ([`RECHECKS_PER_SECOND`]), so a flood of forged tokens
+//! costs the database a bounded number of reads, while real traffic, which almost
+//! never needs a recheck, is not held back by it.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::future::Cache;
 
 use crate::domain::{ClientKey, Tenant};
 use crate::store::{Store, StoreError};
 
 const MAX_TENANTS: u64 = 10_000;
+/// How long "no such tenant" is remembered.
+const MISSING_TTL: Duration = Duration::from_secs(2);
+/// Store reads to confirm a refusal, per second, for the whole process.
+pub const RECHECKS_PER_SECOND: u32 = 50;
+const RECHECK_BURST: u32 = 100;
 
 pub struct TenantCache {
     store: Store,
-    cache: Cache<String, Tenant>,
+    found: Cache<String, Tenant>,
+    missing: Cache<String, ()>,
+    rechecks: DefaultDirectRateLimiter,
 }
 
 impl TenantCache {
     pub fn new(store: Store, ttl: Duration) -> Self {
         Self {
             store,
-            cache: Cache::builder()
+            found: Cache::builder()
                 .max_capacity(MAX_TENANTS)
                 .time_to_live(ttl)
                 .build(),
+            missing: Cache::builder()
+                .max_capacity(MAX_TENANTS)
+                .time_to_live(MISSING_TTL)
+                .build(),
+            rechecks: RateLimiter::direct(
+                Quota::per_second(NonZeroU32::new(RECHECKS_PER_SECOND).expect("non-zero"))
+                    .allow_burst(NonZeroU32::new(RECHECK_BURST).expect("non-zero")),
+            ),
         }
     }
 
-    /// The tenant, and whether it came from the cache.
+    /// The tenant, and whether the answer came from the cache.
     pub async fn get(&self, client_key: &str) -> Result<(Option<Tenant>, bool), StoreError> {
-        if let Some(tenant) = self.cache.get(client_key).await {
+        if let Some(tenant) = self.found.get(client_key).await {
             return Ok((Some(tenant), true));
         }
-        Ok((self.refresh(client_key).await?, false))
+        if self.missing.contains_key(client_key) {
+            return Ok((None, true));
+        }
+        Ok((self.read(client_key).await?, false))
     }
 
-    /// Reads the tenant from the store, replacing whatever was cached.
-    pub async fn refresh(&self, client_key: &str) -> Result<Option<Tenant>, StoreError> {
-        let tenant = self
-            .store
-            .tenant(&ClientKey(client_key.to_string()))
-            .await?;
+    /// Reads the tenant from the store again, unless the recheck budget is spent
+    /// (then `None`: the cached answer stands).
+    pub async fn recheck(&self, client_key: &str) -> Option<Result<Option<Tenant>, StoreError>> {
+        if self.rechecks.check().is_err() {
+            tracing::warn!("tenant recheck budget spent; refusing on cached data");
+            return None;
+        }
+        Some(self.read(client_key).await)
+    }
+
+    async fn read(&self, client_key: &str) -> Result<Option<Tenant>, StoreError> {
+        let key = client_key.to_string();
+        let tenant = self.store.tenant(&ClientKey(key.clone())).await?;
         match &tenant {
-            Some(t) => self.cache.insert(client_key.to_string(), t.clone()).await,
-            None => self.cache.invalidate(client_key).await,
+            Some(t) => {
+                self.missing.invalidate(&key).await;
+                self.found.insert(key, t.clone()).await;
+            }
+            None => {
+                self.found.invalidate(&key).await;
+                self.missing.insert(key, ()).await;
+            }
         }
         Ok(tenant)
     }
 
+    /// Forgets everything about `client_key`, after a lifecycle change.
     pub async fn invalidate(&self, client_key: &str) {
-        self.cache.invalidate(client_key).await;
+        self.found.invalidate(client_key).await;
+        self.missing.invalidate(client_key).await;
     }
 }

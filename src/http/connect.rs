@@ -74,7 +74,8 @@ fn auth_failure(e: AuthError) -> ApiError {
         _ => tracing::warn!(reason = %e, "request not authenticated"),
     }
     if e.is_unavailable() {
-        ApiError::Unavailable(e.to_string())
+        // The cause (a URL, a driver error) stays in the log.
+        ApiError::Unavailable("cannot verify the request now, retry later".into())
     } else {
         ApiError::Unauthorized(e.to_string())
     }
@@ -92,6 +93,7 @@ fn auth_reason(e: &AuthError) -> &'static str {
         AuthError::QshMismatch { .. } => "qsh",
         AuthError::UnknownTenant => "unknown_tenant",
         AuthError::TenantUninstalled => "uninstalled",
+        AuthError::WrongProduct { .. } => "product",
         AuthError::IssuerMismatch => "issuer",
         AuthError::WrongAudience => "audience",
         AuthError::BadKid => "kid",
@@ -160,12 +162,12 @@ pub async fn webhook(
     if !descriptor::valid_event_name(&event) {
         return Err(ApiError::NotFound);
     }
-    let webhook_id = header(&req, "X-Atlassian-Webhook-Identifier").map(str::to_string);
+    let webhook_id = webhook_identifier(&req);
     let span = tracing::info_span!(
         "webhook",
         product = %product,
         event = %event,
-        webhook_id = webhook_id.as_deref().unwrap_or(""),
+        webhook_id = webhook_id.as_ref().ok().and_then(Option::as_deref).unwrap_or(""),
         claimed_iss = tracing::field::Empty,
         client_key = tracing::field::Empty,
         event_id = tracing::field::Empty,
@@ -186,11 +188,30 @@ pub async fn webhook(
     .await
 }
 
+/// `X-Atlassian-Webhook-Identifier`, if sent. One that is not a short visible
+/// ASCII string is refused rather than dropped, since it is what deduplicates.
+fn webhook_identifier(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("X-Atlassian-Webhook-Identifier") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|v| Some(v.to_string()))
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "X-Atlassian-Webhook-Identifier must be 1 to 255 visible ASCII characters".into(),
+            )
+        })
+}
+
 async fn intake(
     req: &HttpRequest,
     product: Product,
     event: String,
-    webhook_id: Option<String>,
+    webhook_id: Result<Option<String>, ApiError>,
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
@@ -198,21 +219,13 @@ async fn intake(
     record_claimed_issuer(&signed);
     let verified = state
         .auth
-        .verify_tenant_request(&signed)
+        .verify_tenant_request(&signed, product)
         .await
         .map_err(auth_failure)?;
     let tenant = verified.get();
     tracing::Span::current().record("client_key", tenant.client_key.0.as_str());
-    if !tenant.state.accepts_webhooks() {
-        return Err(auth_failure(AuthError::TenantUninstalled));
-    }
-    if tenant.product != product {
-        tracing::warn!(installed_for = %tenant.product, "webhook for another product's URL");
-        return Err(ApiError::Unauthorized(format!(
-            "tenant is installed for {}, not {product}",
-            tenant.product
-        )));
-    }
+    let webhook_id =
+        webhook_id.inspect_err(|e| tracing::warn!(reason = %e, "bad webhook identifier"))?;
 
     let body = json_text(read_body(req, payload, state.config.max_body_bytes).await?)?;
     let new_event = Event {
@@ -336,16 +349,19 @@ async fn apply_callback(
             tracing::Span::current().record("client_key", body.client_key.as_str());
             // After an uninstall Atlassian may still send `disabled`, signed with a
             // secret it has forgotten or not at all: acknowledge it and change nothing.
-            let current = state.auth.tenants().refresh(&body.client_key).await?;
+            let (current, _) = state.auth.tenants().get(&body.client_key).await?;
             if current.is_none_or(|t| t.state == TenantState::Uninstalled) {
                 tracing::info!("callback for an unknown or uninstalled tenant, ignored");
                 return Ok(LifecycleOutcome::UnknownTenant);
             }
-            let verified = state
-                .auth
-                .verify_tenant_request(&signed)
-                .await
-                .map_err(auth_failure)?;
+            let verified = match state.auth.verify_tenant_request(&signed, product).await {
+                // Uninstalled (or gone) by another process since it was cached.
+                Err(AuthError::TenantUninstalled | AuthError::UnknownTenant) => {
+                    tracing::info!("callback for an unknown or uninstalled tenant, ignored");
+                    return Ok(LifecycleOutcome::UnknownTenant);
+                }
+                other => other.map_err(auth_failure)?,
+            };
             if verified.get().client_key.0 != body.client_key {
                 return Err(auth_failure(AuthError::IssuerMismatch));
             }
@@ -356,11 +372,13 @@ async fn apply_callback(
             )
         }
     };
+    // Callbacks are ordered by `iat`; one without it cannot be placed.
+    let at = at.ok_or_else(|| auth_failure(AuthError::MissingClaim("iat")))?;
     let change = LifecycleChange {
         client_key,
         product,
         state: target,
-        at: at.unwrap_or_else(crate::domain::now_millis),
+        at,
         install,
     };
     let outcome = state.store.apply_lifecycle(&change).await?;

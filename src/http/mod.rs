@@ -11,10 +11,13 @@ mod ops;
 
 use std::sync::Arc;
 
-use actix_web::dev::Service;
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{web, HttpMessage};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, HttpMessage, HttpResponse};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder, TracingLogger};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -94,5 +97,106 @@ pub fn app(
                 Ok(response)
             }
         })
-        .wrap(tracing_actix_web::TracingLogger::default())
+        .wrap(ErrorHandlers::new().default_handler(json_error))
+        .wrap(TracingLogger::<RedactedRootSpan>::new())
+}
+
+/// The request's root span: tracing-actix-web's, with the value of a `jwt` query
+/// parameter left out of `http.target`. A token in the log could be replayed.
+pub struct RedactedRootSpan;
+
+impl RootSpanBuilder for RedactedRootSpan {
+    fn on_request_start(request: &ServiceRequest) -> tracing::Span {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let route = request.match_pattern().unwrap_or_else(|| "default".into());
+        let client_ip = request
+            .connection_info()
+            .realip_remote_addr()
+            .unwrap_or("")
+            .to_string();
+        tracing::info_span!(
+            "HTTP request",
+            http.method = %request.method(),
+            http.route = %route,
+            http.target = %redacted_target(request.uri()),
+            http.client_ip = %client_ip,
+            request_id = %request_id,
+            http.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            exception.message = tracing::field::Empty,
+            exception.details = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+/// Path and query with the value of every `jwt` parameter replaced (the key is
+/// compared decoded, as the token extractor reads it).
+fn redacted_target(uri: &actix_web::http::Uri) -> String {
+    match uri.query() {
+        None => uri.path().to_string(),
+        Some(query) => {
+            let query: Vec<&str> = query
+                .split('&')
+                .map(|pair| {
+                    let is_jwt = form_urlencoded::parse(pair.as_bytes())
+                        .next()
+                        .is_some_and(|(key, _)| key == "jwt");
+                    if is_jwt {
+                        "jwt=[redacted]"
+                    } else {
+                        pair
+                    }
+                })
+                .collect();
+            format!("{}?{}", uri.path(), query.join("&"))
+        }
+    }
+}
+
+/// Any error answer that did not come from [`ApiError`] (actix's own 405, a bad
+/// query string, ...) is rewritten into the same JSON shape.
+fn json_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let reason = status.canonical_reason().unwrap_or("error");
+    let (req, _) = res.into_parts();
+    let response = HttpResponse::build(status).json(serde_json::json!({
+        "error": reason.to_ascii_lowercase().replace(' ', "_"),
+        "detail": reason,
+    }));
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_into_right_body(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn jwt_is_redacted_from_the_logged_target() {
+        let uri: actix_web::http::Uri = "/a/b?x=1&jwt=secret.token.here&%6Awt=again&y=jwt"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            super::redacted_target(&uri),
+            "/a/b?x=1&jwt=[redacted]&jwt=[redacted]&y=jwt"
+        );
+    }
 }

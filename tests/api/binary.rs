@@ -27,7 +27,7 @@ fn descriptor_command_prints_the_rendered_descriptor() {
     let output = hookrelay()
         .args(["descriptor", "--product", "confluence"])
         .env("HOOKRELAY_BASE_URL", "https://relay.example.org/x")
-        .env("HOOKRELAY_APP_KEY", "acme")
+        .env("HOOKRELAY_APP_KEY", "1234")
         .output()
         .unwrap();
     assert!(
@@ -37,7 +37,10 @@ fn descriptor_command_prints_the_rendered_descriptor() {
     );
     let d: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(d["baseUrl"], "https://relay.example.org/x");
-    assert_eq!(d["key"], "acme");
+    assert_eq!(
+        d["key"], "1234",
+        "a numeric-looking value is still a string setting"
+    );
     assert_eq!(
         d["lifecycle"]["installed"],
         "/confluence/lifecycle/installed"
@@ -210,9 +213,10 @@ fn serve_logs_json_and_finishes_in_flight_requests_on_sigterm() {
         serde_json::json!({"iss": "jira:log-check", "exp": now() + 60, "qsh": "x"}),
     );
     let mut rejected = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // The token rides in the query string, where request logging would see it.
     write!(
         rejected,
-        "POST /jira/events/jira:issue_created HTTP/1.1\r\nHost: x\r\nAuthorization: JWT {token}\r\n\
+        "POST /jira/events/jira:issue_created?jwt={token} HTTP/1.1\r\nHost: x\r\n\
          X-Atlassian-Webhook-Identifier: wh-log-check\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
     )
     .unwrap();
@@ -222,7 +226,7 @@ fn serve_logs_json_and_finishes_in_flight_requests_on_sigterm() {
     let line = served.wait_for(Duration::from_secs(10), |l| {
         l.contains("request not authenticated")
     });
-    assert!(!line.contains(&token), "token logged: {line}");
+    let signature = token.rsplit('.').next().unwrap();
     let logged: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(logged["level"], "WARN");
     assert_eq!(
@@ -283,7 +287,12 @@ fn serve_logs_json_and_finishes_in_flight_requests_on_sigterm() {
     served.wait_for(Duration::from_secs(5), |l| l.contains("stopped"));
     for line in &served.seen {
         serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(!line.contains(signature), "token logged: {line}");
     }
+    assert!(
+        served.seen.iter().any(|l| l.contains("jwt=[redacted]")),
+        "the target is logged, redacted"
+    );
 }
 
 #[test]

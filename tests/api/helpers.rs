@@ -193,6 +193,7 @@ impl KeyServer {
 pub struct TestApp {
     pub address: String,
     pub store: Store,
+    pub config: hookrelay::config::Config,
     pub client: reqwest::Client,
     pub keys: KeyServer,
     pub db: TestDb,
@@ -236,6 +237,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut RawConfig
     TestApp {
         address,
         store,
+        config,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
@@ -244,6 +246,28 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut RawConfig
         keys,
         db,
         shutdown,
+    }
+}
+
+async fn start(config: hookrelay::config::Config) -> (String, CancellationToken) {
+    let app = Application::build(config)
+        .await
+        .expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    (address, shutdown)
+}
+
+/// Another hookrelay process on the same database, with caches of its own.
+pub struct Peer {
+    pub address: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
@@ -332,6 +356,26 @@ pub fn install_claims(site: &Site, path: &str, iat: i64) -> Value {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    pub async fn spawn_peer(&self) -> Peer {
+        let (address, shutdown) = start(self.config.clone()).await;
+        Peer { address, shutdown }
+    }
+
+    /// A webhook for `event` signed by `site`, sent to `peer` instead.
+    pub async fn webhook_via(&self, peer: &Peer, site: &Site, event: &str) -> reqwest::Response {
+        let path = format!("/{}/events/{event}", site.product);
+        self.client
+            .post(format!("{}{path}", peer.address))
+            .header(
+                "Authorization",
+                format!("JWT {}", site.token("POST", &path)),
+            )
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Posts a lifecycle callback with an explicit token (or none).

@@ -14,6 +14,8 @@ both_backends!(
     callbacks_out_of_order_never_undo_newer_ones,
     install_keys_are_cached_per_kid,
     audiences_from_the_allowed_list_are_accepted,
+    a_stale_callback_does_not_undo_a_newer_one_on_an_active_tenant,
+    another_process_sees_installs_and_new_secrets_at_once,
 );
 
 async fn valid_install_stores_the_tenant_and_its_webhooks_verify(backend: Backend) {
@@ -404,4 +406,128 @@ async fn audiences_from_the_allowed_list_are_accepted(backend: Backend) {
             "aud {aud}"
         );
     }
+}
+
+async fn a_stale_callback_does_not_undo_a_newer_one_on_an_active_tenant(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let site = Site::new("jira");
+    let t = now() - 100;
+    assert_eq!(app.install_at(&site, t).await.status(), 204);
+    let signed = |callback: &str, iat: i64| {
+        let path = format!("/jira/lifecycle/{callback}");
+        site.token_with(json!({"iss": site.client_key, "iat": iat, "exp": now() + 60, "qsh": simple_qsh("POST", &path)}))
+    };
+    let response = app
+        .lifecycle(
+            &site,
+            "enabled",
+            Some(signed("enabled", t + 10)),
+            &site.lifecycle_body("enabled"),
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+    assert_eq!(app.tenant(&site).await.unwrap().state, TenantState::Enabled);
+
+    // A `disabled` issued before that `enabled` arrives late: acknowledged, ignored.
+    let response = app
+        .lifecycle(
+            &site,
+            "disabled",
+            Some(signed("disabled", t + 5)),
+            &site.lifecycle_body("disabled"),
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+    let tenant = app.tenant(&site).await.unwrap();
+    assert_eq!(tenant.state, TenantState::Enabled);
+    assert_eq!(tenant.lifecycle_at.timestamp(), t + 10);
+
+    // One issued after it applies.
+    let response = app
+        .lifecycle(
+            &site,
+            "disabled",
+            Some(signed("disabled", t + 20)),
+            &site.lifecycle_body("disabled"),
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+    assert_eq!(
+        app.tenant(&site).await.unwrap().state,
+        TenantState::Disabled
+    );
+
+    // A callback without `iat` cannot be ordered: refused.
+    let path = "/jira/lifecycle/enabled";
+    let no_iat = site.token_with(
+        json!({"iss": site.client_key, "exp": now() + 60, "qsh": simple_qsh("POST", path)}),
+    );
+    let response = app
+        .lifecycle(
+            &site,
+            "enabled",
+            Some(no_iat),
+            &site.lifecycle_body("enabled"),
+        )
+        .await;
+    assert_eq!(response.status(), 401);
+    let mut claims = install_claims(&site, "/jira/lifecycle/installed", now());
+    claims.as_object_mut().unwrap().remove("iat");
+    let token = install_token(KID_A, "keys/install-a.pem", claims);
+    let response = app
+        .lifecycle(
+            &site,
+            "installed",
+            Some(token),
+            &site.lifecycle_body("installed"),
+        )
+        .await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        app.tenant(&site).await.unwrap().state,
+        TenantState::Disabled
+    );
+}
+
+/// Two hookrelay processes on one database: what one installs, the other honours
+/// on the next request, though its cache still holds the old answer.
+async fn another_process_sees_installs_and_new_secrets_at_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let peer = app.spawn_peer().await;
+    let site = Site::new("jira");
+
+    // The peer has seen this client key before it was installed ...
+    assert_eq!(
+        app.webhook_via(&peer, &site, "jira:issue_created")
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(app.install(&site).await.status(), 204);
+    // ... and still accepts its first webhook right after the install.
+    assert_eq!(
+        app.webhook_via(&peer, &site, "jira:issue_created")
+            .await
+            .status(),
+        200
+    );
+
+    // A reinstall with a new secret through the first process.
+    let mut reinstalled = site.clone();
+    reinstalled.secret = "rotated-secret-for-the-peer-test".into();
+    assert_eq!(app.install_at(&reinstalled, now() + 1).await.status(), 204);
+    assert_eq!(
+        app.webhook_via(&peer, &reinstalled, "jira:issue_created")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.webhook_via(&peer, &site, "jira:issue_created")
+            .await
+            .status(),
+        401,
+        "old secret"
+    );
+    assert_eq!(app.events(&site).await.len(), 2);
 }
