@@ -65,6 +65,7 @@ async fn run(backend: &str, database_url: &str, requests: usize, concurrency: us
     let config = RawConfig {
         listen: "127.0.0.1:0".into(),
         database_url: database_url.into(),
+        database_max_connections: env_usize("INTAKE_DB_CONNECTIONS", 10) as u32,
         ..RawConfig::default()
     }
     .validate()
