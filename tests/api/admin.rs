@@ -44,23 +44,21 @@ async fn admin_lists_and_shows_stored_events(backend: Backend) {
         }
         request.send()
     };
+    let get_json = |path: String| async move {
+        let response = get(path.clone(), Some(TOKEN)).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json::<Value>().await.unwrap()
+    };
 
     // Pages of two, newest first, for one tenant.
     let mut seen = Vec::new();
     let mut cursor = String::new();
     loop {
-        let page: Value = get(
-            format!(
-                "/admin/api/v1/events?tenant={}&limit=2&cursor={cursor}",
-                jira.client_key
-            ),
-            Some(TOKEN),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let page = get_json(format!(
+            "/admin/api/v1/events?tenant={}&limit=2&cursor={cursor}",
+            jira.client_key
+        ))
+        .await;
         for e in page["data"].as_array().unwrap() {
             assert!(e.get("payload").is_none(), "listings leave payloads out");
             assert_eq!(e["tenant"]["client_key"], jira.client_key.as_str());
@@ -75,27 +73,14 @@ async fn admin_lists_and_shows_stored_events(backend: Backend) {
     newest_first.reverse();
     assert_eq!(seen, newest_first);
 
-    let only_comments: Value = get(
-        "/admin/api/v1/events?event=comment_created".into(),
-        Some(TOKEN),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let only_comments = get_json("/admin/api/v1/events?event=comment_created".into()).await;
     let only_comments = only_comments["data"].as_array().unwrap();
     assert_eq!(only_comments.len(), 2);
     assert!(only_comments
         .iter()
         .all(|e| e["event"] == "comment_created"));
 
-    let one: Value = get(format!("/admin/api/v1/events/{}", ids[2]), Some(TOKEN))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one = get_json(format!("/admin/api/v1/events/{}", ids[2])).await;
     assert_eq!(one["id"], ids[2].as_str());
     assert_eq!(one["payload"], serde_json::json!({"n": 2}));
     assert_eq!(one["webhook_retry"], 3);

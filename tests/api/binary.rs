@@ -22,20 +22,25 @@ fn hookrelay() -> Command {
     cmd
 }
 
-#[test]
-fn descriptor_command_prints_the_rendered_descriptor() {
-    let output = hookrelay()
-        .args(["descriptor", "--product", "confluence"])
-        .env("HOOKRELAY_BASE_URL", "https://relay.example.org/x")
-        .env("HOOKRELAY_APP_KEY", "1234")
-        .output()
-        .unwrap();
+/// Runs `cmd`, which must succeed, and reads its standard output as JSON.
+fn json_output(cmd: &mut Command) -> Value {
+    let output = cmd.output().unwrap();
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let d: Value = serde_json::from_slice(&output.stdout).unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn descriptor_command_prints_the_rendered_descriptor() {
+    let d = json_output(
+        &mut hookrelay()
+            .args(["descriptor", "--product", "confluence"])
+            .env("HOOKRELAY_BASE_URL", "https://relay.example.org/x")
+            .env("HOOKRELAY_APP_KEY", "1234"),
+    );
     assert_eq!(d["baseUrl"], "https://relay.example.org/x");
     assert_eq!(
         d["key"], "1234",
@@ -298,16 +303,8 @@ fn serve_logs_json_and_finishes_in_flight_requests_on_sigterm() {
 #[test]
 fn example_config_file_loads() {
     let file = format!("{}/hookrelay.example.toml", env!("CARGO_MANIFEST_DIR"));
-    let output = hookrelay()
-        .args(["--config", &file, "descriptor", "--product", "jira"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let d: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let d =
+        json_output(&mut hookrelay().args(["--config", &file, "descriptor", "--product", "jira"]));
     assert_eq!(d["baseUrl"], "https://hooks.example.com");
     let hooks = d["modules"]["webhooks"].as_array().unwrap();
     assert_eq!(hooks.len(), 3);
@@ -316,18 +313,12 @@ fn example_config_file_loads() {
     assert_eq!(hooks[1]["propertyKeys"][0], "team");
 
     // The environment wins over the file.
-    let output = hookrelay()
-        .args(["--config", &file, "descriptor", "--product", "jira"])
-        .env("HOOKRELAY_BASE_URL", "https://override.example.com")
-        .env("HOOKRELAY_JIRA__EVENTS", "jira:issue_deleted")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let d = json_output(
+        &mut hookrelay()
+            .args(["--config", &file, "descriptor", "--product", "jira"])
+            .env("HOOKRELAY_BASE_URL", "https://override.example.com")
+            .env("HOOKRELAY_JIRA__EVENTS", "jira:issue_deleted"),
     );
-    let d: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(d["baseUrl"], "https://override.example.com");
     assert_eq!(d["modules"]["webhooks"].as_array().unwrap().len(), 1);
 }

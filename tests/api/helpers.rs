@@ -394,6 +394,17 @@ impl TestApp {
         request.send().await.expect("lifecycle request is answered")
     }
 
+    /// Posts `callback` for `site` with the body Atlassian sends for it.
+    pub async fn callback(
+        &self,
+        site: &Site,
+        callback: &str,
+        token: Option<String>,
+    ) -> reqwest::Response {
+        self.lifecycle(site, callback, token, &site.lifecycle_body(callback))
+            .await
+    }
+
     /// Installs `site` with a valid signed install issued at `iat`.
     pub async fn install_at(&self, site: &Site, iat: i64) -> reqwest::Response {
         let path = format!("/{}/lifecycle/installed", site.product);

@@ -37,12 +37,7 @@ async fn valid_install_stores_the_tenant_and_its_webhooks_verify(backend: Backen
     // `enabled` is HS256 with the new secret.
     let path = "/jira/lifecycle/enabled";
     let response = app
-        .lifecycle(
-            &site,
-            "enabled",
-            Some(site.token("POST", path)),
-            &site.lifecycle_body("enabled"),
-        )
+        .callback(&site, "enabled", Some(site.token("POST", path)))
         .await;
     assert_eq!(response.status(), 204);
     assert_eq!(app.tenant(&site).await.unwrap().state, TenantState::Enabled);
@@ -107,20 +102,11 @@ async fn bad_signed_installs_are_refused_and_change_nothing(backend: Backend) {
         cases.push(("not a JWT", "garbage".into()));
 
         for (case, token) in cases {
-            let response = app
-                .lifecycle(
-                    site,
-                    "installed",
-                    Some(token),
-                    &site.lifecycle_body("installed"),
-                )
-                .await;
+            let response = app.callback(site, "installed", Some(token)).await;
             assert_eq!(response.status(), 401, "{case}");
             error_body(response).await;
         }
-        let response = app
-            .lifecycle(site, "installed", None, &site.lifecycle_body("installed"))
-            .await;
+        let response = app.callback(site, "installed", None).await;
         assert_eq!(response.status(), 401, "no token");
 
         // A valid token whose body names another clientKey (body tampered).
@@ -243,18 +229,11 @@ async fn callbacks_out_of_order_never_undo_newer_ones(backend: Backend) {
     let path = "/jira/lifecycle/disabled";
     let claims = json!({"iss": site.client_key, "iat": t + 10, "exp": now() + 60, "qsh": simple_qsh("POST", path)});
     let response = app
-        .lifecycle(
-            &site,
-            "disabled",
-            Some(site.token_with(claims)),
-            &site.lifecycle_body("disabled"),
-        )
+        .callback(&site, "disabled", Some(site.token_with(claims)))
         .await;
     assert_eq!(response.status(), 204);
     // The same, unauthenticated, as Atlassian may send it after an uninstall.
-    let response = app
-        .lifecycle(&site, "disabled", None, &site.lifecycle_body("disabled"))
-        .await;
+    let response = app.callback(&site, "disabled", None).await;
     assert_eq!(response.status(), 204);
     // A stale `installed` (t+5) does not resurrect it either.
     assert_eq!(app.install_at(&site, t + 5).await.status(), 204);
@@ -274,36 +253,20 @@ async fn callbacks_out_of_order_never_undo_newer_ones(backend: Backend) {
 
     // An unauthenticated callback for a tenant never seen: 204, nothing created.
     let stranger = Site::new("jira");
-    let response = app
-        .lifecycle(
-            &stranger,
-            "enabled",
-            None,
-            &stranger.lifecycle_body("enabled"),
-        )
-        .await;
+    let response = app.callback(&stranger, "enabled", None).await;
     assert_eq!(response.status(), 204);
     assert!(app.tenant(&stranger).await.is_none());
 
     // For an installed tenant, an unauthenticated or badly signed `disabled` is 401.
     let live = Site::new("jira");
     assert_eq!(app.install(&live).await.status(), 204);
-    let response = app
-        .lifecycle(&live, "disabled", None, &live.lifecycle_body("disabled"))
-        .await;
+    let response = app.callback(&live, "disabled", None).await;
     assert_eq!(response.status(), 401);
     let forged = hs256(
         "not-the-secret",
         json!({"iss": live.client_key, "iat": now(), "exp": now() + 60, "qsh": simple_qsh("POST", path)}),
     );
-    let response = app
-        .lifecycle(
-            &live,
-            "disabled",
-            Some(forged),
-            &live.lifecycle_body("disabled"),
-        )
-        .await;
+    let response = app.callback(&live, "disabled", Some(forged)).await;
     assert_eq!(response.status(), 401);
     assert_eq!(
         app.tenant(&live).await.unwrap().state,
@@ -339,14 +302,7 @@ async fn install_keys_are_cached_per_kid(backend: Backend) {
             "keys/install-a.pem",
             install_claims(&site, path, now()),
         );
-        let response = app
-            .lifecycle(
-                &site,
-                "installed",
-                Some(token),
-                &site.lifecycle_body("installed"),
-            )
-            .await;
+        let response = app.callback(&site, "installed", Some(token)).await;
         assert_eq!(response.status(), 401);
     }
     assert_eq!(
@@ -362,14 +318,7 @@ async fn install_keys_are_cached_per_kid(backend: Backend) {
         "keys/install-b.pem",
         install_claims(&site, path, now()),
     );
-    let response = app
-        .lifecycle(
-            &site,
-            "installed",
-            Some(token),
-            &site.lifecycle_body("installed"),
-        )
-        .await;
+    let response = app.callback(&site, "installed", Some(token)).await;
     assert_eq!(response.status(), 503);
     assert!(app.tenant(&site).await.is_none());
 }
@@ -391,14 +340,7 @@ async fn audiences_from_the_allowed_list_are_accepted(backend: Backend) {
         let mut claims = install_claims(&site, path, now());
         claims["aud"] = aud.clone();
         let token = install_token(KID_A, "keys/install-a.pem", claims);
-        let response = app
-            .lifecycle(
-                &site,
-                "installed",
-                Some(token),
-                &site.lifecycle_body("installed"),
-            )
-            .await;
+        let response = app.callback(&site, "installed", Some(token)).await;
         assert_eq!(response.status(), expected, "aud {aud}");
         assert_eq!(
             app.tenant(&site).await.is_some(),
@@ -418,24 +360,14 @@ async fn a_stale_callback_does_not_undo_a_newer_one_on_an_active_tenant(backend:
         site.token_with(json!({"iss": site.client_key, "iat": iat, "exp": now() + 60, "qsh": simple_qsh("POST", &path)}))
     };
     let response = app
-        .lifecycle(
-            &site,
-            "enabled",
-            Some(signed("enabled", t + 10)),
-            &site.lifecycle_body("enabled"),
-        )
+        .callback(&site, "enabled", Some(signed("enabled", t + 10)))
         .await;
     assert_eq!(response.status(), 204);
     assert_eq!(app.tenant(&site).await.unwrap().state, TenantState::Enabled);
 
     // A `disabled` issued before that `enabled` arrives late: acknowledged, ignored.
     let response = app
-        .lifecycle(
-            &site,
-            "disabled",
-            Some(signed("disabled", t + 5)),
-            &site.lifecycle_body("disabled"),
-        )
+        .callback(&site, "disabled", Some(signed("disabled", t + 5)))
         .await;
     assert_eq!(response.status(), 204);
     let tenant = app.tenant(&site).await.unwrap();
@@ -444,12 +376,7 @@ async fn a_stale_callback_does_not_undo_a_newer_one_on_an_active_tenant(backend:
 
     // One issued after it applies.
     let response = app
-        .lifecycle(
-            &site,
-            "disabled",
-            Some(signed("disabled", t + 20)),
-            &site.lifecycle_body("disabled"),
-        )
+        .callback(&site, "disabled", Some(signed("disabled", t + 20)))
         .await;
     assert_eq!(response.status(), 204);
     assert_eq!(
@@ -462,26 +389,12 @@ async fn a_stale_callback_does_not_undo_a_newer_one_on_an_active_tenant(backend:
     let no_iat = site.token_with(
         json!({"iss": site.client_key, "exp": now() + 60, "qsh": simple_qsh("POST", path)}),
     );
-    let response = app
-        .lifecycle(
-            &site,
-            "enabled",
-            Some(no_iat),
-            &site.lifecycle_body("enabled"),
-        )
-        .await;
+    let response = app.callback(&site, "enabled", Some(no_iat)).await;
     assert_eq!(response.status(), 401);
     let mut claims = install_claims(&site, "/jira/lifecycle/installed", now());
     claims.as_object_mut().unwrap().remove("iat");
     let token = install_token(KID_A, "keys/install-a.pem", claims);
-    let response = app
-        .lifecycle(
-            &site,
-            "installed",
-            Some(token),
-            &site.lifecycle_body("installed"),
-        )
-        .await;
+    let response = app.callback(&site, "installed", Some(token)).await;
     assert_eq!(response.status(), 401);
     assert_eq!(
         app.tenant(&site).await.unwrap().state,

@@ -164,13 +164,7 @@ async fn bad_requests_are_refused_and_store_nothing(backend: Backend) {
         "keys/install-a.pem",
         install_claims(&uninstalled, "/jira/lifecycle/uninstalled", now),
     );
-    app.lifecycle(
-        &uninstalled,
-        "uninstalled",
-        Some(token),
-        &uninstalled.lifecycle_body("uninstalled"),
-    )
-    .await;
+    app.callback(&uninstalled, "uninstalled", Some(token)).await;
 
     let mut rs256_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     rs256_header.kid = Some(KID_A.into());
