@@ -36,7 +36,7 @@ fn json_output(cmd: &mut Command) -> Value {
 #[test]
 fn descriptor_command_prints_the_rendered_descriptor() {
     let d = json_output(
-        &mut hookrelay()
+        hookrelay()
             .args(["descriptor", "--product", "confluence"])
             .env("HOOKRELAY_BASE_URL", "https://relay.example.org/x")
             .env("HOOKRELAY_APP_KEY", "1234"),
@@ -303,8 +303,7 @@ fn serve_logs_json_and_finishes_in_flight_requests_on_sigterm() {
 #[test]
 fn example_config_file_loads() {
     let file = format!("{}/hookrelay.example.toml", env!("CARGO_MANIFEST_DIR"));
-    let d =
-        json_output(&mut hookrelay().args(["--config", &file, "descriptor", "--product", "jira"]));
+    let d = json_output(hookrelay().args(["--config", &file, "descriptor", "--product", "jira"]));
     assert_eq!(d["baseUrl"], "https://hooks.example.com");
     let hooks = d["modules"]["webhooks"].as_array().unwrap();
     assert_eq!(hooks.len(), 3);
@@ -314,7 +313,7 @@ fn example_config_file_loads() {
 
     // The environment wins over the file.
     let d = json_output(
-        &mut hookrelay()
+        hookrelay()
             .args(["--config", &file, "descriptor", "--product", "jira"])
             .env("HOOKRELAY_BASE_URL", "https://override.example.com")
             .env("HOOKRELAY_JIRA__EVENTS", "jira:issue_deleted"),
