@@ -134,13 +134,17 @@ async fn read_body(
     Ok(body.freeze())
 }
 
-/// The body as UTF-8 text that is valid JSON, or 400.
+/// The body as UTF-8 text that is valid JSON, or 400. The text is stored as is.
 fn json_text(body: web::Bytes) -> Result<String, ApiError> {
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+    let text = String::from_utf8(Vec::from(body)).map_err(|_| {
+        tracing::warn!("body is not UTF-8");
+        ApiError::BadRequest("body is not UTF-8 JSON".into())
+    })?;
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
         tracing::warn!(error = %e, "body is not JSON");
         return Err(ApiError::BadRequest(format!("body is not JSON: {e}")));
     }
-    String::from_utf8(body.to_vec()).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))
+    Ok(text)
 }
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -237,7 +241,10 @@ async fn intake(
         tenant_base_url: Some(tenant.base_url.clone()),
         webhook_id,
         webhook_retry: header(req, "X-Atlassian-Webhook-Retry").and_then(|v| v.parse().ok()),
-        webhook_flow: header(req, "X-Atlassian-Webhook-Flow").map(str::to_string),
+        // "Primary" or "Secondary"; anything long is not Atlassian's and not kept.
+        webhook_flow: header(req, "X-Atlassian-Webhook-Flow")
+            .filter(|v| v.len() <= 64)
+            .map(str::to_string),
         received_at: crate::domain::now_millis(),
         payload: body,
     };
