@@ -67,6 +67,12 @@ impl Application {
             .disable_signals()
             .shutdown_timeout(config.shutdown_timeout.as_secs())
             .run();
+        if config.amqp_url.is_some() {
+            tracing::warn!(
+                "HOOKRELAY_AMQP_URL is set, but publishing to RabbitMQ is not built yet: \
+                 events are stored, not published"
+            );
+        }
         tracing::info!(
             listen = %config.listen,
             port,
