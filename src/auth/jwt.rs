@@ -177,3 +177,28 @@ pub fn check_qsh(
         Err(AuthError::QshMismatch { canonical })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Whatever arrives as a token or an Authorization header: no panic.
+        #[test]
+        fn reading_tokens_never_panics(token in ".{0,200}", header in ".{0,64}", query in ".{0,64}") {
+            let _ = peek(&token);
+            let request = SignedRequest { method: "POST", path: "/x", query: &query, authorization: Some(&header) };
+            let _ = request.token();
+            let claims = Claims { iss: token.clone(), sub: None, qsh: Some(token.clone()), exp: Some(i64::MAX), iat: Some(i64::MIN), nbf: None, aud: None };
+            let _ = check_times(&claims, Utc::now(), Duration::from_secs(u64::MAX));
+            let _ = check_qsh(&claims, &request, &header);
+        }
+
+        /// Base64url segments of arbitrary JSON-ish bytes: no panic either.
+        #[test]
+        fn peeking_at_encoded_garbage_never_panics(a in proptest::collection::vec(proptest::num::u8::ANY, 0..64), b in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let token = format!("{}.{}.sig", URL_SAFE_NO_PAD.encode(a), URL_SAFE_NO_PAD.encode(b));
+            let _ = peek(&token);
+        }
+    }
+}

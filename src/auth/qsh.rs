@@ -104,6 +104,31 @@ mod tests {
         assert_eq!(canonical_path("/a&b/", ""), "/a%26b");
     }
 
+    proptest::proptest! {
+        /// Any input at all: no panic, and the canonical form has its three parts.
+        #[test]
+        fn never_panics(method in ".{0,8}", path in ".{0,64}", query in ".{0,128}", context in ".{0,16}") {
+            let canonical = canonical_request(&method, &path, &query, &context);
+            proptest::prop_assert!(canonical.matches('&').count() >= 2);
+        }
+
+        /// Parameter order does not matter, and `jwt` never counts.
+        #[test]
+        fn order_and_jwt_do_not_change_the_hash(
+            mut params in proptest::collection::vec(("[a-z%+]{1,6}", "[a-zA-Z0-9 %+,.~*]{0,8}"), 0..6),
+            jwt in "[A-Za-z0-9._-]{0,20}",
+        ) {
+            let join = |params: &[(String, String)]| {
+                params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+            };
+            let before = canonical_query(&join(&params));
+            params.reverse();
+            params.push(("jwt".into(), jwt));
+            let after = canonical_query(&join(&params));
+            proptest::prop_assert_eq!(before, after);
+        }
+    }
+
     #[test]
     fn repeated_keys_are_joined_sorted() {
         assert_eq!(canonical_query("b=2&a=z&a=y&jwt=t"), "a=y,z&b=2");
