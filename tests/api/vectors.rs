@@ -112,3 +112,38 @@ fn algorithms_other_than_hs256_are_refused() {
         Err(AuthError::WrongAlgorithm)
     ));
 }
+
+/// The fixtures are copies of `../shared/fixtures`, so the repository stands on its
+/// own. Where `shared/` sits beside it (as in CI), the copies must not drift.
+#[test]
+fn fixture_copies_match_shared() {
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    if !shared.exists() {
+        eprintln!("no {} here; nothing to compare", shared.display());
+        return;
+    }
+    let mut compared = 0;
+    let mut stack = vec![shared.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let relative = path
+                .strip_prefix(&shared)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                fixture(&relative).into_bytes(),
+                "tests/fixtures/{relative} differs from shared/fixtures"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 6, "compared {compared} files");
+}
