@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::DefaultDirectRateLimiter;
 use jsonwebtoken::DecodingKey;
 use moka::future::Cache;
 use url::Url;
@@ -23,8 +23,8 @@ const MAX_KEYS: u64 = 1_000;
 /// A PEM public key is well under this; anything larger is not one.
 const MAX_KEY_BYTES: usize = 16 * 1024;
 /// Real installs need a fetch once per kid, and kids rotate rarely.
-const FETCHES_PER_SECOND: u32 = 5;
-const FETCH_BURST: u32 = 20;
+const FETCHES_PER_SECOND: NonZeroU32 = NonZeroU32::new(5).unwrap();
+const FETCH_BURST: NonZeroU32 = NonZeroU32::new(20).unwrap();
 
 pub struct InstallKeys {
     base: Url,
@@ -48,10 +48,7 @@ impl InstallKeys {
                 .max_capacity(MAX_KEYS)
                 .time_to_live(NEGATIVE_TTL)
                 .build(),
-            fetches: RateLimiter::direct(
-                Quota::per_second(NonZeroU32::new(FETCHES_PER_SECOND).expect("non-zero"))
-                    .allow_burst(NonZeroU32::new(FETCH_BURST).expect("non-zero")),
-            ),
+            fetches: super::rate_limiter(FETCHES_PER_SECOND, FETCH_BURST),
         }
     }
 

@@ -11,10 +11,12 @@ pub mod jwt;
 pub mod qsh;
 pub mod tenants;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use secrecy::ExposeSecret;
 
@@ -213,6 +215,11 @@ impl Authenticator {
     pub fn tenants(&self) -> &TenantCache {
         &self.tenants
     }
+}
+
+/// A process-wide limiter of `per_second` events with bursts up to `burst`.
+fn rate_limiter(per_second: NonZeroU32, burst: NonZeroU32) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
 }
 
 /// The signature first, so that a forger learns nothing about the tenant's state.

@@ -16,7 +16,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::DefaultDirectRateLimiter;
 use moka::future::Cache;
 
 use crate::domain::{ClientKey, Tenant};
@@ -26,8 +26,8 @@ const MAX_TENANTS: u64 = 10_000;
 /// How long "no such tenant" is remembered.
 const MISSING_TTL: Duration = Duration::from_secs(2);
 /// Store reads to confirm a refusal, per second, for the whole process.
-pub const RECHECKS_PER_SECOND: u32 = 50;
-const RECHECK_BURST: u32 = 100;
+pub const RECHECKS_PER_SECOND: NonZeroU32 = NonZeroU32::new(50).unwrap();
+const RECHECK_BURST: NonZeroU32 = NonZeroU32::new(100).unwrap();
 
 pub struct TenantCache {
     store: Store,
@@ -48,10 +48,7 @@ impl TenantCache {
                 .max_capacity(MAX_TENANTS)
                 .time_to_live(MISSING_TTL)
                 .build(),
-            rechecks: RateLimiter::direct(
-                Quota::per_second(NonZeroU32::new(RECHECKS_PER_SECOND).expect("non-zero"))
-                    .allow_burst(NonZeroU32::new(RECHECK_BURST).expect("non-zero")),
-            ),
+            rechecks: super::rate_limiter(RECHECKS_PER_SECOND, RECHECK_BURST),
         }
     }
 

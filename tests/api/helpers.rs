@@ -129,7 +129,6 @@ impl TestDb {
 pub struct KeyServer {
     pub url: String,
     pub hits: Arc<AtomicUsize>,
-    keys: Arc<Mutex<HashMap<String, String>>>,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -171,7 +170,6 @@ impl KeyServer {
         KeyServer {
             url: format!("http://127.0.0.1:{port}"),
             hits,
-            keys,
             handle,
         }
     }
@@ -182,11 +180,6 @@ impl KeyServer {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
-    }
-
-    #[allow(dead_code)]
-    pub fn remove(&self, kid: &str) {
-        self.keys.lock().unwrap().remove(kid);
     }
 }
 
