@@ -156,6 +156,7 @@ impl Authenticator {
     ) -> Result<Verified<Tenant>, AuthError> {
         let token = request.token()?;
         let (header, peeked) = jwt::peek(&token)?;
+        record_claimed_issuer(&peeked.iss);
         if header.alg != "HS256" {
             return Err(AuthError::WrongAlgorithm);
         }
@@ -181,6 +182,7 @@ impl Authenticator {
     ) -> Result<Verified<()>, AuthError> {
         let token = request.token()?;
         let (header, peeked) = jwt::peek(&token)?;
+        record_claimed_issuer(&peeked.iss);
         if header.alg != "RS256" {
             return Err(AuthError::WrongAlgorithm);
         }
@@ -214,6 +216,16 @@ impl Authenticator {
 
     pub fn tenants(&self) -> &TenantCache {
         &self.tenants
+    }
+}
+
+/// Puts the token's `iss`, not yet verified, on the current span as
+/// `claimed_iss` (where the caller's span declares it), so that a refusal is
+/// logged with the client key it claimed. Only short printable values: the claim
+/// is attacker-controlled.
+fn record_claimed_issuer(iss: &str) {
+    if iss.len() <= 128 && iss.chars().all(|c| c.is_ascii_graphic()) {
+        tracing::Span::current().record("claimed_iss", iss);
     }
 }
 

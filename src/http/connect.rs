@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::{jwt, AuthError, SignedRequest};
+use crate::auth::{AuthError, SignedRequest};
 use crate::descriptor;
 use crate::domain::{
     Event, EventId, InstallData, LifecycleChange, LifecycleOutcome, Product, Source, TenantState,
@@ -39,23 +39,6 @@ fn signed_request(req: &HttpRequest) -> SignedRequest<'_> {
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
-    }
-}
-
-/// Puts the token's `iss` (not yet verified) on the current span, so that a
-/// rejection is logged with the client key it claimed. Only short printable values
-/// are logged: the claim is attacker-controlled.
-fn record_claimed_issuer(request: &SignedRequest<'_>) {
-    let Some(iss) = request
-        .token()
-        .ok()
-        .and_then(|token| jwt::peek(&token).ok())
-        .map(|(_, claims)| claims.iss)
-    else {
-        return;
-    };
-    if iss.len() <= 128 && iss.chars().all(|c| c.is_ascii_graphic()) {
-        tracing::Span::current().record("claimed_iss", iss.as_str());
     }
 }
 
@@ -220,7 +203,6 @@ async fn intake(
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let signed = signed_request(req);
-    record_claimed_issuer(&signed);
     let verified = state
         .auth
         .verify_tenant_request(&signed, product)
@@ -327,7 +309,6 @@ async fn apply_callback(
 ) -> Result<LifecycleOutcome, ApiError> {
     let body = read_body(req, payload, state.config.max_body_bytes).await?;
     let signed = signed_request(req);
-    record_claimed_issuer(&signed);
     let (client_key, at, install) = match target {
         TenantState::Installed | TenantState::Uninstalled => {
             let verified = state
