@@ -84,6 +84,67 @@ pub struct ProductSettings {
     pub webhooks: BTreeMap<String, WebhookOptions>,
 }
 
+/// How a queue is stored by RabbitMQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// Replicated, the production choice.
+    Quorum,
+    Classic,
+}
+
+impl QueueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Quorum => "quorum",
+            QueueKind::Classic => "classic",
+        }
+    }
+}
+
+/// A `[[queues]]` entry (or `[relay_queue]`) as written in the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    #[serde(deserialize_with = "text")]
+    pub name: String,
+    /// Topic patterns bound to the exchange (`jira.*`, `confluence.page_#`).
+    #[serde(deserialize_with = "list")]
+    pub bindings: Vec<String>,
+    #[serde(rename = "type")]
+    pub kind: QueueKind,
+    /// Most messages kept; beyond it the oldest are dead-lettered.
+    pub max_length: Option<u64>,
+    /// How long a message may wait before it is dead-lettered, like `1h`.
+    pub message_ttl: Option<String>,
+    /// Delete the queue after it has had no consumer for this long, like `7d`.
+    pub expires: Option<String>,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            bindings: Vec::new(),
+            kind: QueueKind::Quorum,
+            max_length: None,
+            message_ttl: None,
+            expires: None,
+        }
+    }
+}
+
+/// A validated queue declaration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub bindings: Vec<String>,
+    pub kind: QueueKind,
+    pub max_length: Option<u64>,
+    pub message_ttl: Option<Duration>,
+    pub expires: Option<Duration>,
+}
+
 /// The settings as the layers give them, before validation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -116,6 +177,18 @@ pub struct RawConfig {
     pub shutdown_timeout: String,
     /// HTTP worker threads; 0 means one per CPU core.
     pub http_workers: usize,
+    /// An outbox row claimed but not confirmed for this long is published again,
+    /// by whichever process claims it next.
+    pub republish_after: String,
+    /// How long one publish may wait for the broker's confirm.
+    pub publish_timeout: String,
+    /// Most events a publisher claims and publishes at once.
+    pub publish_batch_size: u32,
+    pub amqp_connect_timeout: String,
+    /// Queues declared on the broker for downstream services (`[[queues]]`).
+    pub queues: Vec<QueueSettings>,
+    /// The relay workers' own queue; its name defaults to `<exchange>.relay`.
+    pub relay_queue: QueueSettings,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -143,6 +216,12 @@ impl Default for RawConfig {
             tenant_cache_ttl: "60s".into(),
             shutdown_timeout: "30s".into(),
             http_workers: 0,
+            republish_after: "30s".into(),
+            publish_timeout: "10s".into(),
+            publish_batch_size: 256,
+            amqp_connect_timeout: "10s".into(),
+            queues: Vec::new(),
+            relay_queue: QueueSettings::default(),
             jira: ProductSettings::default(),
             confluence: ProductSettings::default(),
         }
@@ -186,6 +265,14 @@ pub struct Config {
     pub tenant_cache_ttl: Duration,
     pub shutdown_timeout: Duration,
     pub http_workers: usize,
+    pub republish_after: Duration,
+    pub publish_timeout: Duration,
+    pub publish_batch_size: u32,
+    pub amqp_connect_timeout: Duration,
+    /// `[[queues]]`: declared on RabbitMQ for downstream services.
+    pub queues: Vec<QueueSpec>,
+    /// Bound to every routing key (`#`).
+    pub relay_queue: QueueSpec,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -334,13 +421,65 @@ impl RawConfig {
             }
         }
 
+        let exchange = self.exchange.trim().to_string();
+        if exchange.len() > 200 || exchange.starts_with("amq.") {
+            return Err(invalid(
+                "exchange",
+                "must be at most 200 bytes and must not start with `amq.`",
+            ));
+        }
+        let republish_after = bounded(
+            "republish_after",
+            &self.republish_after,
+            Duration::from_millis(500),
+            Duration::from_secs(3600),
+        )?;
+        let publish_timeout = bounded(
+            "publish_timeout",
+            &self.publish_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
+        if publish_timeout >= republish_after {
+            return Err(invalid(
+                "publish_timeout",
+                "must be shorter than republish_after, or a slow confirm would be published twice",
+            ));
+        }
+        if !(1..=10_000).contains(&self.publish_batch_size) {
+            return Err(invalid(
+                "publish_batch_size",
+                "must lie between 1 and 10000",
+            ));
+        }
+        let mut relay_queue = self.relay_queue;
+        if relay_queue.name.trim().is_empty() {
+            relay_queue.name = format!("{exchange}.relay");
+        }
+        relay_queue.bindings = vec!["#".into()];
+        let relay_queue = queue_spec("relay_queue", relay_queue)?;
+        let queues = self
+            .queues
+            .into_iter()
+            .map(|q| queue_spec("queues", q))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+        names.push(&relay_queue.name);
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(invalid(
+                "queues",
+                format!("queue `{}` is declared twice", pair[0]),
+            ));
+        }
+
         Ok(Config {
             listen,
             base_url,
             context_path,
             database_url: SecretString::from(database_url),
             amqp_url,
-            exchange: self.exchange.trim().to_string(),
+            exchange,
             admin_token,
             app_key: self.app_key,
             install_keys_url,
@@ -376,10 +515,65 @@ impl RawConfig {
                 Duration::from_secs(3600),
             )?,
             http_workers: self.http_workers,
+            republish_after,
+            publish_timeout,
+            publish_batch_size: self.publish_batch_size,
+            amqp_connect_timeout: bounded(
+                "amqp_connect_timeout",
+                &self.amqp_connect_timeout,
+                Duration::from_millis(100),
+                Duration::from_secs(300),
+            )?,
+            queues,
+            relay_queue,
             jira: self.jira,
             confluence: self.confluence,
         })
     }
+}
+
+/// Checks a queue declaration: a usable name, topic patterns RabbitMQ accepts.
+fn queue_spec(setting: &'static str, q: QueueSettings) -> Result<QueueSpec, ConfigError> {
+    let name = q.name.trim().to_string();
+    // Room is left for the `.dead` queue beside it (names are at most 255 bytes).
+    if name.is_empty() || name.len() > 200 || name.starts_with("amq.") {
+        return Err(invalid(
+            setting,
+            format!("queue name `{name}` must be 1-200 bytes and must not start with `amq.`"),
+        ));
+    }
+    if q.bindings.is_empty() {
+        return Err(invalid(
+            setting,
+            format!("queue `{name}` needs at least one binding pattern"),
+        ));
+    }
+    for pattern in &q.bindings {
+        if !crate::broker::valid_pattern(pattern) {
+            return Err(invalid(
+                setting,
+                format!(
+                    "queue `{name}`: `{pattern}` is not a topic pattern \
+                     (dot-separated words, `*` or `#`)"
+                ),
+            ));
+        }
+    }
+    let duration = |value: &Option<String>, min: Duration| {
+        value
+            .as_deref()
+            .map(|v| bounded(setting, v, min, Duration::from_secs(365 * 24 * 3600)))
+            .transpose()
+    };
+    Ok(QueueSpec {
+        message_ttl: duration(&q.message_ttl, Duration::ZERO)?,
+        // RabbitMQ refuses an expiry of zero.
+        expires: duration(&q.expires, Duration::from_millis(1))?,
+        name,
+        bindings: q.bindings,
+        kind: q.kind,
+        max_length: q.max_length,
+    })
 }
 
 /// `aud` comparison ignores trailing slashes: Atlassian sends the baseUrl as the

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// hookrelay's own id for a stored event; stable across retries and replays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct EventId(pub Uuid);
 
@@ -271,6 +271,22 @@ impl Event {
         })
     }
 
+    /// The broker routing key (DESIGN.md, "Broker"): `<product>.<event>` with the
+    /// product's own prefix taken off the name, so `jira:issue_created` becomes
+    /// `jira.issue_created`; web triggers use `webtrigger.<name>`.
+    pub fn routing_key(&self) -> String {
+        let prefix = match (self.source, self.product) {
+            (Source::Webtrigger, _) | (_, None) => self.source.as_str(),
+            (_, Some(product)) => product.as_str(),
+        };
+        let name = self
+            .event
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .unwrap_or(&self.event);
+        format!("{prefix}.{name}")
+    }
+
     /// The envelope as the JSON every consumer receives.
     pub fn envelope_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(&self.envelope()?)
@@ -315,5 +331,32 @@ mod tests {
         assert_eq!(value["product"], "confluence");
         assert_eq!(value["tenant"]["client_key"], "ck");
         assert_eq!(value["received_at"], "2026-11-18T11:06:40.123Z");
+        assert_eq!(event.routing_key(), "confluence.page_updated");
+    }
+
+    #[test]
+    fn routing_keys_follow_the_design() {
+        let mut event = Event {
+            id: EventId::new(),
+            source: Source::Connect,
+            product: Some(Product::Jira),
+            event: "jira:issue_created".into(),
+            client_key: None,
+            tenant_base_url: None,
+            webhook_id: None,
+            webhook_retry: None,
+            webhook_flow: None,
+            received_at: now_millis(),
+            payload: "{}".into(),
+        };
+        assert_eq!(event.routing_key(), "jira.issue_created");
+        event.event = "comment_created".into();
+        assert_eq!(event.routing_key(), "jira.comment_created");
+        event.event = "jira-software:sprint".into();
+        assert_eq!(event.routing_key(), "jira.jira-software:sprint");
+        event.source = Source::Webtrigger;
+        event.product = None;
+        event.event = "deploy-hook".into();
+        assert_eq!(event.routing_key(), "webtrigger.deploy-hook");
     }
 }

@@ -8,7 +8,11 @@
 //! - [`domain`]: the types that flow (event ids, client keys, tenants, the envelope).
 //! - [`auth`]: Connect JWTs, the query string hash, signed-install keys, and the
 //!   [`auth::Verified`] proof a handler needs before it acts.
-//! - [`store`]: tenants and events in PostgreSQL or SQLite; SQL per backend.
+//! - [`store`]: tenants, events, the outbox and the in-process queues, in
+//!   PostgreSQL or SQLite; SQL per backend.
+//! - [`broker`]: RabbitMQ (lapin, publisher confirms) or the in-process broker,
+//!   behind one interface; topology and connection life.
+//! - [`publisher`]: moves committed events from the outbox to the broker.
 //! - [`descriptor`]: the app descriptor per product, from `descriptor/`.
 //! - [`http`]: routes, handlers and the one place errors become answers.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it.
@@ -16,10 +20,12 @@
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
 
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod descriptor;
 pub mod domain;
 pub mod http;
+pub mod publisher;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

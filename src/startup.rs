@@ -1,5 +1,5 @@
-//! Wiring: builds the store, the authenticator and the HTTP server from a
-//! [`Config`], and runs them until a shutdown token fires.
+//! Wiring: builds the store, the broker, the publisher, the authenticator and the
+//! HTTP server from a [`Config`], and runs them until a shutdown token fires.
 //!
 //! `main` and the tests build the very same [`Application`]; the tests bind port 0
 //! and ask [`Application::port`] where it landed.
@@ -14,8 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::tenants::TenantCache;
 use crate::auth::Authenticator;
+use crate::broker::amqp::AmqpBroker;
+use crate::broker::local::LocalBroker;
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::publisher::{self, PublisherTask};
 use crate::store::Store;
 use crate::telemetry;
 
@@ -23,6 +27,9 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     store: Store,
+    broker: Arc<Broker>,
+    publisher: PublisherTask,
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -37,6 +44,18 @@ impl Application {
             .migrate()
             .await
             .context("cannot apply database migrations")?;
+        store
+            .release_stale_claims()
+            .await
+            .context("cannot release the claims of an earlier run")?;
+
+        // Never waits for the broker: events are stored and wait in the outbox
+        // until it is reachable.
+        let broker = Arc::new(match config.amqp_url {
+            Some(_) => Broker::Amqp(AmqpBroker::start(config.clone())),
+            None => Broker::Local(Arc::new(LocalBroker::new(store.clone(), &config))),
+        });
+        let (publisher, publisher_task) = publisher::start(store.clone(), broker.clone(), &config);
 
         // One client for every outgoing call of this process, with bounded waits.
         let http_client = reqwest::Client::builder()
@@ -53,6 +72,8 @@ impl Application {
             store: store.clone(),
             auth,
             metrics: telemetry::metrics_handle(),
+            publisher,
+            broker: broker.clone(),
         });
 
         let listener = TcpListener::bind(&config.listen)
@@ -67,28 +88,33 @@ impl Application {
             .disable_signals()
             .shutdown_timeout(config.shutdown_timeout.as_secs())
             .run();
-        if config.amqp_url.is_some() {
-            tracing::warn!(
-                "HOOKRELAY_AMQP_URL is set, but publishing to RabbitMQ is not built yet: \
-                 events are stored, not published"
-            );
-        }
         tracing::info!(
             listen = %config.listen,
             port,
             base_url = %config.base_url,
             store = store.backend(),
+            broker = broker.kind(),
+            exchange = %config.exchange,
             "hookrelay is serving"
         );
         Ok(Self {
             port,
             server,
             store,
+            broker,
+            publisher: publisher_task,
+            shutdown_timeout: config.shutdown_timeout,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The broker events are published to; tests and in-process consumers read
+    /// the in-process one through it.
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting connections, lets
@@ -102,6 +128,14 @@ impl Application {
         });
         let result = self.server.await;
         stopper.abort();
+        // Intake has stopped: publish what it handed over, within the same bound.
+        if tokio::time::timeout(self.shutdown_timeout, self.publisher.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!("publisher did not finish in time; its events stay in the outbox");
+        }
+        self.broker.close().await;
         self.store.close().await;
         tracing::info!("stopped");
         result

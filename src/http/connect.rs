@@ -230,12 +230,26 @@ async fn intake(
         received_at: crate::domain::now_millis(),
         payload: body,
     };
-    let stored = state.store.insert_event(&new_event).await?;
+    // A fast-path slot is taken before the commit, so that the outbox row can be
+    // claimed for this process in the same commit; without one, any publisher's
+    // sweeper takes the row.
+    let slot = state.publisher.reserve();
+    let publish_at = match slot {
+        Some(_) => {
+            new_event.received_at
+                + chrono::Duration::from_std(state.publisher.lease()).unwrap_or_default()
+        }
+        None => new_event.received_at,
+    };
+    let stored = state.store.insert_event(&new_event, publish_at).await?;
     tracing::Span::current().record("event_id", tracing::field::display(stored.id));
     if stored.duplicate {
         tracing::info!("duplicate webhook identifier, already stored");
     } else {
         tracing::info!(retry = new_event.webhook_retry, "event stored");
+        if let Some(slot) = slot {
+            slot.send(new_event);
+        }
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "id": stored.id,

@@ -20,7 +20,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder, TracingLogger};
 
 use crate::auth::Authenticator;
+use crate::broker::Broker;
 use crate::config::Config;
+use crate::publisher::Publisher;
 use crate::store::Store;
 use error::ApiError;
 
@@ -30,6 +32,10 @@ pub struct AppState {
     pub store: Store,
     pub auth: Authenticator,
     pub metrics: PrometheusHandle,
+    /// Where committed events are handed for publishing.
+    pub publisher: Publisher,
+    /// Only looked at for its state, by `/readyz`.
+    pub broker: Arc<Broker>,
 }
 
 /// The route table.

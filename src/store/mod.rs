@@ -1,5 +1,6 @@
-//! Persistence: tenants and events, in PostgreSQL (production) or SQLite (the
-//! embedded default), with the same behaviour on both.
+//! Persistence: tenants, events, the outbox of events not yet confirmed by the
+//! broker, and the in-process broker's queues, in PostgreSQL (production) or
+//! SQLite (the embedded default), with the same behaviour on both.
 //!
 //! All SQL lives in `postgres.rs` and `sqlite.rs`, one file per backend; this file
 //! picks the backend and classifies errors. A write returns only after its commit,
@@ -17,6 +18,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
 use crate::config::Config;
+use chrono::{DateTime, Utc};
+
 use crate::domain::{ClientKey, Event, EventId, LifecycleChange, LifecycleOutcome, Stored, Tenant};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,24 @@ pub struct EventFilter {
     /// Only events older than this one (the page cursor).
     pub before: Option<EventId>,
     pub limit: i64,
+}
+
+/// A row claimed from the outbox or from an in-process queue, with its event.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub event: Event,
+    /// How many times it has been claimed, this claim included.
+    pub attempts: i32,
+    /// The routing key it was queued under (in-process queues only).
+    pub routing_key: Option<String>,
+}
+
+/// One event put on one in-process queue.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalRoute<'a> {
+    pub queue: &'a str,
+    pub event_id: EventId,
+    pub routing_key: &'a str,
 }
 
 /// SQLite runs one write at a time whatever the pool size, and writers that meet
@@ -204,12 +225,18 @@ impl Store {
         }
     }
 
-    /// Stores an event once per (tenant, webhook identifier) and returns after the
-    /// commit. A repeat returns the id of the event stored first.
-    pub async fn insert_event(&self, event: &Event) -> Result<Stored, StoreError> {
+    /// Stores an event once per (tenant, webhook identifier), together with its
+    /// outbox row, and returns after the commit. The row becomes claimable by any
+    /// publisher at `publish_at`: now, or later when this process means to publish
+    /// the event itself. A repeat returns the id of the event stored first.
+    pub async fn insert_event(
+        &self,
+        event: &Event,
+        publish_at: DateTime<Utc>,
+    ) -> Result<Stored, StoreError> {
         let inserted = match self {
-            Store::Postgres(pool) => postgres::insert_event(pool, event).await?,
-            Store::Sqlite(pools) => sqlite::insert_event(&pools.writer, event).await?,
+            Store::Postgres(pool) => postgres::insert_event(pool, event, publish_at).await?,
+            Store::Sqlite(pools) => sqlite::insert_event(&pools.writer, event, publish_at).await?,
         };
         if inserted {
             return Ok(Stored {
@@ -237,6 +264,117 @@ impl Store {
         })
     }
 
+    /// Claims up to `limit` outbox rows that are due, for `lease` (after which
+    /// another publisher may claim them again). Two concurrent callers never get
+    /// the same row.
+    pub async fn claim_outbox(
+        &self,
+        limit: u32,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let (now, until) = lease_window(lease);
+        match self {
+            Store::Postgres(pool) => postgres::claim_outbox(pool, limit.into(), now, until).await,
+            Store::Sqlite(pools) => {
+                sqlite::claim_outbox(&pools.writer, limit.into(), now, until).await
+            }
+        }
+    }
+
+    /// The broker confirmed these events: they leave the outbox.
+    pub async fn complete_outbox(&self, ids: &[EventId]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Postgres(pool) => postgres::complete_outbox(pool, ids).await,
+            Store::Sqlite(pools) => sqlite::complete_outbox(&pools.writer, ids).await,
+        }
+    }
+
+    /// Publishing these failed: they become claimable again at `retry_at`.
+    pub async fn release_outbox(
+        &self,
+        ids: &[EventId],
+        retry_at: DateTime<Utc>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Postgres(pool) => postgres::release_outbox(pool, ids, retry_at, error).await,
+            Store::Sqlite(pools) => {
+                sqlite::release_outbox(&pools.writer, ids, retry_at, error).await
+            }
+        }
+    }
+
+    /// Events not yet confirmed by the broker.
+    pub async fn outbox_len(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::outbox_len(pool).await,
+            Store::Sqlite(pools) => sqlite::outbox_len(&pools.reader).await,
+        }
+    }
+
+    /// At start: a SQLite store has a single process, so claims left by a previous
+    /// run (one killed mid-publish) can be taken again at once. PostgreSQL may be
+    /// shared by several processes, whose claims are left to expire.
+    pub async fn release_stale_claims(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(_) => Ok(()),
+            Store::Sqlite(pools) => {
+                sqlite::release_claims(&pools.writer, crate::domain::now_millis()).await
+            }
+        }
+    }
+
+    /// Puts events on in-process queues (idempotent per queue and event).
+    pub async fn enqueue_local(&self, routes: &[LocalRoute<'_>]) -> Result<(), StoreError> {
+        if routes.is_empty() {
+            return Ok(());
+        }
+        let now = crate::domain::now_millis();
+        match self {
+            Store::Postgres(pool) => postgres::enqueue_local(pool, routes, now).await,
+            Store::Sqlite(pools) => sqlite::enqueue_local(&pools.writer, routes, now).await,
+        }
+    }
+
+    /// Claims up to `limit` due messages of an in-process queue, for `lease`.
+    pub async fn claim_local(
+        &self,
+        queue: &str,
+        limit: u32,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let (now, until) = lease_window(lease);
+        match self {
+            Store::Postgres(pool) => {
+                postgres::claim_local(pool, queue, limit.into(), now, until).await
+            }
+            Store::Sqlite(pools) => {
+                sqlite::claim_local(&pools.writer, queue, limit.into(), now, until).await
+            }
+        }
+    }
+
+    /// Acknowledges (`requeue_at` None: removes) or requeues an in-process message.
+    pub async fn settle_local(
+        &self,
+        queue: &str,
+        id: EventId,
+        requeue_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::settle_local(pool, queue, id, requeue_at).await,
+            Store::Sqlite(pools) => {
+                sqlite::settle_local(&pools.writer, queue, id, requeue_at).await
+            }
+        }
+    }
+
     pub async fn event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
         match self {
             Store::Postgres(pool) => postgres::event(pool, id).await,
@@ -261,6 +399,17 @@ impl Store {
             }
         }
     }
+}
+
+/// Now, and the end of a lease taken now.
+fn lease_window(lease: std::time::Duration) -> (DateTime<Utc>, DateTime<Utc>) {
+    let now = crate::domain::now_millis();
+    let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    (
+        now,
+        now.checked_add_signed(lease)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    )
 }
 
 /// Row decoding shared by both backends: text columns into domain types.

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 
-use super::{decode, EventFilter, StoreError};
+use super::{decode, Claimed, EventFilter, LocalRoute, StoreError};
 use crate::domain::{ClientKey, Event, EventId, LifecycleChange, Tenant, TenantState};
 
 #[derive(sqlx::FromRow)]
@@ -123,13 +123,23 @@ pub async fn apply_lifecycle(pool: &PgPool, change: &LifecycleChange) -> Result<
     Ok(applied)
 }
 
-pub async fn insert_event(pool: &PgPool, event: &Event) -> Result<bool, StoreError> {
+/// Inserts the event and, in the same statement, its outbox row.
+pub async fn insert_event(
+    pool: &PgPool,
+    event: &Event,
+    publish_at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
-        "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
-                             webhook_id, webhook_retry, webhook_flow, received_at, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
-         RETURNING id",
+        "WITH inserted AS (
+             INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
+                                 webhook_id, webhook_retry, webhook_flow, received_at, payload)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
+             RETURNING id
+         ), queued AS (
+             INSERT INTO outbox (event_id, available_at) SELECT id, $12 FROM inserted
+         )
+         SELECT id FROM inserted",
     )
     .bind(event.id.0)
     .bind(event.source.as_str())
@@ -142,9 +152,174 @@ pub async fn insert_event(pool: &PgPool, event: &Event) -> Result<bool, StoreErr
     .bind(&event.webhook_flow)
     .bind(event.received_at)
     .bind(&event.payload)
+    .bind(publish_at)
     .fetch_optional(pool)
     .await?;
     Ok(inserted.is_some())
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    event: EventRow,
+    attempts: i32,
+    routing_key: Option<String>,
+}
+
+impl TryFrom<ClaimedRow> for Claimed {
+    type Error = StoreError;
+
+    fn try_from(row: ClaimedRow) -> Result<Self, StoreError> {
+        Ok(Claimed {
+            event: row.event.try_into()?,
+            attempts: row.attempts,
+            routing_key: row.routing_key,
+        })
+    }
+}
+
+fn uuids(ids: &[EventId]) -> Vec<uuid::Uuid> {
+    ids.iter().map(|id| id.0).collect()
+}
+
+/// Claims up to `limit` rows whose time has come, until `lease_until`. Rows another
+/// transaction is claiming are skipped, so two publishers never take the same row.
+pub async fn claim_outbox(
+    pool: &PgPool,
+    limit: i64,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<Claimed>, StoreError> {
+    sqlx::query_as::<_, ClaimedRow>(
+        "WITH claimed AS (
+             UPDATE outbox SET available_at = $2, attempts = attempts + 1
+             WHERE event_id IN (SELECT event_id FROM outbox WHERE available_at <= $1
+                                ORDER BY available_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING event_id, attempts
+         )
+         SELECT e.*, c.attempts, NULL::text AS routing_key
+         FROM claimed c JOIN events e ON e.id = c.event_id ORDER BY e.id",
+    )
+    .bind(now)
+    .bind(lease_until)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(Claimed::try_from)
+    .collect()
+}
+
+pub async fn complete_outbox(pool: &PgPool, ids: &[EventId]) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
+        .bind(uuids(ids))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn release_outbox(
+    pool: &PgPool,
+    ids: &[EventId],
+    retry_at: DateTime<Utc>,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE outbox SET available_at = $2, last_error = $3 WHERE event_id = ANY($1)")
+        .bind(uuids(ids))
+        .bind(retry_at)
+        .bind(error)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn outbox_len(pool: &PgPool) -> Result<i64, StoreError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await?;
+    Ok(n)
+}
+
+/// Puts each event on the named in-process queues; a message already there stays.
+pub async fn enqueue_local(
+    pool: &PgPool,
+    routes: &[LocalRoute<'_>],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let queues: Vec<&str> = routes.iter().map(|r| r.queue).collect();
+    let ids: Vec<uuid::Uuid> = routes.iter().map(|r| r.event_id.0).collect();
+    let keys: Vec<&str> = routes.iter().map(|r| r.routing_key).collect();
+    sqlx::query(
+        "INSERT INTO local_queue_messages (queue, event_id, routing_key, available_at)
+         SELECT q, e, r, $4 FROM UNNEST($1::text[], $2::uuid[], $3::text[]) AS t(q, e, r)
+         ON CONFLICT (queue, event_id) DO NOTHING",
+    )
+    .bind(queues)
+    .bind(ids)
+    .bind(keys)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn claim_local(
+    pool: &PgPool,
+    queue: &str,
+    limit: i64,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<Claimed>, StoreError> {
+    sqlx::query_as::<_, ClaimedRow>(
+        "WITH claimed AS (
+             UPDATE local_queue_messages SET available_at = $3, deliveries = deliveries + 1
+             WHERE queue = $1 AND event_id IN (
+                 SELECT event_id FROM local_queue_messages
+                 WHERE queue = $1 AND available_at <= $2
+                 ORDER BY available_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING event_id, deliveries, routing_key
+         )
+         SELECT e.*, c.deliveries AS attempts, c.routing_key
+         FROM claimed c JOIN events e ON e.id = c.event_id ORDER BY e.id",
+    )
+    .bind(queue)
+    .bind(now)
+    .bind(lease_until)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(Claimed::try_from)
+    .collect()
+}
+
+pub async fn settle_local(
+    pool: &PgPool,
+    queue: &str,
+    id: EventId,
+    requeue_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    match requeue_at {
+        None => {
+            sqlx::query("DELETE FROM local_queue_messages WHERE queue = $1 AND event_id = $2")
+                .bind(queue)
+                .bind(id.0)
+                .execute(pool)
+                .await?
+        }
+        Some(at) => {
+            sqlx::query(
+                "UPDATE local_queue_messages SET available_at = $3
+                 WHERE queue = $1 AND event_id = $2",
+            )
+            .bind(queue)
+            .bind(id.0)
+            .bind(at)
+            .execute(pool)
+            .await?
+        }
+    };
+    Ok(())
 }
 
 pub async fn event_id_by_webhook_id(

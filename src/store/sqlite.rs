@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::SqlitePool;
 
-use super::{decode, EventFilter, StoreError};
+use super::{decode, Claimed, EventFilter, LocalRoute, StoreError};
 use crate::domain::{
     format_timestamp, ClientKey, Event, EventId, LifecycleChange, Tenant, TenantState,
 };
@@ -142,7 +142,13 @@ pub async fn apply_lifecycle(
     Ok(applied)
 }
 
-pub async fn insert_event(pool: &SqlitePool, event: &Event) -> Result<bool, StoreError> {
+/// Inserts the event and its outbox row in one transaction.
+pub async fn insert_event(
+    pool: &SqlitePool,
+    event: &Event,
+    publish_at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
                              webhook_id, webhook_retry, webhook_flow, received_at, payload)
@@ -161,9 +167,221 @@ pub async fn insert_event(pool: &SqlitePool, event: &Event) -> Result<bool, Stor
     .bind(&event.webhook_flow)
     .bind(format_timestamp(event.received_at))
     .bind(&event.payload)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
+    .await?
+    .is_some();
+    if inserted {
+        sqlx::query("INSERT INTO outbox (event_id, available_at) VALUES (?, ?)")
+            .bind(event.id.to_string())
+            .bind(format_timestamp(publish_at))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// A JSON array of ids, for `IN (SELECT value FROM json_each(?))`.
+fn id_list(ids: &[EventId]) -> String {
+    serde_json::to_string(&ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
+        .unwrap_or_else(|_| "[]".into())
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    event_id: String,
+    attempts: i32,
+    routing_key: Option<String>,
+}
+
+/// Joins claimed rows with their events, in id order.
+async fn claimed_events(
+    tx: &mut sqlx::SqliteConnection,
+    rows: Vec<ClaimRow>,
+) -> Result<Vec<Claimed>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<EventId> = rows
+        .iter()
+        .map(|r| decode::event_id(&r.event_id))
+        .collect::<Result<_, _>>()?;
+    let mut events: std::collections::HashMap<EventId, Event> = sqlx::query_as::<_, EventRow>(
+        "SELECT * FROM events WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(id_list(&ids))
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|row| Event::try_from(row).map(|e| (e.id, e)))
+    .collect::<Result<_, _>>()?;
+    let mut claimed: Vec<Claimed> = rows
+        .into_iter()
+        .zip(ids)
+        .filter_map(|(row, id)| {
+            events.remove(&id).map(|event| Claimed {
+                event,
+                attempts: row.attempts,
+                routing_key: row.routing_key,
+            })
+        })
+        .collect();
+    claimed.sort_by_key(|c| c.event.id);
+    Ok(claimed)
+}
+
+/// Claims up to `limit` rows whose time has come, until `lease_until`. SQLite has
+/// one writer, so the update itself is the lock.
+pub async fn claim_outbox(
+    pool: &SqlitePool,
+    limit: i64,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query_as::<_, ClaimRow>(
+        "UPDATE outbox SET available_at = ?2, attempts = attempts + 1
+         WHERE event_id IN (SELECT event_id FROM outbox WHERE available_at <= ?1
+                            ORDER BY available_at LIMIT ?3)
+         RETURNING event_id, attempts, NULL AS routing_key",
+    )
+    .bind(format_timestamp(now))
+    .bind(format_timestamp(lease_until))
+    .bind(limit)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(inserted.is_some())
+    let claimed = claimed_events(&mut tx, rows).await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+pub async fn complete_outbox(pool: &SqlitePool, ids: &[EventId]) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM outbox WHERE event_id IN (SELECT value FROM json_each(?))")
+        .bind(id_list(ids))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn release_outbox(
+    pool: &SqlitePool,
+    ids: &[EventId],
+    retry_at: DateTime<Utc>,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE outbox SET available_at = ?2, last_error = ?3
+         WHERE event_id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(id_list(ids))
+    .bind(format_timestamp(retry_at))
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn outbox_len(pool: &SqlitePool) -> Result<i64, StoreError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await?;
+    Ok(n)
+}
+
+/// Claims left behind by an earlier run of this process are released at start:
+/// a SQLite store belongs to one process, so nobody else holds them.
+pub async fn release_claims(pool: &SqlitePool, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let now = format_timestamp(now);
+    let mut tx = pool.begin().await?;
+    for table in ["outbox", "local_queue_messages"] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET available_at = ?1 WHERE available_at > ?1"
+        ))
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Puts each event on the named in-process queues; a message already there stays.
+pub async fn enqueue_local(
+    pool: &SqlitePool,
+    routes: &[LocalRoute<'_>],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let now = format_timestamp(now);
+    let mut tx = pool.begin().await?;
+    for route in routes {
+        sqlx::query(
+            "INSERT INTO local_queue_messages (queue, event_id, routing_key, available_at)
+             VALUES (?, ?, ?, ?) ON CONFLICT (queue, event_id) DO NOTHING",
+        )
+        .bind(route.queue)
+        .bind(route.event_id.to_string())
+        .bind(route.routing_key)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn claim_local(
+    pool: &SqlitePool,
+    queue: &str,
+    limit: i64,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query_as::<_, ClaimRow>(
+        "UPDATE local_queue_messages SET available_at = ?3, deliveries = deliveries + 1
+         WHERE queue = ?1 AND event_id IN (
+             SELECT event_id FROM local_queue_messages WHERE queue = ?1 AND available_at <= ?2
+             ORDER BY available_at LIMIT ?4)
+         RETURNING event_id, deliveries AS attempts, routing_key",
+    )
+    .bind(queue)
+    .bind(format_timestamp(now))
+    .bind(format_timestamp(lease_until))
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let claimed = claimed_events(&mut tx, rows).await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+pub async fn settle_local(
+    pool: &SqlitePool,
+    queue: &str,
+    id: EventId,
+    requeue_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    match requeue_at {
+        None => {
+            sqlx::query("DELETE FROM local_queue_messages WHERE queue = ?1 AND event_id = ?2")
+                .bind(queue)
+                .bind(id.to_string())
+                .execute(pool)
+                .await?
+        }
+        Some(at) => {
+            sqlx::query(
+                "UPDATE local_queue_messages SET available_at = ?3
+                 WHERE queue = ?1 AND event_id = ?2",
+            )
+            .bind(queue)
+            .bind(id.to_string())
+            .bind(format_timestamp(at))
+            .execute(pool)
+            .await?
+        }
+    };
+    Ok(())
 }
 
 pub async fn event_id_by_webhook_id(
