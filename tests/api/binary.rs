@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-fn hookrelay() -> Command {
+pub fn hookrelay() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
     // Nothing from the developer's shell leaks into the test.
     for (key, _) in std::env::vars() {
@@ -106,14 +106,14 @@ async fn migrate_command_prepares_both_stores() {
 }
 
 /// A running `hookrelay serve` whose stderr lines arrive on a channel.
-struct Served {
-    child: Child,
+pub struct Served {
+    pub child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Served {
-    fn start(envs: &[(&str, &str)]) -> Self {
+    pub fn start(envs: &[(&str, &str)]) -> Self {
         let mut cmd = hookrelay();
         cmd.arg("serve")
             .stderr(Stdio::piped())
@@ -139,7 +139,7 @@ impl Served {
     }
 
     /// Waits for a log line satisfying `pred`, up to `timeout`.
-    fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -158,7 +158,7 @@ impl Served {
         }
     }
 
-    fn signal(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
@@ -166,7 +166,7 @@ impl Served {
         assert!(status.success());
     }
 
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, HttpResponse, HttpServer};
+use hookrelay::broker::Broker;
 use hookrelay::config::RawConfig;
 use hookrelay::domain::{ClientKey, Event, Tenant};
 use hookrelay::startup::Application;
@@ -117,6 +118,13 @@ impl TestDb {
         }
     }
 
+    /// A connection of the test's own, to look at tables directly.
+    pub async fn connect_pg(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(self.url())
+            .await
+            .expect("test database reachable")
+    }
+
     pub fn url(&self) -> &str {
         match self {
             TestDb::Postgres { url, .. } | TestDb::Sqlite { url, .. } => url,
@@ -190,7 +198,10 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub keys: KeyServer,
     pub db: TestDb,
+    /// The app's broker, for reading the in-process one.
+    pub broker: Arc<Broker>,
     shutdown: CancellationToken,
+    stopped: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for TestApp {
@@ -223,8 +234,15 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut RawConfig
         .await
         .expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let broker = app.broker();
     let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    let done = stopped.clone();
+    let run = app.run_until_stopped(shutdown.clone());
+    tokio::spawn(async move {
+        let _ = run.await;
+        done.notify_one();
+    });
     // A second pool, for the test to look at what was stored.
     let store = Store::connect(&config).await.expect("test store connects");
     TestApp {
@@ -238,7 +256,9 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut RawConfig
             .unwrap(),
         keys,
         db,
+        broker,
         shutdown,
+        stopped,
     }
 }
 
@@ -351,6 +371,27 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// Stops the app (as SIGTERM would) and waits until it has stopped; the
+    /// database stays for whoever comes next.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.stopped.notified())
+            .await
+            .expect("app stops");
+    }
+
+    /// The same configuration started again: a restarted process.
+    pub async fn restart(&self) -> (Peer, Arc<Broker>) {
+        let app = Application::build(self.config.clone())
+            .await
+            .expect("application builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let broker = app.broker();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        (Peer { address, shutdown }, broker)
+    }
+
     pub async fn spawn_peer(&self) -> Peer {
         let (address, shutdown) = start(self.config.clone()).await;
         Peer { address, shutdown }
@@ -358,9 +399,14 @@ impl TestApp {
 
     /// A webhook for `event` signed by `site`, sent to `peer` instead.
     pub async fn webhook_via(&self, peer: &Peer, site: &Site, event: &str) -> reqwest::Response {
+        self.webhook_to(&peer.address, site, event).await
+    }
+
+    /// A webhook for `event` signed by `site`, sent to the hookrelay at `address`.
+    pub async fn webhook_to(&self, address: &str, site: &Site, event: &str) -> reqwest::Response {
         let path = format!("/{}/events/{event}", site.product);
         self.client
-            .post(format!("{}{path}", peer.address))
+            .post(format!("{address}{path}"))
             .header(
                 "Authorization",
                 format!("JWT {}", site.token("POST", &path)),

@@ -9,5 +9,7 @@ mod binary;
 mod descriptor;
 mod lifecycle;
 mod ops;
+mod publishing;
+mod rabbit;
 mod vectors;
 mod webhooks;
