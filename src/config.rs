@@ -725,6 +725,63 @@ mod tests {
     }
 
     #[test]
+    fn queues_are_checked() {
+        let config = RawConfig::default().validate().unwrap();
+        assert_eq!(config.relay_queue.name, "hookrelay.events.relay");
+        assert_eq!(config.relay_queue.bindings, vec!["#".to_string()]);
+        assert_eq!(config.relay_queue.kind, QueueKind::Quorum);
+
+        let queue = |name: &str, binding: &str| QueueSettings {
+            name: name.into(),
+            bindings: vec![binding.into()],
+            message_ttl: Some("1h".into()),
+            ..QueueSettings::default()
+        };
+        let raw = RawConfig {
+            queues: vec![queue("billing", "jira.*")],
+            ..RawConfig::default()
+        };
+        let config = raw.validate().unwrap();
+        assert_eq!(
+            config.queues[0].message_ttl,
+            Some(Duration::from_secs(3600))
+        );
+
+        for (queues, needle) in [
+            (
+                vec![queue("billing", "jira.issue_*")],
+                "not a topic pattern",
+            ),
+            (vec![queue("", "#")], "queue name"),
+            (vec![queue("amq.x", "#")], "queue name"),
+            (vec![queue("a", "#"), queue("a", "#")], "declared twice"),
+            (vec![queue("hookrelay.events.relay", "#")], "declared twice"),
+        ] {
+            let err = RawConfig {
+                queues,
+                ..RawConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("HOOKRELAY_QUEUES") && err.contains(needle),
+                "{err}"
+            );
+        }
+
+        let err = RawConfig {
+            publish_timeout: "30s".into(),
+            republish_after: "10s".into(),
+            ..RawConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("HOOKRELAY_PUBLISH_TIMEOUT"), "{err}");
+    }
+
+    #[test]
     fn context_path_and_audiences() {
         let raw = RawConfig {
             base_url: "https://hooks.example.com/relay/".into(),

@@ -84,6 +84,7 @@ pub fn start(store: Store, broker: Arc<Broker>, config: &Config) -> (Publisher, 
         status: status.clone(),
         batch,
         lease: config.republish_after,
+        store_failing: false,
     };
     let handle = tokio::spawn(worker.run(rx, stop.clone()));
     (
@@ -102,6 +103,9 @@ struct Worker {
     status: watch::Receiver<BrokerStatus>,
     batch: usize,
     lease: Duration,
+    /// Whether the last outbox read failed, so that a store outage is logged
+    /// when it starts and ends rather than every second.
+    store_failing: bool,
 }
 
 impl Worker {
@@ -147,12 +151,19 @@ impl Worker {
 
     /// Claims and publishes due outbox rows until none are left, the broker fails,
     /// or the publisher is stopped.
-    async fn sweep(&self, stop: &CancellationToken) {
+    async fn sweep(&mut self, stop: &CancellationToken) {
         while self.status.borrow().is_up() && !stop.is_cancelled() {
             let claimed = match self.store.claim_outbox(self.batch as u32, self.lease).await {
-                Ok(claimed) => claimed,
+                Ok(claimed) => {
+                    if std::mem::replace(&mut self.store_failing, false) {
+                        tracing::info!("the outbox is readable again");
+                    }
+                    claimed
+                }
                 Err(e) => {
-                    tracing::warn!(error = ?e, "cannot read the outbox; will try again");
+                    if !std::mem::replace(&mut self.store_failing, true) {
+                        tracing::warn!(error = ?e, "cannot read the outbox; trying every second");
+                    }
                     return;
                 }
             };
