@@ -1,12 +1,15 @@
 //! Intake throughput and latency: signed Jira webhooks posted to a running
-//! hookrelay until each is committed, on SQLite and (if reachable) PostgreSQL.
+//! hookrelay until each is committed, on SQLite and (if reachable) PostgreSQL;
+//! then how long until every one of them was published (the outbox is empty): to
+//! the in-process broker, and (if reachable) to RabbitMQ with confirms.
 //!
 //!   cargo bench --bench intake                       # 5,000 requests, 32 at a time
 //!   INTAKE_REQUESTS=20000 INTAKE_CONCURRENCY=64 cargo bench --bench intake
 //!
-//! It prints requests per second and latency percentiles as the client saw them;
-//! nothing is asserted. The app and the load run in one process on loopback, so
-//! the client's own work is in the figures.
+//! It prints requests per second and latency percentiles as the client saw them,
+//! and the time from the first request to the last confirm; nothing is asserted.
+//! The app and the load run in one process on loopback, so the client's own work
+//! is in the figures.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,7 +37,16 @@ async fn main() {
     let concurrency = env_usize("INTAKE_CONCURRENCY", 32);
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-    run("sqlite", &sqlite, requests, concurrency).await;
+    run(
+        "sqlite, in-process broker",
+        &sqlite,
+        None,
+        requests,
+        concurrency,
+    )
+    .await;
+    let amqp = std::env::var("HOOKRELAY_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
 
     let admin = std::env::var("HOOKRELAY_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
@@ -51,7 +63,30 @@ async fn main() {
                 .unwrap();
             let mut url = url::Url::parse(&admin).unwrap();
             url.set_path(&name);
-            run("postgres", url.as_str(), requests, concurrency).await;
+            run(
+                "postgres, in-process broker",
+                url.as_str(),
+                None,
+                requests,
+                concurrency,
+            )
+            .await;
+            sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            run(
+                "postgres, rabbitmq",
+                url.as_str(),
+                Some(&amqp),
+                requests,
+                concurrency,
+            )
+            .await;
             sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
                 .execute(&mut conn)
                 .await
@@ -61,15 +96,25 @@ async fn main() {
     }
 }
 
-async fn run(backend: &str, database_url: &str, requests: usize, concurrency: usize) {
-    let config = RawConfig {
+async fn run(
+    backend: &str,
+    database_url: &str,
+    amqp_url: Option<&str>,
+    requests: usize,
+    concurrency: usize,
+) {
+    let exchange = format!("hookrelay-bench.{}", uuid::Uuid::now_v7().simple());
+    let mut raw = RawConfig {
         listen: "127.0.0.1:0".into(),
         database_url: database_url.into(),
         database_max_connections: env_usize("INTAKE_DB_CONNECTIONS", 10) as u32,
+        amqp_url: amqp_url.map(String::from),
+        exchange: exchange.clone(),
         ..RawConfig::default()
-    }
-    .validate()
-    .unwrap();
+    };
+    raw.relay_queue.kind = hookrelay::config::QueueKind::Classic;
+    raw.relay_queue.expires = Some("1m".into());
+    let config = raw.validate().unwrap();
     let store = Store::connect(&config).await.unwrap();
     store.migrate().await.unwrap();
     let secret = "bench-shared-secret-0123456789";
@@ -88,6 +133,15 @@ async fn run(backend: &str, database_url: &str, requests: usize, concurrency: us
         .await
         .unwrap();
     let app = Application::build(config).await.unwrap();
+    if amqp_url.is_some() {
+        let mut status = app.broker().status();
+        let up =
+            tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_up())).await;
+        if !matches!(up, Ok(Ok(_))) {
+            println!("{backend}: skipped, RabbitMQ not reachable");
+            return;
+        }
+    }
     let url = format!(
         "http://127.0.0.1:{}/jira/events/jira:issue_created",
         app.port()
@@ -150,6 +204,37 @@ async fn run(backend: &str, database_url: &str, requests: usize, concurrency: us
         pct(0.99).as_secs_f64() * 1e3,
         latencies.last().unwrap().as_secs_f64() * 1e3,
     );
+    // Published: the outbox is empty once the broker confirmed every event.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while store.outbox_len().await.unwrap() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let published = started.elapsed();
+    println!(
+        "{backend}: all {requests} published {:.2} s after the first request ({:.0} events/s end to end)",
+        published.as_secs_f64(),
+        requests as f64 / published.as_secs_f64(),
+    );
     shutdown.cancel();
     server.await.unwrap().unwrap();
+    if let Some(url) = amqp_url {
+        let conn = lapin::Connection::connect(url, Default::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        for queue in [
+            format!("{exchange}.relay"),
+            format!("{exchange}.relay.dead"),
+        ] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        for name in [exchange.clone(), format!("{exchange}.dead")] {
+            let _ = channel
+                .exchange_delete(name.as_str().into(), Default::default())
+                .await;
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
 }

@@ -51,6 +51,7 @@ impl LocalBroker {
             status: watch::Sender::new(BrokerStatus::Up),
         };
         broker.declare(&config.relay_queue.name, &config.relay_queue.bindings);
+        metrics::gauge!("hookrelay_broker_up").set(1.0);
         if !config.queues.is_empty() {
             tracing::warn!(
                 queues = config.queues.len(),
