@@ -16,7 +16,6 @@ CREATE INDEX outbox_available_at ON outbox (available_at);
 CREATE TABLE local_queue_messages (
     queue         TEXT NOT NULL,
     event_id      UUID NOT NULL REFERENCES events (id) ON DELETE CASCADE,
-    routing_key   TEXT NOT NULL,
     available_at  TIMESTAMPTZ NOT NULL,
     deliveries    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (queue, event_id)

@@ -82,7 +82,7 @@ impl LocalBroker {
     pub async fn publish(&self, events: &[Event]) -> Vec<Result<(), PublishError>> {
         let keys: Vec<String> = events.iter().map(Event::routing_key).collect();
         let mut results = Vec::with_capacity(events.len());
-        let mut routes: Vec<(String, EventId, usize)> = Vec::new();
+        let mut routes: Vec<(String, EventId)> = Vec::new();
         let mut woken: Vec<Arc<Notify>> = Vec::new();
         {
             let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
@@ -90,7 +90,7 @@ impl LocalBroker {
                 let before = routes.len();
                 for queue in queues.iter() {
                     if queue.bindings.iter().any(|p| topic_matches(p, &keys[i])) {
-                        routes.push((queue.name.clone(), event.id, i));
+                        routes.push((queue.name.clone(), event.id));
                         if !woken.iter().any(|n| Arc::ptr_eq(n, &queue.ready)) {
                             woken.push(queue.ready.clone());
                         }
@@ -105,10 +105,9 @@ impl LocalBroker {
         }
         let rows: Vec<LocalRoute<'_>> = routes
             .iter()
-            .map(|(queue, event_id, i)| LocalRoute {
+            .map(|(queue, event_id)| LocalRoute {
                 queue,
                 event_id: *event_id,
-                routing_key: &keys[*i],
             })
             .collect();
         if let Err(e) = self.store.enqueue_local(&rows).await {
@@ -204,7 +203,8 @@ fn delivery(row: Claimed) -> Result<Message, serde_json::Error> {
     let body = row.event.envelope_json()?;
     Ok(Message {
         event_id: row.event.id,
-        routing_key: row.routing_key.unwrap_or_else(|| row.event.routing_key()),
+        // Routing keys follow from the event, so the queue does not keep them.
+        routing_key: row.event.routing_key(),
         body,
         redelivered: row.attempts > 1,
     })

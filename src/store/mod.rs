@@ -95,8 +95,6 @@ pub struct Claimed {
     pub event: Event,
     /// How many times it has been claimed, this claim included.
     pub attempts: i32,
-    /// The routing key it was queued under (in-process queues only).
-    pub routing_key: Option<String>,
 }
 
 /// One event put on one in-process queue.
@@ -104,7 +102,6 @@ pub struct Claimed {
 pub struct LocalRoute<'a> {
     pub queue: &'a str,
     pub event_id: EventId,
-    pub routing_key: &'a str,
 }
 
 /// SQLite runs one write at a time whatever the pool size, and writers that meet

@@ -163,7 +163,6 @@ struct ClaimedRow {
     #[sqlx(flatten)]
     event: EventRow,
     attempts: i32,
-    routing_key: Option<String>,
 }
 
 impl TryFrom<ClaimedRow> for Claimed {
@@ -173,7 +172,6 @@ impl TryFrom<ClaimedRow> for Claimed {
         Ok(Claimed {
             event: row.event.try_into()?,
             attempts: row.attempts,
-            routing_key: row.routing_key,
         })
     }
 }
@@ -197,7 +195,7 @@ pub async fn claim_outbox(
                                 ORDER BY available_at LIMIT $3 FOR UPDATE SKIP LOCKED)
              RETURNING event_id, attempts
          )
-         SELECT e.*, c.attempts, NULL::text AS routing_key
+         SELECT e.*, c.attempts
          FROM claimed c JOIN events e ON e.id = c.event_id ORDER BY e.id",
     )
     .bind(now)
@@ -248,15 +246,13 @@ pub async fn enqueue_local(
 ) -> Result<(), StoreError> {
     let queues: Vec<&str> = routes.iter().map(|r| r.queue).collect();
     let ids: Vec<uuid::Uuid> = routes.iter().map(|r| r.event_id.0).collect();
-    let keys: Vec<&str> = routes.iter().map(|r| r.routing_key).collect();
     sqlx::query(
-        "INSERT INTO local_queue_messages (queue, event_id, routing_key, available_at)
-         SELECT q, e, r, $4 FROM UNNEST($1::text[], $2::uuid[], $3::text[]) AS t(q, e, r)
+        "INSERT INTO local_queue_messages (queue, event_id, available_at)
+         SELECT q, e, $3 FROM UNNEST($1::text[], $2::uuid[]) AS t(q, e)
          ON CONFLICT (queue, event_id) DO NOTHING",
     )
     .bind(queues)
     .bind(ids)
-    .bind(keys)
     .bind(now)
     .execute(pool)
     .await?;
@@ -277,9 +273,9 @@ pub async fn claim_local(
                  SELECT event_id FROM local_queue_messages
                  WHERE queue = $1 AND available_at <= $2
                  ORDER BY available_at LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING event_id, deliveries, routing_key
+             RETURNING event_id, deliveries
          )
-         SELECT e.*, c.deliveries AS attempts, c.routing_key
+         SELECT e.*, c.deliveries AS attempts
          FROM claimed c JOIN events e ON e.id = c.event_id ORDER BY e.id",
     )
     .bind(queue)

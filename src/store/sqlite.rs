@@ -191,7 +191,6 @@ fn id_list(ids: &[EventId]) -> String {
 struct ClaimRow {
     event_id: String,
     attempts: i32,
-    routing_key: Option<String>,
 }
 
 /// Joins claimed rows with their events, in id order.
@@ -222,7 +221,6 @@ async fn claimed_events(
             events.remove(&id).map(|event| Claimed {
                 event,
                 attempts: row.attempts,
-                routing_key: row.routing_key,
             })
         })
         .collect();
@@ -243,7 +241,7 @@ pub async fn claim_outbox(
         "UPDATE outbox SET available_at = ?2, attempts = attempts + 1
          WHERE event_id IN (SELECT event_id FROM outbox WHERE available_at <= ?1
                             ORDER BY available_at LIMIT ?3)
-         RETURNING event_id, attempts, NULL AS routing_key",
+         RETURNING event_id, attempts",
     )
     .bind(format_timestamp(now))
     .bind(format_timestamp(lease_until))
@@ -315,12 +313,11 @@ pub async fn enqueue_local(
     let mut tx = pool.begin().await?;
     for route in routes {
         sqlx::query(
-            "INSERT INTO local_queue_messages (queue, event_id, routing_key, available_at)
-             VALUES (?, ?, ?, ?) ON CONFLICT (queue, event_id) DO NOTHING",
+            "INSERT INTO local_queue_messages (queue, event_id, available_at)
+             VALUES (?, ?, ?) ON CONFLICT (queue, event_id) DO NOTHING",
         )
         .bind(route.queue)
         .bind(route.event_id.to_string())
-        .bind(route.routing_key)
         .bind(&now)
         .execute(&mut *tx)
         .await?;
@@ -342,7 +339,7 @@ pub async fn claim_local(
          WHERE queue = ?1 AND event_id IN (
              SELECT event_id FROM local_queue_messages WHERE queue = ?1 AND available_at <= ?2
              ORDER BY available_at LIMIT ?4)
-         RETURNING event_id, deliveries AS attempts, routing_key",
+         RETURNING event_id, deliveries AS attempts",
     )
     .bind(queue)
     .bind(format_timestamp(now))
