@@ -117,14 +117,15 @@ impl Worker {
                 biased;
                 _ = stop.cancelled() => break,
                 Some(first) = fast.recv() => {
-                    let mut events = vec![(first, 0)];
+                    let mut events = vec![first];
                     while events.len() < self.batch {
                         match fast.try_recv() {
-                            Ok(event) => events.push((event, 0)),
+                            Ok(event) => events.push(event),
                             Err(_) => break,
                         }
                     }
-                    self.publish(events).await;
+                    // Never claimed from the outbox, so never tried before.
+                    self.publish(&events, &vec![0; events.len()]).await;
                 }
                 changed = self.status.changed() => {
                     if changed.is_err() {
@@ -142,10 +143,10 @@ impl Worker {
         fast.close();
         let mut rest = Vec::new();
         while let Ok(event) = fast.try_recv() {
-            rest.push((event, 0));
+            rest.push(event);
         }
         if !rest.is_empty() {
-            self.publish(rest).await;
+            self.publish(&rest, &vec![0; rest.len()]).await;
         }
     }
 
@@ -171,23 +172,24 @@ impl Worker {
             if claimed.is_empty() {
                 return;
             }
-            let events = claimed.into_iter().map(|c| (c.event, c.attempts)).collect();
-            if !self.publish(events).await || !full {
+            let attempts: Vec<i32> = claimed.iter().map(|c| c.attempts).collect();
+            let events: Vec<Event> = claimed.into_iter().map(|c| c.event).collect();
+            if !self.publish(&events, &attempts).await || !full {
                 return;
             }
         }
     }
 
     /// Publishes the events, deletes the confirmed ones from the outbox and makes
-    /// the others due again. Returns whether all of them were confirmed.
-    async fn publish(&self, events: Vec<(Event, i32)>) -> bool {
-        let batch: Vec<Event> = events.iter().map(|(e, _)| e.clone()).collect();
-        let results = self.broker.publish(&batch).await;
+    /// the others due again. `attempts[i]` is how often `events[i]` was claimed,
+    /// for the backoff. Returns whether all of them were confirmed.
+    async fn publish(&self, events: &[Event], attempts: &[i32]) -> bool {
+        let results = self.broker.publish(events).await;
         let now = now_millis();
         let mut confirmed: Vec<EventId> = Vec::with_capacity(events.len());
         // Failures grouped by kind, so that a broker outage is one log line.
         let mut failed: BTreeMap<&'static str, Failed> = BTreeMap::new();
-        for ((event, attempts), result) in events.iter().zip(results) {
+        for ((event, attempts), result) in events.iter().zip(attempts).zip(results) {
             match result {
                 Ok(()) => {
                     tracing::debug!(event_id = %event.id, routing_key = %event.routing_key(), "published");
