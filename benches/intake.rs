@@ -57,40 +57,23 @@ async fn main() {
                 .unwrap()
                 .as_secs();
             let name = format!("hookrelay_t_{now}_bench");
-            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-                .execute(&mut conn)
-                .await
-                .unwrap();
             let mut url = url::Url::parse(&admin).unwrap();
             url.set_path(&name);
-            run(
-                "postgres, in-process broker",
-                url.as_str(),
-                None,
-                requests,
-                concurrency,
-            )
-            .await;
-            sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            run(
-                "postgres, rabbitmq",
-                url.as_str(),
-                Some(&amqp),
-                requests,
-                concurrency,
-            )
-            .await;
-            sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            // A fresh database per run, so the second starts with an empty outbox.
+            for (label, amqp) in [
+                ("postgres, in-process broker", None),
+                ("postgres, rabbitmq", Some(amqp.as_str())),
+            ] {
+                sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                run(label, url.as_str(), amqp, requests, concurrency).await;
+                sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
         }
         Err(e) => println!("postgres: skipped, not reachable at {admin}: {e}"),
     }

@@ -61,6 +61,17 @@ async fn serve(env: &[(&'static str, String)]) -> (Served, String) {
     (served, address)
 }
 
+/// A PostgreSQL database with a Jira site installed, through an in-process app
+/// that has stopped again, so that only the `serve` processes a test starts
+/// publish from it.
+async fn installed_then_stopped() -> (TestApp, Site) {
+    let app = spawn_app(Backend::Postgres).await;
+    let site = Site::new("jira");
+    app.install(&site).await;
+    app.stop().await;
+    (app, site)
+}
+
 fn sigkill(served: &mut Served) {
     served.signal("KILL");
     tokio::task::block_in_place(|| served.wait_exit(Duration::from_secs(10)));
@@ -336,9 +347,7 @@ async fn a_deleted_exchange_is_declared_again() {
 }
 
 async fn delete_topology_exchange_only(exchange: &str) {
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
+    let connection = connect().await;
     let channel = connection.create_channel().await.unwrap();
     channel
         .exchange_delete(exchange.into(), Default::default())
@@ -361,9 +370,7 @@ async fn unroutable_events_stay_in_the_outbox_until_a_queue_is_bound() {
     // Take away the relay's queue, the only binding.
     let relay = format!("{exchange}.relay");
     {
-        let connection = lapin::Connection::connect(&amqp_url(), Default::default())
-            .await
-            .unwrap();
+        let connection = connect().await;
         let channel = connection.create_channel().await.unwrap();
         channel
             .queue_delete(relay.as_str().into(), Default::default())
@@ -410,11 +417,7 @@ async fn unroutable_events_stay_in_the_outbox_until_a_queue_is_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_between_commit_and_confirm_loses_nothing() {
     let exchange = test_exchange();
-    // The site is installed through an in-process app, which then stops.
-    let app = spawn_app(Backend::Postgres).await;
-    let site = Site::new("jira");
-    app.install(&site).await;
-    app.stop().await;
+    let (app, site) = installed_then_stopped().await;
 
     let proxy = Proxy::start().await;
     let mut consumer = Consumer::bind(&exchange, &["#"]).await;
@@ -445,10 +448,7 @@ async fn sigkill_between_commit_and_confirm_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_publish_each_event_once_and_survive_a_kill() {
     let exchange = test_exchange();
-    let app = spawn_app(Backend::Postgres).await;
-    let site = Site::new("jira");
-    app.install(&site).await;
-    app.stop().await;
+    let (app, site) = installed_then_stopped().await;
 
     let mut consumer = Consumer::bind(&exchange, &["#"]).await;
     let env = serve_env(app.db.url(), &exchange, &amqp_url());

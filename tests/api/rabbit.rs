@@ -48,7 +48,7 @@ pub fn test_exchange() -> String {
     format!("hookrelay-test.{}", uuid::Uuid::now_v7().simple())
 }
 
-async fn connect() -> Connection {
+pub async fn connect() -> Connection {
     Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("the test reaches RabbitMQ (scripts/test.sh starts it)")
