@@ -189,6 +189,21 @@ pub struct RawConfig {
     pub queues: Vec<QueueSettings>,
     /// The relay workers' own queue; its name defaults to `<exchange>.relay`.
     pub relay_queue: QueueSettings,
+    /// Whether `serve` also runs relay workers (`worker` always does).
+    pub relay_enabled: bool,
+    /// Deliveries in flight at once in one process, over all subscriptions.
+    pub relay_concurrency: u32,
+    /// Messages the relay holds from its queue before acknowledging them.
+    pub relay_prefetch: u16,
+    /// A subscription's concurrency when it sets none.
+    pub subscription_concurrency: u32,
+    /// Whole request, from connecting to the end of the response body.
+    pub delivery_timeout: String,
+    pub delivery_connect_timeout: String,
+    /// A subscription whose attempts have all failed for this long is disabled.
+    pub disable_failing_after: String,
+    /// How often a worker looks for deliveries due, besides its own wake-ups.
+    pub relay_poll_interval: String,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -222,6 +237,14 @@ impl Default for RawConfig {
             amqp_connect_timeout: "10s".into(),
             queues: Vec::new(),
             relay_queue: QueueSettings::default(),
+            relay_enabled: true,
+            relay_concurrency: 64,
+            relay_prefetch: 128,
+            subscription_concurrency: 8,
+            delivery_timeout: "15s".into(),
+            delivery_connect_timeout: "5s".into(),
+            disable_failing_after: "5days".into(),
+            relay_poll_interval: "1s".into(),
             jira: ProductSettings::default(),
             confluence: ProductSettings::default(),
         }
@@ -273,6 +296,14 @@ pub struct Config {
     pub queues: Vec<QueueSpec>,
     /// Bound to every routing key (`#`).
     pub relay_queue: QueueSpec,
+    pub relay_enabled: bool,
+    pub relay_concurrency: u32,
+    pub relay_prefetch: u16,
+    pub subscription_concurrency: u32,
+    pub delivery_timeout: Duration,
+    pub delivery_connect_timeout: Duration,
+    pub disable_failing_after: Duration,
+    pub relay_poll_interval: Duration,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -473,6 +504,25 @@ impl RawConfig {
             ));
         }
 
+        let delivery_timeout = bounded(
+            "delivery_timeout",
+            &self.delivery_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
+        let delivery_connect_timeout = bounded(
+            "delivery_connect_timeout",
+            &self.delivery_connect_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
+        if delivery_connect_timeout > delivery_timeout {
+            return Err(invalid(
+                "delivery_connect_timeout",
+                "must not be longer than HOOKRELAY_DELIVERY_TIMEOUT",
+            ));
+        }
+
         Ok(Config {
             listen,
             base_url,
@@ -526,6 +576,27 @@ impl RawConfig {
             )?,
             queues,
             relay_queue,
+            relay_enabled: self.relay_enabled,
+            relay_concurrency: at_least_one("relay_concurrency", self.relay_concurrency)?,
+            relay_prefetch: at_least_one("relay_prefetch", self.relay_prefetch)?,
+            subscription_concurrency: at_least_one(
+                "subscription_concurrency",
+                self.subscription_concurrency,
+            )?,
+            delivery_timeout,
+            delivery_connect_timeout,
+            disable_failing_after: bounded(
+                "disable_failing_after",
+                &self.disable_failing_after,
+                Duration::from_secs(1),
+                Duration::from_secs(365 * 24 * 3600),
+            )?,
+            relay_poll_interval: bounded(
+                "relay_poll_interval",
+                &self.relay_poll_interval,
+                Duration::from_millis(50),
+                Duration::from_secs(60),
+            )?,
             jira: self.jira,
             confluence: self.confluence,
         })
@@ -595,6 +666,13 @@ fn http_url(setting: &'static str, value: &str) -> Result<Url, ConfigError> {
 }
 
 /// A duration like `5s` or `2m` within `min..=max`.
+fn at_least_one<T: PartialOrd + From<u8>>(setting: &'static str, n: T) -> Result<T, ConfigError> {
+    if n < T::from(1) {
+        return Err(invalid(setting, "must be at least 1"));
+    }
+    Ok(n)
+}
+
 fn bounded(
     setting: &'static str,
     value: &str,

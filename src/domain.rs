@@ -1,4 +1,4 @@
-//! The types that flow between intake, the store and (later) the broker and relay.
+//! The types that flow between intake, the store, the broker and the relay.
 //!
 //! Nothing here does I/O. Identifiers get their own types so that a client key is
 //! never passed where an event id is expected.
@@ -291,6 +291,205 @@ impl Event {
     pub fn envelope_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(&self.envelope()?)
     }
+}
+
+/// Ids of the relay's own records, time-ordered like [`EventId`].
+macro_rules! relay_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+relay_id!(
+    /// A subscription: one external endpoint and the events it wants.
+    SubscriptionId
+);
+relay_id!(
+    /// One event's delivery to one subscription, kept across its attempts and replays.
+    DeliveryId
+);
+
+/// An external HTTP endpoint events are relayed to, and which events it wants.
+#[derive(Clone)]
+pub struct Subscription {
+    pub id: SubscriptionId,
+    pub url: String,
+    /// Event-name patterns, where `*` stands for any run of characters.
+    pub events: Vec<String>,
+    /// Only these tenants' events; `None` for every tenant.
+    pub tenants: Option<Vec<String>>,
+    /// A JSONPath (RFC 9535) query on the envelope: the event matches when the
+    /// query selects at least one node.
+    pub filter: Option<String>,
+    /// Extra request headers sent with every delivery.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// `whsec_<base64>`: shown once at creation, never logged or read back.
+    pub secret: secrecy::SecretString,
+    pub description: Option<String>,
+    /// Deliveries per second, per process; `None` for no limit.
+    pub rate_limit: Option<u32>,
+    /// Attempts in flight at once, per process.
+    pub max_concurrency: u32,
+    pub enabled: bool,
+    /// Why hookrelay disabled it (410 Gone, failing for too long), if it did.
+    pub disabled_reason: Option<String>,
+    /// When the current run of failed attempts began.
+    pub failing_since: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Due at `next_attempt_at`, or being attempted.
+    Pending,
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Refused for good (a 4xx, a refused destination): not retried.
+    Failed,
+    /// Every retry failed. Kept, and replayable.
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => DeliveryState::Pending,
+            "delivered" => DeliveryState::Delivered,
+            "failed" => DeliveryState::Failed,
+            "dead" => DeliveryState::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// One event's delivery to one subscription.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub id: DeliveryId,
+    pub event_id: EventId,
+    pub subscription_id: SubscriptionId,
+    pub state: DeliveryState,
+    /// Attempts in the current round (a replay starts a new one).
+    pub attempts: i32,
+    #[serde(serialize_with = "timestamp")]
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "timestamp")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What one attempt led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed; another attempt is scheduled.
+    Retry,
+    /// Failed; not retried.
+    Failed,
+    /// Failed, and it was the last attempt.
+    Dead,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "delivered" => AttemptOutcome::Delivered,
+            "retry" => AttemptOutcome::Retry,
+            "failed" => AttemptOutcome::Failed,
+            "dead" => AttemptOutcome::Dead,
+            _ => return None,
+        })
+    }
+
+    /// The state the delivery is left in.
+    pub fn state(self) -> DeliveryState {
+        match self {
+            AttemptOutcome::Delivered => DeliveryState::Delivered,
+            AttemptOutcome::Retry => DeliveryState::Pending,
+            AttemptOutcome::Failed => DeliveryState::Failed,
+            AttemptOutcome::Dead => DeliveryState::Dead,
+        }
+    }
+}
+
+/// One HTTP attempt of a delivery, as the attempt log keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub id: Uuid,
+    pub delivery_id: DeliveryId,
+    pub event_id: EventId,
+    pub subscription_id: SubscriptionId,
+    #[serde(serialize_with = "timestamp")]
+    pub attempted_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    /// The response status, if a response came.
+    pub status_code: Option<i32>,
+    /// Why no usable response came (timeout, connection refused, refused destination).
+    pub error: Option<String>,
+    /// The first few KiB of the response body.
+    pub response_body: Option<String>,
+    pub outcome: AttemptOutcome,
+}
+
+fn timestamp<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_timestamp(*at))
 }
 
 /// RFC 3339 with milliseconds and `Z`, as in the envelope.

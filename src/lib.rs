@@ -8,11 +8,14 @@
 //! - [`domain`]: the types that flow (event ids, client keys, tenants, the envelope).
 //! - [`auth`]: Connect JWTs, the query string hash, signed-install keys, and the
 //!   [`auth::Verified`] proof a handler needs before it acts.
-//! - [`store`]: tenants, events, the outbox and the in-process queues, in
+//! - [`store`]: tenants, events, the outbox, the in-process queues and the
+//!   relay's subscriptions, deliveries and attempts, in
 //!   PostgreSQL or SQLite; SQL per backend.
 //! - [`broker`]: RabbitMQ (lapin, publisher confirms) or the in-process broker,
 //!   behind one interface; topology and connection life.
 //! - [`publisher`]: moves committed events from the outbox to the broker.
+//! - [`relay`]: consumes the relay queue and delivers events to subscriptions
+//!   over HTTP, signed, with retries.
 //! - [`descriptor`]: the app descriptor per product, from `descriptor/`.
 //! - [`http`]: routes, handlers and the one place errors become answers.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it.
@@ -26,6 +29,7 @@ pub mod descriptor;
 pub mod domain;
 pub mod http;
 pub mod publisher;
+pub mod relay;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

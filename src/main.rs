@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use hookrelay::config::Config;
 use hookrelay::domain::Product;
-use hookrelay::startup::Application;
+use hookrelay::startup::{Application, Worker};
 use hookrelay::store::Store;
 use hookrelay::{descriptor, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -28,8 +28,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve HTTP: descriptors, lifecycle callbacks, webhook intake.
+    /// Serve HTTP (descriptors, lifecycle callbacks, webhook intake, admin API),
+    /// publish events, and run relay workers.
     Serve,
+    /// Run relay workers only: consume the relay queue and deliver to subscriptions.
+    Worker,
     /// Apply database migrations and exit.
     Migrate,
     /// Print the rendered app descriptor.
@@ -89,6 +92,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             app.run_until_stopped(shutdown).await?;
+        }
+        Command::Worker => {
+            telemetry::init_tracing(config.log_format);
+            let worker = Worker::build(config).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            worker.run_until_stopped(shutdown).await;
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
-//! Wiring: builds the store, the broker, the publisher, the authenticator and the
-//! HTTP server from a [`Config`], and runs them until a shutdown token fires.
+//! Wiring: builds the store, the broker, the publisher, the relay, the
+//! authenticator and the HTTP server from a [`Config`], and runs them until a
+//! shutdown token fires. [`Worker`] is the relay alone (`hookrelay worker`).
 //!
 //! `main` and the tests build the very same [`Application`]; the tests bind port 0
 //! and ask [`Application::port`] where it landed.
@@ -20,6 +21,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::publisher::{self, PublisherTask};
+use crate::relay::{self, Relay};
 use crate::store::Store;
 use crate::telemetry;
 
@@ -29,6 +31,7 @@ pub struct Application {
     store: Store,
     broker: Arc<Broker>,
     publisher: PublisherTask,
+    relay: Option<Relay>,
     shutdown_timeout: Duration,
 }
 
@@ -37,25 +40,19 @@ impl Application {
     /// does not serve until [`Application::run_until_stopped`] is awaited.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
-        let store = Store::connect(&config)
-            .await
-            .with_context(|| format!("cannot open the {} store", backend_name(&config)))?;
-        store
-            .migrate()
-            .await
-            .context("cannot apply database migrations")?;
-        store
-            .release_stale_claims()
-            .await
-            .context("cannot release the claims of an earlier run")?;
-
-        // Never waits for the broker: events are stored and wait in the outbox
-        // until it is reachable.
-        let broker = Arc::new(match config.amqp_url {
-            Some(_) => Broker::Amqp(AmqpBroker::start(config.clone())),
-            None => Broker::Local(Arc::new(LocalBroker::new(store.clone(), &config))),
-        });
+        let (store, broker) = open(&config).await?;
         let (publisher, publisher_task) = publisher::start(store.clone(), broker.clone(), &config);
+        let relay_wake = Arc::new(tokio::sync::Notify::new());
+        let relay = if config.relay_enabled {
+            Some(relay::start(
+                config.clone(),
+                store.clone(),
+                &broker,
+                relay_wake.clone(),
+            )?)
+        } else {
+            None
+        };
 
         // One client for every outgoing call of this process, with bounded waits.
         let http_client = reqwest::Client::builder()
@@ -74,6 +71,7 @@ impl Application {
             metrics: telemetry::metrics_handle(),
             publisher,
             broker: broker.clone(),
+            relay_wake,
         });
 
         let listener = TcpListener::bind(&config.listen)
@@ -95,6 +93,7 @@ impl Application {
             store = store.backend(),
             broker = broker.kind(),
             exchange = %config.exchange,
+            relay = relay.is_some(),
             "hookrelay is serving"
         );
         Ok(Self {
@@ -103,6 +102,7 @@ impl Application {
             store,
             broker,
             publisher: publisher_task,
+            relay,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -128,6 +128,9 @@ impl Application {
         });
         let result = self.server.await;
         stopper.abort();
+        if let Some(relay) = self.relay {
+            relay.stop(self.shutdown_timeout).await;
+        }
         // Intake has stopped: publish what it handed over, within the same bound.
         if tokio::time::timeout(self.shutdown_timeout, self.publisher.stop())
             .await
@@ -139,6 +142,71 @@ impl Application {
         self.store.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Opens and migrates the store, and starts the broker. Never waits for the
+/// broker: events are stored and wait in the outbox until it is reachable.
+async fn open(config: &Arc<Config>) -> anyhow::Result<(Store, Arc<Broker>)> {
+    let store = Store::connect(config)
+        .await
+        .with_context(|| format!("cannot open the {} store", backend_name(config)))?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply database migrations")?;
+    store
+        .release_stale_claims()
+        .await
+        .context("cannot release the claims of an earlier run")?;
+    let broker = Arc::new(match config.amqp_url {
+        Some(_) => Broker::Amqp(AmqpBroker::start(config.clone())),
+        None => Broker::Local(Arc::new(LocalBroker::new(store.clone(), config))),
+    });
+    Ok((store, broker))
+}
+
+/// `hookrelay worker`: relay workers only, as competing consumers of the relay
+/// queue beside any number of `serve` processes.
+pub struct Worker {
+    store: Store,
+    broker: Arc<Broker>,
+    relay: Relay,
+    shutdown_timeout: Duration,
+}
+
+impl Worker {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        if !config.is_postgres() {
+            tracing::warn!("a worker beside `serve` needs a store both can share: use PostgreSQL");
+        }
+        let (store, broker) = open(&config).await?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let relay = relay::start(config.clone(), store.clone(), &broker, wake)?;
+        tracing::info!(
+            store = store.backend(),
+            broker = broker.kind(),
+            queue = %config.relay_queue.name,
+            "hookrelay worker is relaying"
+        );
+        Ok(Self {
+            store,
+            broker,
+            relay,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// Relays until `shutdown`, then lets attempts in flight finish (up to the
+    /// shutdown timeout).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: finishing delivery attempts in flight");
+        self.relay.stop(self.shutdown_timeout).await;
+        self.broker.close().await;
+        self.store.close().await;
+        tracing::info!("stopped");
     }
 }
 

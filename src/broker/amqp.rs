@@ -1,5 +1,6 @@
-//! RabbitMQ through lapin: one connection, one channel in confirm mode, and a task
-//! that keeps them alive.
+//! RabbitMQ through lapin: one connection, one channel in confirm mode for
+//! publishing, a channel of its own for each consumer, and a task that keeps the
+//! connection alive.
 //!
 //! The task connects with backoff, declares the topology (idempotently) on every
 //! new connection, and watches for the connection or channel to fail. A publish
@@ -7,16 +8,22 @@
 //! the task to start over, so that a deleted exchange is redeclared and a
 //! half-open connection is dropped. Nothing here retries a message: a failed
 //! publish is reported to the publisher, which leaves the event in the outbox.
+//!
+//! Consumers follow the connection: each has a task that opens a channel on
+//! whatever connection is current and moves to the next one when it is replaced.
+//! What a consumer held unacknowledged on a lost connection is handed out again
+//! by RabbitMQ, not by this module.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Acker;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
@@ -24,21 +31,29 @@ use secrecy::ExposeSecret;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use super::{BrokerStatus, PublishError};
+use super::{BrokerStatus, ConsumeError, Message, PublishError};
 use crate::config::{Config, QueueSpec};
-use crate::domain::Event;
+use crate::domain::{Event, EventId};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle connection's state is looked at.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a consumer waits before trying again on the same connection after
+/// its channel failed (a queue that does not exist closes the channel at once).
+const CONSUME_RETRY: Duration = Duration::from_secs(1);
 
-/// The channel publishes go to, tagged with the connection it belongs to, so that
-/// a failure reported late against an old connection cannot tear down a new one.
+/// The current connection and the channel publishes go to, tagged with the
+/// connection's generation, so that a failure reported late against an old
+/// connection cannot tear down a new one.
 #[derive(Clone)]
 struct Link {
     generation: u64,
+    /// Consumers open their own channels on it: acknowledgements must not share
+    /// a channel with confirm-mode publishing, whose failure restarts the link.
+    connection: Arc<Connection>,
     channel: Channel,
 }
 
@@ -77,6 +92,35 @@ impl AmqpBroker {
 
     pub fn status(&self) -> watch::Receiver<BrokerStatus> {
         self.shared.status.subscribe()
+    }
+
+    /// A consumer of `queue` with at most `prefetch` unacknowledged messages
+    /// (at least 1: AMQP's 0 would mean no limit). It starts when the broker is
+    /// reachable and moves to each new connection; it ends when the broker is
+    /// closed or the consumer is dropped. Spawns its task, so it must be called
+    /// inside the Tokio runtime.
+    pub fn consume(&self, queue: &str, prefetch: u16) -> AmqpConsumer {
+        let prefetch = prefetch.max(1);
+        let tag = format!(
+            "hookrelay-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        );
+        let (tx, deliveries) = mpsc::channel(prefetch.into());
+        let span = tracing::info_span!("amqp_consumer", queue = %queue, consumer_tag = %tag);
+        let reader = Reader {
+            shared: self.shared.clone(),
+            links: self.shared.link.subscribe(),
+            queue: queue.to_string(),
+            tag,
+            prefetch,
+            deliveries: tx,
+        };
+        tokio::spawn(reader.run().instrument(span));
+        AmqpConsumer {
+            deliveries,
+            stop: self.shared.stop.clone(),
+        }
     }
 
     /// Stops reconnecting and closes the connection.
@@ -136,6 +180,302 @@ impl AmqpBroker {
         }
         results
     }
+}
+
+/// Reads one queue; fed by a task that follows the connection (see the module
+/// doc). Dropping it cancels the consumer on the broker.
+pub struct AmqpConsumer {
+    /// Bounded by the prefetch: the broker never has more than that many
+    /// unacknowledged messages out to this consumer anyway.
+    deliveries: mpsc::Receiver<AmqpDelivery>,
+    /// The broker's: once it is closed nothing can be settled any more.
+    stop: CancellationToken,
+}
+
+impl AmqpConsumer {
+    /// The next message; waits until there is one. `None` once the broker has
+    /// been closed.
+    pub async fn next(&mut self) -> Option<AmqpDelivery> {
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return None,
+                delivery = self.deliveries.recv() => delivery?,
+            };
+            if delivery.acker.usable() {
+                return Some(delivery);
+            }
+            // Its channel has gone since it was received: RabbitMQ hands it out
+            // again on the next one, so working on it now would only duplicate.
+            tracing::debug!(event_id = %delivery.message.event_id, "skipping a message of a lost channel");
+        }
+    }
+}
+
+/// A message received from RabbitMQ, to be settled once. Dropped unsettled, it
+/// is handed back to the queue (as by [`AmqpDelivery::requeue`]), so that a
+/// failed worker does not hold a prefetch slot for good.
+pub struct AmqpDelivery {
+    pub message: Message,
+    acker: Acker,
+    /// Keeps the channel open until this message is settled, even after its
+    /// consumer was dropped: closing it would hand the message out again.
+    _channel: Channel,
+}
+
+impl AmqpDelivery {
+    /// Done with: the message leaves the queue.
+    pub async fn ack(self) -> Result<(), ConsumeError> {
+        settled(self.acker.ack(Default::default()).await)
+    }
+
+    /// Not done with: the queue hands it out again.
+    pub async fn requeue(self) -> Result<(), ConsumeError> {
+        settled(
+            self.acker
+                .reject(BasicRejectOptions { requeue: true })
+                .await,
+        )
+    }
+
+    /// Unprocessable: the queue's dead-letter exchange takes it, into
+    /// `<queue>.dead`.
+    pub async fn reject(self) -> Result<(), ConsumeError> {
+        settled(
+            self.acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await,
+        )
+    }
+}
+
+impl Drop for AmqpDelivery {
+    fn drop(&mut self) {
+        // Not usable once settled, or once its channel is gone (and with it the
+        // broker's record of the delivery).
+        if !self.acker.usable() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime left: the channel closes with the process
+        };
+        let acker = self.acker.clone();
+        runtime.spawn(async move {
+            let _ = acker.reject(BasicRejectOptions { requeue: true }).await;
+        });
+    }
+}
+
+/// lapin answers `Ok(false)` when the delivery's channel has closed: the broker
+/// has already put the message back.
+fn settled(result: Result<bool, lapin::Error>) -> Result<(), ConsumeError> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ConsumeError::ChannelClosed),
+        Err(e) => Err(ConsumeError::Channel(e)),
+    }
+}
+
+/// The task behind one [`AmqpConsumer`].
+struct Reader {
+    shared: Arc<Shared>,
+    links: watch::Receiver<Option<Link>>,
+    queue: String,
+    /// One tag for the consumer's whole life, so that it can be followed in
+    /// RabbitMQ's management UI and in the log across reconnects.
+    tag: String,
+    prefetch: u16,
+    deliveries: mpsc::Sender<AmqpDelivery>,
+}
+
+/// Why a [`Reader`] left a channel.
+enum Left {
+    /// The broker was closed or the consumer dropped: the task ends.
+    Stopped,
+    /// The connection was replaced: go to the new one at once.
+    Replaced,
+    /// The channel failed while its connection stayed: try again after a pause.
+    Failed(String),
+}
+
+impl Reader {
+    async fn run(mut self) {
+        // The last failure logged, so that a queue missing for minutes is one
+        // warning, not one a second.
+        let mut failing: Option<String> = None;
+        loop {
+            let link = tokio::select! {
+                _ = self.shared.stop.cancelled() => return,
+                _ = self.deliveries.closed() => return,
+                link = self.links.wait_for(Option::is_some) => match link {
+                    Ok(link) => link.clone(),
+                    Err(_) => return, // the broker is gone
+                },
+            };
+            let Some(link) = link else { continue };
+            match self.read(&link, &mut failing).await {
+                Left::Stopped => return,
+                Left::Replaced => {
+                    tracing::debug!("connection replaced; consuming on the next one");
+                }
+                Left::Failed(reason) => {
+                    if !link.connection.status().connected() {
+                        // The connection's task reports this one.
+                        tracing::debug!(%reason, "connection lost; consuming on the next one");
+                    } else if failing.as_ref() != Some(&reason) {
+                        tracing::warn!(%reason, "cannot consume; retrying");
+                        failing = Some(reason);
+                    } else {
+                        tracing::debug!(%reason, "cannot consume; retrying");
+                    }
+                    if !self.pause(link.generation).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits [`CONSUME_RETRY`], or less if the connection is replaced meanwhile.
+    /// False if the task should end.
+    async fn pause(&mut self, generation: u64) -> bool {
+        let retry = tokio::time::sleep(CONSUME_RETRY);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                _ = self.shared.stop.cancelled() => return false,
+                _ = self.deliveries.closed() => return false,
+                _ = &mut retry => return true,
+                changed = self.links.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                    if current_generation(&self.links) != Some(generation) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Consumes on one connection until it is replaced, the channel fails or the
+    /// task should end.
+    async fn read(&mut self, link: &Link, failing: &mut Option<String>) -> Left {
+        let open = async {
+            let channel = link.connection.create_channel().await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions { global: false })
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    self.queue.as_str().into(),
+                    self.tag.as_str().into(),
+                    BasicConsumeOptions::default(), // manual acknowledgements
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((channel, consumer))
+        };
+        // A half-open connection can leave these unanswered.
+        let limit = self.shared.config.amqp_connect_timeout;
+        let (channel, mut consumer) = tokio::select! {
+            _ = self.shared.stop.cancelled() => return Left::Stopped,
+            opened = tokio::time::timeout(limit, open) => match opened {
+                Ok(Ok(opened)) => opened,
+                Ok(Err(e)) => return Left::Failed(e.to_string()),
+                Err(_) => return Left::Failed(format!(
+                    "no answer within {}", humantime::format_duration(limit)
+                )),
+            },
+        };
+        if failing.take().is_some() {
+            tracing::info!("consuming again");
+        } else {
+            tracing::debug!(generation = link.generation, "consuming");
+        }
+        loop {
+            let delivery = tokio::select! {
+                _ = self.shared.stop.cancelled() => return Left::Stopped,
+                _ = self.deliveries.closed() => return Left::Stopped,
+                changed = self.links.changed() => {
+                    if changed.is_err() {
+                        return Left::Stopped;
+                    }
+                    if current_generation(&self.links) != Some(link.generation) {
+                        return Left::Replaced;
+                    }
+                    continue;
+                }
+                delivery = consumer.next() => match delivery {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(e)) => return Left::Failed(e.to_string()),
+                    None => return Left::Failed("the broker cancelled the consumer".into()),
+                },
+            };
+            let Some(delivery) = accept(delivery, &channel).await else {
+                continue;
+            };
+            tokio::select! {
+                _ = self.shared.stop.cancelled() => return Left::Stopped,
+                sent = self.deliveries.send(delivery) => if sent.is_err() {
+                    return Left::Stopped;
+                },
+            }
+        }
+    }
+}
+
+fn current_generation(links: &watch::Receiver<Option<Link>>) -> Option<u64> {
+    links.borrow().as_ref().map(|link| link.generation)
+}
+
+/// The delivery as a [`Message`], or `None` after dead-lettering it if it cannot
+/// be one: hookrelay publishes every message with its event id and a JSON body,
+/// so anything else was put on the queue by someone else, and would only come
+/// back if requeued.
+async fn accept(mut delivery: lapin::message::Delivery, channel: &Channel) -> Option<AmqpDelivery> {
+    let raw_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_string());
+    let event_id = raw_id
+        .as_deref()
+        .and_then(|id| uuid::Uuid::parse_str(id).ok())
+        .map(EventId);
+    let body = String::from_utf8(std::mem::take(&mut delivery.data));
+    let routing_key = delivery.routing_key.to_string();
+    let problem = match (event_id, body) {
+        (Some(event_id), Ok(body)) => {
+            return Some(AmqpDelivery {
+                message: Message {
+                    event_id,
+                    routing_key,
+                    body,
+                    redelivered: delivery.redelivered,
+                },
+                acker: delivery.acker,
+                _channel: channel.clone(),
+            })
+        }
+        (None, _) => "no event id in its message_id",
+        (Some(_), Err(_)) => "its body is not UTF-8",
+    };
+    tracing::error!(
+        message_id = raw_id.as_deref().unwrap_or(""),
+        routing_key = %routing_key,
+        "unusable message dead-lettered: {problem}"
+    );
+    if let Err(e) = settled(
+        delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await,
+    ) {
+        // It comes back on the next channel, and is rejected there.
+        tracing::warn!(error = ?e, "cannot reject an unusable message");
+    }
+    None
 }
 
 /// Puts one event on the wire; the returned future resolves to its confirm.
@@ -216,8 +556,10 @@ async fn maintain(shared: Arc<Shared>, mut broken: mpsc::Receiver<(u64, String)>
         match opened {
             Ok(Ok((connection, channel))) => {
                 generation += 1;
+                let connection = Arc::new(connection);
                 shared.link.send_replace(Some(Link {
                     generation,
+                    connection: connection.clone(),
                     channel: channel.clone(),
                 }));
                 shared.set_status(BrokerStatus::Up);
@@ -268,7 +610,12 @@ async fn watch_link(
             },
             event = events.next() => {
                 if let Some(lapin::Event::Error(e)) = event {
-                    return Some(e.to_string());
+                    // Every channel's errors are reported here. One that closed
+                    // only a consumer's channel (a queue not found) is that
+                    // consumer's to handle, and leaves publishing alone.
+                    if !e.is_amqp_soft_error() || !channel.status().connected() {
+                        return Some(e.to_string());
+                    }
                 }
             }
             _ = check.tick() => {

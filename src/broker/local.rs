@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::{topic_matches, BrokerStatus, Message, PublishError};
 use crate::config::Config;
@@ -38,6 +39,9 @@ pub struct LocalBroker {
     lease: Duration,
     /// Always `Up`: kept so that receivers never see a closed channel.
     status: watch::Sender<BrokerStatus>,
+    /// Cancelled by [`LocalBroker::close`]: consumers of [`super::Consumer`]
+    /// see it and end.
+    stop: CancellationToken,
 }
 
 impl LocalBroker {
@@ -49,6 +53,7 @@ impl LocalBroker {
             queues: RwLock::new(Vec::new()),
             lease: config.republish_after,
             status: watch::Sender::new(BrokerStatus::Up),
+            stop: CancellationToken::new(),
         };
         broker.declare(&config.relay_queue.name, &config.relay_queue.bindings);
         metrics::gauge!("hookrelay_broker_up").set(1.0);
@@ -63,6 +68,18 @@ impl LocalBroker {
 
     pub fn status(&self) -> watch::Receiver<BrokerStatus> {
         self.status.subscribe()
+    }
+
+    /// Ends the consumers made through [`super::Broker::consume`]. Queued
+    /// messages stay in the store; a [`LocalConsumer`] used directly is not
+    /// affected.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
+    /// Cancelled once the broker is closed.
+    pub(super) fn stopped(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
     /// Declares a queue, or replaces its bindings. Messages published from now on

@@ -3,17 +3,26 @@
 //!
 //! Both route by topic (`jira.issue_created` against `jira.*`, `#`), both confirm
 //! each publish or say why not, and both report their state through a
-//! [`BrokerStatus`] watch so that `/readyz` and the publisher can see it. This
-//! module never touches the outbox: that is the publisher's.
+//! [`BrokerStatus`] watch so that `/readyz` and the publisher can see it. Both
+//! hand out queued messages to a [`Consumer`] at least once, with manual
+//! acknowledgements. This module never touches the outbox (the publisher's) and
+//! never decides what a message means (the relay's).
 
 pub mod amqp;
 pub mod local;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Event, EventId};
+use crate::store::StoreError;
+
+/// How long a consumer of the in-process broker waits before reading the store
+/// again after it failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// Whether the broker can take publishes right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,12 +114,175 @@ impl Broker {
         }
     }
 
-    /// Closes the connection, if there is one.
+    /// A consumer of `queue` holding at most `prefetch` unacknowledged messages.
+    /// It survives reconnects (AMQP): it resumes on the next connection.
+    /// Unacknowledged messages of a lost connection are redelivered by the
+    /// broker. Its [`Consumer::next`] returns `None` once the broker is closed.
+    ///
+    /// On RabbitMQ the queue must exist (hookrelay declares the relay's queue and
+    /// `[[queues]]` on each connection); while it does not, the consumer retries
+    /// every second. On the in-process broker a queue that was never declared
+    /// is logged as an error and the consumer yields nothing until closed.
+    pub fn consume(&self, queue: &str, prefetch: u16) -> Consumer {
+        let inner = match self {
+            Broker::Amqp(b) => ConsumerInner::Amqp(b.consume(queue, prefetch)),
+            Broker::Local(b) => {
+                let stop = b.stopped();
+                match b.consume(queue, prefetch.into()) {
+                    Some(consumer) => ConsumerInner::Local {
+                        consumer,
+                        stop,
+                        failing: false,
+                        queue: queue.to_string(),
+                    },
+                    None => {
+                        tracing::error!(%queue, "cannot consume an in-process queue that was never declared");
+                        ConsumerInner::Undeclared { stop }
+                    }
+                }
+            }
+        };
+        Consumer { inner }
+    }
+
+    /// Closes the connection, if there is one, and ends the consumers.
     pub async fn close(&self) {
-        if let Broker::Amqp(b) = self {
-            b.close().await;
+        match self {
+            Broker::Amqp(b) => b.close().await,
+            Broker::Local(b) => b.close(),
         }
     }
+}
+
+/// Reads one queue of either broker; see [`Broker::consume`].
+pub struct Consumer {
+    inner: ConsumerInner,
+}
+
+enum ConsumerInner {
+    Amqp(amqp::AmqpConsumer),
+    Local {
+        consumer: local::LocalConsumer,
+        /// The broker's: [`local::LocalConsumer`] itself never ends.
+        stop: CancellationToken,
+        /// The last read failed: an outage is logged once, not every second.
+        failing: bool,
+        /// For the log.
+        queue: String,
+    },
+    /// An in-process queue that does not exist: nothing ever arrives.
+    Undeclared {
+        stop: CancellationToken,
+    },
+}
+
+impl Consumer {
+    /// The next message; waits until there is one. Returns `None` only once the
+    /// broker has been closed. Store and connection failures do not end it: it
+    /// logs them and keeps trying.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        match &mut self.inner {
+            ConsumerInner::Amqp(consumer) => consumer.next().await.map(|d| Delivery {
+                inner: DeliveryInner::Amqp(d),
+            }),
+            ConsumerInner::Local {
+                consumer,
+                stop,
+                failing,
+                queue,
+            } => loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return None,
+                    next = consumer.next() => next,
+                };
+                match next {
+                    Ok(d) => {
+                        if std::mem::replace(failing, false) {
+                            tracing::info!(%queue, "the in-process queue is readable again");
+                        }
+                        return Some(Delivery {
+                            inner: DeliveryInner::Local(d),
+                        });
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(failing, true) {
+                            tracing::warn!(%queue, error = ?e, "cannot read the in-process queue; trying every second");
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => return None,
+                            _ = tokio::time::sleep(STORE_RETRY) => {}
+                        }
+                    }
+                }
+            },
+            ConsumerInner::Undeclared { stop } => {
+                stop.cancelled().await;
+                None
+            }
+        }
+    }
+}
+
+/// A message handed to a [`Consumer`], to be settled once: acknowledged,
+/// requeued or rejected. Dropped unsettled, it goes back to the queue (at once on
+/// RabbitMQ, after its lease in-process).
+pub struct Delivery {
+    inner: DeliveryInner,
+}
+
+enum DeliveryInner {
+    Amqp(amqp::AmqpDelivery),
+    Local(local::LocalDelivery),
+}
+
+impl Delivery {
+    pub fn message(&self) -> &Message {
+        match &self.inner {
+            DeliveryInner::Amqp(d) => &d.message,
+            DeliveryInner::Local(d) => &d.message,
+        }
+    }
+
+    /// Done with: the message leaves the queue. An error means it was not
+    /// removed and will be handed out again.
+    pub async fn ack(self) -> Result<(), ConsumeError> {
+        match self.inner {
+            DeliveryInner::Amqp(d) => d.ack().await,
+            DeliveryInner::Local(d) => Ok(d.ack().await?),
+        }
+    }
+
+    /// Not done with: the queue hands it out again (marked redelivered).
+    pub async fn requeue(self) -> Result<(), ConsumeError> {
+        match self.inner {
+            DeliveryInner::Amqp(d) => d.requeue().await,
+            DeliveryInner::Local(d) => Ok(d.requeue().await?),
+        }
+    }
+
+    /// Unprocessable: on RabbitMQ it is dead-lettered into `<queue>.dead`; the
+    /// in-process broker has no dead letters and drops it. The caller logs why.
+    pub async fn reject(self) -> Result<(), ConsumeError> {
+        match self.inner {
+            DeliveryInner::Amqp(d) => d.reject().await,
+            DeliveryInner::Local(d) => Ok(d.ack().await?),
+        }
+    }
+}
+
+/// Why a delivery could not be settled. The message stays queued and is handed
+/// out again, so a caller that does its work idempotently may only log this.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("in-process queue update failed")]
+    Store(#[from] StoreError),
+    #[error("channel failed")]
+    Channel(#[source] lapin::Error),
+    /// The connection or channel the message came on has closed; RabbitMQ has
+    /// put the message back.
+    #[error("the message's channel is closed")]
+    ChannelClosed,
 }
 
 /// A message as a consumer receives it.

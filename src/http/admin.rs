@@ -1,4 +1,5 @@
-//! The admin API under `/admin/api/v1`: read what was stored.
+//! The admin API under `/admin/api/v1`: stored events here, subscriptions,
+//! deliveries and replays in `subscriptions.rs`.
 //!
 //! Every route but the OpenAPI document needs `Authorization: Bearer
 //! $HOOKRELAY_ADMIN_TOKEN`; a handler proves it by taking an [`Admin`] argument.
@@ -21,12 +22,12 @@ const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
+    cfg.service(super::subscriptions::routes(
         web::scope("/admin/api/v1")
             .route("/openapi.json", web::get().to(openapi))
             .route("/events", web::get().to(list_events))
             .route("/events/{id}", web::get().to(get_event)),
-    );
+    ));
 }
 
 /// Proof that the request carried the admin bearer token.
@@ -94,6 +95,13 @@ struct AdminEvent<'a> {
     webhook_flow: Option<&'a str>,
 }
 
+#[derive(Serialize)]
+struct EventDetail<'a> {
+    #[serde(flatten)]
+    event: AdminEvent<'a>,
+    deliveries: Vec<super::subscriptions::DeliveryWithAttempts>,
+}
+
 fn admin_event(event: &Event, with_payload: bool) -> Result<AdminEvent<'_>, ApiError> {
     let mut envelope = event.envelope().map_err(|e| {
         tracing::error!(event_id = %event.id, error = %e, "stored payload is not JSON");
@@ -109,6 +117,28 @@ fn admin_event(event: &Event, with_payload: bool) -> Result<AdminEvent<'_>, ApiE
     })
 }
 
+/// The `limit` query parameter of a listing.
+pub(super) fn limit(given: Option<&str>) -> Result<i64, ApiError> {
+    match given {
+        None | Some("") => Ok(DEFAULT_LIMIT),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit must be 1 to {MAX_LIMIT}"))),
+    }
+}
+
+/// The `cursor` query parameter of a listing: the id of the last item seen.
+pub(super) fn cursor(given: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
+    match given {
+        None | Some("") => Ok(None),
+        Some(c) => uuid::Uuid::parse_str(c)
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest("invalid cursor".into())),
+    }
+}
+
 fn parse_event_id(s: &str) -> Option<EventId> {
     uuid::Uuid::parse_str(s).ok().map(EventId)
 }
@@ -121,20 +151,8 @@ async fn list_events(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let limit = match query.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::BadRequest(format!("limit must be 1 to {MAX_LIMIT}")))?,
-    };
-    let before = match query.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => {
-            Some(parse_event_id(c).ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?)
-        }
-    };
+    let limit = limit(query.limit.as_deref())?;
+    let before = cursor(query.cursor.as_deref())?.map(EventId);
     let filter = EventFilter {
         event: query.event.filter(|e| !e.is_empty()),
         client_key: query.tenant.filter(|t| !t.is_empty()).map(ClientKey),
@@ -152,7 +170,7 @@ async fn list_events(
     Ok(HttpResponse::Ok().json(serde_json::json!({"data": data, "next_cursor": next_cursor})))
 }
 
-/// `GET /events/{id}`: one event with its payload.
+/// `GET /events/{id}`: one event with its payload, its deliveries and their attempts.
 async fn get_event(
     _: Admin,
     state: web::Data<AppState>,
@@ -160,5 +178,9 @@ async fn get_event(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_event_id(&id).ok_or(ApiError::NotFound)?;
     let event = state.store.event(id).await?.ok_or(ApiError::NotFound)?;
-    Ok(HttpResponse::Ok().json(admin_event(&event, true)?))
+    let deliveries = super::subscriptions::event_deliveries(&state, id).await?;
+    Ok(HttpResponse::Ok().json(EventDetail {
+        event: admin_event(&event, true)?,
+        deliveries,
+    }))
 }

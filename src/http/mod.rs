@@ -8,6 +8,7 @@ mod admin;
 mod connect;
 pub mod error;
 mod ops;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -36,6 +37,9 @@ pub struct AppState {
     pub publisher: Publisher,
     /// Only looked at for its state, by `/readyz`.
     pub broker: Arc<Broker>,
+    /// Rung when deliveries become due (a replay, a re-enabled subscription),
+    /// so that this process's relay claims them at once.
+    pub relay_wake: Arc<tokio::sync::Notify>,
 }
 
 /// The route table.

@@ -7,7 +7,10 @@
 //! which is what lets intake answer 2xx. Nothing here knows about HTTP.
 
 mod postgres;
+mod relay;
 mod sqlite;
+
+pub use relay::{AttemptFilter, AttemptRecord, DeliveryFilter, DueDelivery, Recorded};
 
 use std::str::FromStr;
 use std::time::Duration;

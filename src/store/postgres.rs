@@ -39,7 +39,7 @@ impl TryFrom<TenantRow> for Tenant {
 }
 
 #[derive(sqlx::FromRow)]
-struct EventRow {
+pub(in crate::store) struct EventRow {
     id: uuid::Uuid,
     source: String,
     product: Option<String>,

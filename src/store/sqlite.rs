@@ -13,7 +13,7 @@ use crate::domain::{
     format_timestamp, ClientKey, Event, EventId, LifecycleChange, Tenant, TenantState,
 };
 
-fn time(s: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(in crate::store) fn time(s: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| StoreError::Corrupt(format!("bad timestamp `{s}`")))
@@ -51,7 +51,7 @@ impl TryFrom<TenantRow> for Tenant {
 }
 
 #[derive(sqlx::FromRow)]
-struct EventRow {
+pub(in crate::store) struct EventRow {
     id: String,
     source: String,
     product: Option<String>,

@@ -114,8 +114,13 @@ pub struct Served {
 
 impl Served {
     pub fn start(envs: &[(&str, &str)]) -> Self {
+        Self::run("serve", envs)
+    }
+
+    /// Starts `hookrelay <subcommand>` with `envs`.
+    pub fn run(subcommand: &str, envs: &[(&str, &str)]) -> Self {
         let mut cmd = hookrelay();
-        cmd.arg("serve")
+        cmd.arg(subcommand)
             .stderr(Stdio::piped())
             .stdout(Stdio::null());
         for (k, v) in envs {

@@ -216,6 +216,13 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Spawns the app with the test defaults, after `adjust` has had its say.
 pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut RawConfig)) -> TestApp {
+    // `TEST_LOG=debug cargo nextest run …` shows the app's log.
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     let db = TestDb::new(backend).await;
     let keys = KeyServer::start().await;
     let mut raw = RawConfig {

@@ -6,10 +6,13 @@ mod helpers;
 
 mod admin;
 mod binary;
+mod consuming;
 mod descriptor;
 mod lifecycle;
 mod ops;
 mod publishing;
 mod rabbit;
+mod receiver;
+mod relay;
 mod vectors;
 mod webhooks;

@@ -1,0 +1,540 @@
+//! The admin API's relay half: subscriptions, their deliveries and attempts,
+//! and replays. Every handler takes [`Admin`], the proof of the bearer token.
+//!
+//! A subscription's secret is in the answer to its creation only (and to a
+//! PATCH that sets a new one); no read returns it, and it is never logged.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::admin::{cursor, limit, Admin};
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::{
+    format_timestamp, now_millis, Attempt, Delivery, DeliveryState, EventId, Subscription,
+    SubscriptionId,
+};
+use crate::relay::{destination, matching, signing};
+use crate::store::{AttemptFilter, DeliveryFilter};
+
+const MAX_PATTERNS: usize = 100;
+const MAX_HEADERS: usize = 32;
+const MAX_URL: usize = 2048;
+const MAX_RATE: u32 = 100_000;
+const MAX_CONCURRENCY: u32 = 1_000;
+/// Headers hookrelay sets itself, which a subscription may not replace.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+pub fn routes(scope: actix_web::Scope) -> actix_web::Scope {
+    scope
+        .route("/subscriptions", web::post().to(create))
+        .route("/subscriptions", web::get().to(list))
+        .route("/subscriptions/{id}", web::get().to(show))
+        .route("/subscriptions/{id}", web::patch().to(update))
+        .route("/subscriptions/{id}", web::delete().to(delete))
+        .route("/subscriptions/{id}/deliveries", web::get().to(deliveries))
+        .route("/subscriptions/{id}/attempts", web::get().to(attempts))
+        .route(
+            "/subscriptions/{id}/replay",
+            web::post().to(replay_subscription),
+        )
+        .route("/events/{id}/replay", web::post().to(replay_event))
+}
+
+/// A subscription as the API shows it: everything but the secret.
+#[derive(Serialize)]
+pub struct SubscriptionView<'a> {
+    id: SubscriptionId,
+    url: &'a str,
+    events: &'a [String],
+    tenants: Option<&'a [String]>,
+    filter: Option<&'a str>,
+    headers: &'a BTreeMap<String, String>,
+    description: Option<&'a str>,
+    rate_limit: Option<u32>,
+    max_concurrency: u32,
+    enabled: bool,
+    disabled_reason: Option<&'a str>,
+    failing_since: Option<String>,
+    created_at: String,
+    updated_at: String,
+    /// Only when it was just set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'a str>,
+}
+
+fn view<'a>(sub: &'a Subscription, secret: Option<&'a str>) -> SubscriptionView<'a> {
+    SubscriptionView {
+        id: sub.id,
+        url: &sub.url,
+        events: &sub.events,
+        tenants: sub.tenants.as_deref(),
+        filter: sub.filter.as_deref(),
+        headers: &sub.headers,
+        description: sub.description.as_deref(),
+        rate_limit: sub.rate_limit,
+        max_concurrency: sub.max_concurrency,
+        enabled: sub.enabled,
+        disabled_reason: sub.disabled_reason.as_deref(),
+        failing_since: sub.failing_since.map(format_timestamp),
+        created_at: format_timestamp(sub.created_at),
+        updated_at: format_timestamp(sub.updated_at),
+        secret,
+    }
+}
+
+/// `PATCH` fields: absent leaves a field alone; `null` clears an optional one.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Changes {
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    tenants: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    filter: Option<Option<String>>,
+    headers: Option<BTreeMap<String, String>>,
+    secret: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<u32>>,
+    max_concurrency: Option<u32>,
+    enabled: Option<bool>,
+}
+
+/// A field that is present, even as `null`, becomes `Some`.
+fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+fn bad(detail: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(detail.into())
+}
+
+/// Applies `changes` to `sub`, checking every field it sets. Returns the new
+/// secret when one was set.
+fn apply(
+    sub: &mut Subscription,
+    changes: Changes,
+    state: &AppState,
+) -> Result<Option<String>, ApiError> {
+    if let Some(url) = changes.url {
+        sub.url = check_url(&url, state.config.allow_private_destinations)?;
+    }
+    if let Some(events) = changes.events {
+        if events.is_empty() || events.len() > MAX_PATTERNS {
+            return Err(bad(format!(
+                "events must list 1 to {MAX_PATTERNS} patterns"
+            )));
+        }
+        if let Some(p) = events.iter().find(|p| !matching::valid_pattern(p)) {
+            return Err(bad(format!(
+                "event pattern `{p}` is not valid: use event names with `*` for any run of characters"
+            )));
+        }
+        sub.events = events;
+    }
+    if let Some(tenants) = changes.tenants {
+        if tenants
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.iter().any(|k| k.trim().is_empty()))
+        {
+            return Err(bad(
+                "tenants must list client keys; leave it out for every tenant",
+            ));
+        }
+        sub.tenants = tenants;
+    }
+    if let Some(filter) = changes.filter {
+        if let Some(f) = &filter {
+            matching::parse_filter(f)
+                .map_err(|e| bad(format!("filter is not a JSONPath (RFC 9535) query: {e}")))?;
+        }
+        sub.filter = filter;
+    }
+    if let Some(headers) = changes.headers {
+        if headers.len() > MAX_HEADERS {
+            return Err(bad(format!("at most {MAX_HEADERS} headers")));
+        }
+        for (name, value) in &headers {
+            let lower = name.to_ascii_lowercase();
+            if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+                return Err(bad(format!("header `{name}` is set by hookrelay")));
+            }
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value).is_err()
+            {
+                return Err(bad(format!("header `{name}` is not a valid HTTP header")));
+            }
+        }
+        sub.headers = headers;
+    }
+    let mut new_secret = None;
+    if let Some(secret) = changes.secret {
+        signing::key(&secret).map_err(|e| bad(e.to_string()))?;
+        sub.secret = secret.clone().into();
+        new_secret = Some(secret);
+    }
+    if let Some(description) = changes.description {
+        sub.description = description;
+    }
+    if let Some(rate) = changes.rate_limit {
+        if rate.is_some_and(|r| r == 0 || r > MAX_RATE) {
+            return Err(bad(format!(
+                "rate_limit must be 1 to {MAX_RATE} per second, or null"
+            )));
+        }
+        sub.rate_limit = rate;
+    }
+    if let Some(n) = changes.max_concurrency {
+        if n == 0 || n > MAX_CONCURRENCY {
+            return Err(bad(format!(
+                "max_concurrency must be 1 to {MAX_CONCURRENCY}"
+            )));
+        }
+        sub.max_concurrency = n;
+    }
+    if let Some(enabled) = changes.enabled {
+        if enabled && !sub.enabled {
+            // A fresh start: the old failure streak no longer counts.
+            sub.disabled_reason = None;
+            sub.failing_since = None;
+        }
+        sub.enabled = enabled;
+    }
+    Ok(new_secret)
+}
+
+fn check_url(url: &str, allow_private: bool) -> Result<String, ApiError> {
+    if url.len() > MAX_URL {
+        return Err(bad(format!("url is longer than {MAX_URL} bytes")));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| bad(format!("url is not valid: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(bad("url must be http:// or https:// with a host"));
+    }
+    if !allow_private {
+        // Names are checked when they are resolved, at delivery time.
+        destination::check_literal(&parsed).map_err(|e| {
+            bad(format!(
+                "{e}; set HOOKRELAY_ALLOW_PRIVATE_DESTINATIONS to allow it"
+            ))
+        })?;
+    }
+    Ok(parsed.to_string())
+}
+
+fn subscription_id(s: &str) -> Result<SubscriptionId, ApiError> {
+    uuid::Uuid::parse_str(s)
+        .map(SubscriptionId)
+        .map_err(|_| ApiError::NotFound)
+}
+
+async fn load(state: &AppState, id: &str) -> Result<Subscription, ApiError> {
+    let id = subscription_id(id)?;
+    state
+        .store
+        .subscription(id)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// `POST /subscriptions`: `url` and `events` are required; the secret is
+/// generated unless given, and returned this once.
+async fn create(
+    _: Admin,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let changes: Changes = json_body(&body)?;
+    if changes.url.is_none() || changes.events.is_none() {
+        return Err(bad("url and events are required"));
+    }
+    let now = now_millis();
+    let secret = signing::generate_secret();
+    let mut sub = Subscription {
+        id: SubscriptionId::new(),
+        url: String::new(),
+        events: Vec::new(),
+        tenants: None,
+        filter: None,
+        headers: BTreeMap::new(),
+        secret: secret.clone().into(),
+        description: None,
+        rate_limit: None,
+        max_concurrency: state.config.subscription_concurrency,
+        enabled: true,
+        disabled_reason: None,
+        failing_since: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let secret = apply(&mut sub, changes, &state)?.unwrap_or(secret);
+    state.store.insert_subscription(&sub).await?;
+    tracing::info!(subscription_id = %sub.id, url = %sub.url, events = ?sub.events, "subscription created");
+    Ok(HttpResponse::Created()
+        .insert_header((
+            "Location",
+            format!("/admin/api/v1/subscriptions/{}", sub.id),
+        ))
+        .json(view(&sub, Some(&secret))))
+}
+
+async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let subs = state.store.subscriptions(false).await?;
+    let data: Vec<_> = subs.iter().map(|s| view(s, None)).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+}
+
+async fn show(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let sub = load(&state, &id).await?;
+    Ok(HttpResponse::Ok().json(view(&sub, None)))
+}
+
+/// `PATCH /subscriptions/{id}`: any field; `{"enabled": true}` re-enables one
+/// that hookrelay disabled, and its pending deliveries resume.
+async fn update(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let changes: Changes = json_body(&body)?;
+    let mut sub = load(&state, &id).await?;
+    let secret = apply(&mut sub, changes, &state)?;
+    sub.updated_at = now_millis();
+    if !state.store.update_subscription(&sub).await? {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(subscription_id = %sub.id, enabled = sub.enabled, "subscription updated");
+    state.relay_wake.notify_one();
+    Ok(HttpResponse::Ok().json(view(&sub, secret.as_deref())))
+}
+
+async fn delete(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = subscription_id(&id)?;
+    if !state.store.delete_subscription(id).await? {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(subscription_id = %id, "subscription deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    state: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /subscriptions/{id}/deliveries?state=&limit=&cursor=`, newest first.
+async fn deliveries(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let sub = load(&state, &id).await?;
+    let limit = limit(query.limit.as_deref())?;
+    let filter = DeliveryFilter {
+        subscription: Some(sub.id),
+        state: match query.state.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(
+                DeliveryState::parse(s)
+                    .ok_or_else(|| bad("state must be pending, delivered, failed or dead"))?,
+            ),
+        },
+        before: cursor(query.cursor.as_deref())?.map(crate::domain::DeliveryId),
+        limit,
+        ..DeliveryFilter::default()
+    };
+    let data = state.store.deliveries(&filter).await?;
+    let next_cursor = (data.len() as i64 == limit).then(|| data.last().map(|d| d.id));
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"data": data, "next_cursor": next_cursor.flatten()})))
+}
+
+/// `GET /subscriptions/{id}/attempts?limit=&cursor=`: the attempt log, newest first.
+async fn attempts(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let sub = load(&state, &id).await?;
+    let limit = limit(query.limit.as_deref())?;
+    let filter = AttemptFilter {
+        subscription: Some(sub.id),
+        before: cursor(query.cursor.as_deref())?,
+        limit,
+        ..AttemptFilter::default()
+    };
+    let data = state.store.attempts(&filter).await?;
+    let next_cursor = (data.len() as i64 == limit).then(|| data.last().map(|a| a.id));
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"data": data, "next_cursor": next_cursor.flatten()})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplaySubscription {
+    /// Which deliveries to reopen; dead ones by default.
+    states: Option<Vec<DeliveryState>>,
+}
+
+/// `POST /subscriptions/{id}/replay`: reopens the subscription's dead deliveries
+/// (or those in `states`) as new rounds, due now.
+async fn replay_subscription(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let request: ReplaySubscription = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplaySubscription::default()
+    } else {
+        json_body(&body)?
+    };
+    let states = request.states.unwrap_or_else(|| vec![DeliveryState::Dead]);
+    if states.is_empty() || states.contains(&DeliveryState::Pending) {
+        return Err(bad("states must name delivered, failed or dead deliveries"));
+    }
+    let sub = load(&state, &id).await?;
+    let replayed = state.store.replay_subscription(sub.id, &states).await?;
+    tracing::info!(subscription_id = %sub.id, replayed, "deliveries replayed");
+    state.relay_wake.notify_one();
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "replayed": replayed })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayEvent {
+    /// Only to this subscription (which need not match the event).
+    subscription_id: Option<String>,
+}
+
+/// `POST /events/{id}/replay`: delivers the event again, with the same id, to
+/// every enabled subscription that matches it now, or to the one named.
+async fn replay_event(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let request: ReplayEvent = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayEvent::default()
+    } else {
+        json_body(&body)?
+    };
+    let event_id = uuid::Uuid::parse_str(&id)
+        .map(EventId)
+        .map_err(|_| ApiError::NotFound)?;
+    let event = state
+        .store
+        .event(event_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let targets = match request.subscription_id {
+        Some(sid) => {
+            let sub = load(&state, &sid).await?;
+            if !sub.enabled {
+                return Err(ApiError::Conflict(
+                    "subscription is disabled; enable it first".into(),
+                ));
+            }
+            vec![sub.id]
+        }
+        None => {
+            let envelope: serde_json::Value =
+                serde_json::from_str(&event.envelope_json().map_err(|_| ApiError::Internal)?)
+                    .map_err(|_| ApiError::Internal)?;
+            state
+                .store
+                .subscriptions(true)
+                .await?
+                .iter()
+                .filter_map(|s| matching::Matcher::new(s).ok())
+                .filter(|m| m.matches(&envelope))
+                .map(|m| m.id)
+                .collect()
+        }
+    };
+    let deliveries = state.store.replay_deliveries(event.id, &targets).await?;
+    tracing::info!(event_id = %event.id, deliveries = deliveries.len(), "event replayed");
+    state.relay_wake.notify_one();
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "deliveries": deliveries })))
+}
+
+/// An event's deliveries, each with its attempts (oldest first), for
+/// `GET /events/{id}`.
+#[derive(Serialize)]
+pub struct DeliveryWithAttempts {
+    #[serde(flatten)]
+    delivery: Delivery,
+    attempts: Vec<Attempt>,
+}
+
+/// Most attempts shown with one event.
+const EVENT_ATTEMPTS: i64 = 1_000;
+
+pub async fn event_deliveries(
+    state: &AppState,
+    event: EventId,
+) -> Result<Vec<DeliveryWithAttempts>, ApiError> {
+    let deliveries = state
+        .store
+        .deliveries(&DeliveryFilter {
+            event: Some(event),
+            limit: i64::from(MAX_CONCURRENCY),
+            ..DeliveryFilter::default()
+        })
+        .await?;
+    let mut attempts = state
+        .store
+        .attempts(&AttemptFilter {
+            event: Some(event),
+            limit: EVENT_ATTEMPTS,
+            ..AttemptFilter::default()
+        })
+        .await?;
+    attempts.reverse();
+    Ok(deliveries
+        .into_iter()
+        .rev()
+        .map(|delivery| DeliveryWithAttempts {
+            attempts: attempts
+                .iter()
+                .filter(|a| a.delivery_id == delivery.id)
+                .cloned()
+                .collect(),
+            delivery,
+        })
+        .collect())
+}

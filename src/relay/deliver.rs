@@ -1,0 +1,496 @@
+//! The dispatcher: claims due deliveries from the store and attempts each one on
+//! its own task, within two bounds (DESIGN.md invariant 4): the process's
+//! in-flight limit and each subscription's concurrency. A subscription at its
+//! limit is left out of the next claim, so a hanging endpoint holds only its own
+//! slots and never the others'.
+//!
+//! Every attempt's outcome is written to the store before the slot is freed:
+//! retries are rows with a due time, so they survive any restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use super::destination::{self, GuardedResolver, Refused};
+use super::retry::{self, Verdict};
+use super::signing;
+use crate::config::Config;
+use crate::domain::{now_millis, AttemptOutcome, SubscriptionId};
+use crate::store::{AttemptRecord, DueDelivery, Store, StoreError};
+
+/// How much of a response body the attempt log keeps.
+pub const RESPONSE_BODY_LIMIT: usize = 4096;
+/// Margin of a claim beyond the request timeout, so that a lease never runs
+/// out while its attempt can still be going.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// The one HTTP client all deliveries share: connect and total timeouts, no
+/// redirects, no proxy from the environment (a proxy would resolve names where
+/// the destination guard cannot see them), and the guarded resolver unless
+/// private destinations are allowed.
+pub fn client(config: &Config) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(config.delivery_connect_timeout)
+        .timeout(config.delivery_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("hookrelay/", env!("CARGO_PKG_VERSION")));
+    if !config.allow_private_destinations {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver));
+    }
+    builder.build()
+}
+
+/// Slots taken per subscription in this process, with each one's limit.
+#[derive(Default)]
+struct Busy {
+    by_subscription: HashMap<SubscriptionId, (u32, u32)>,
+}
+
+impl Busy {
+    fn full(&self) -> Vec<SubscriptionId> {
+        self.by_subscription
+            .iter()
+            .filter(|(_, (taken, limit))| taken >= limit)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Takes a slot if the subscription has one free.
+    fn take(&mut self, id: SubscriptionId, limit: u32) -> bool {
+        let entry = self.by_subscription.entry(id).or_insert((0, limit));
+        entry.1 = limit.max(1);
+        if entry.0 >= entry.1 {
+            return false;
+        }
+        entry.0 += 1;
+        true
+    }
+
+    fn put(&mut self, id: SubscriptionId) {
+        if let Some(entry) = self.by_subscription.get_mut(&id) {
+            entry.0 = entry.0.saturating_sub(1);
+            if entry.0 == 0 {
+                self.by_subscription.remove(&id);
+            }
+        }
+    }
+}
+
+pub struct Dispatcher {
+    pub(super) store: Store,
+    pub(super) config: Arc<Config>,
+    client: reqwest::Client,
+    /// Rung when deliveries may have become due: new ones, a finished attempt,
+    /// a replay.
+    pub(super) wake: Arc<Notify>,
+    /// The process's in-flight bound.
+    slots: Arc<Semaphore>,
+    busy: Mutex<Busy>,
+    /// Per-subscription rate limiters, rebuilt when the rate changes.
+    limiters: Mutex<HashMap<SubscriptionId, (u32, Arc<DefaultDirectRateLimiter>)>>,
+    /// The earliest retry this process scheduled, so it wakes for it on time.
+    next_retry: Mutex<Option<tokio::time::Instant>>,
+    pub(super) attempts: TaskTracker,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, config: Arc<Config>, wake: Arc<Notify>) -> reqwest::Result<Self> {
+        Ok(Self {
+            client: client(&config)?,
+            slots: Arc::new(Semaphore::new(config.relay_concurrency as usize)),
+            store,
+            config,
+            wake,
+            busy: Mutex::default(),
+            limiters: Mutex::default(),
+            next_retry: Mutex::default(),
+            attempts: TaskTracker::new(),
+        })
+    }
+
+    fn lease(&self) -> Duration {
+        self.config.delivery_timeout + LEASE_MARGIN
+    }
+
+    /// Claims and starts due deliveries until `stop`; then waits for nothing
+    /// (the caller waits for `attempts`).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut store_down = false;
+        loop {
+            match self.dispatch_due().await {
+                Ok(()) => store_down = false,
+                Err(e) => {
+                    if !store_down {
+                        tracing::warn!(error = %chain(&e), "cannot claim deliveries; retrying");
+                    }
+                    store_down = true;
+                }
+            }
+            let poll = tokio::time::Instant::now() + self.config.relay_poll_interval;
+            let until = self
+                .next_retry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map_or(poll, |at| at.min(poll));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            let mut next = self.next_retry.lock().unwrap_or_else(|e| e.into_inner());
+            if next.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                *next = None;
+            }
+        }
+    }
+
+    /// Claims as many due deliveries as there are free slots, and starts them.
+    async fn dispatch_due(self: &Arc<Self>) -> Result<(), StoreError> {
+        loop {
+            let free = self.slots.available_permits();
+            if free == 0 {
+                return Ok(()); // a finished attempt rings `wake`
+            }
+            let full = self.busy.lock().unwrap_or_else(|e| e.into_inner()).full();
+            let claimed = self
+                .store
+                .claim_deliveries(free as u32, self.lease(), &full)
+                .await?;
+            let got = claimed.len();
+            let mut back = Vec::new();
+            for due in claimed {
+                let permit = self.slots.clone().try_acquire_owned();
+                let taken = self
+                    .busy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(due.subscription.id, due.subscription.max_concurrency);
+                match permit {
+                    Ok(permit) if taken => {
+                        let this = self.clone();
+                        let span = tracing::info_span!(
+                            "delivery",
+                            event_id = %due.event.id,
+                            subscription_id = %due.subscription.id,
+                            delivery_id = %due.id,
+                            attempt = due.attempt,
+                        );
+                        self.attempts.spawn(
+                            async move {
+                                let subscription = due.subscription.id;
+                                this.attempt(due).await;
+                                this.busy
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .put(subscription);
+                                drop(permit);
+                                this.wake.notify_one();
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    _ => {
+                        if taken {
+                            self.busy
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .put(due.subscription.id);
+                        }
+                        back.push(due);
+                    }
+                }
+            }
+            // More of one subscription was due than it has slots: the rest go
+            // back untried, and the next claim skips that subscription.
+            self.store.unclaim_deliveries(&back).await?;
+            if got < free {
+                return Ok(());
+            }
+        }
+    }
+
+    fn limiter(&self, due: &DueDelivery) -> Option<Arc<DefaultDirectRateLimiter>> {
+        let rate = due.subscription.rate_limit.filter(|r| *r > 0)?;
+        let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = limiters
+            .entry(due.subscription.id)
+            .or_insert_with(|| (rate, Arc::new(RateLimiter::direct(per_second(rate)))));
+        if entry.0 != rate {
+            *entry = (rate, Arc::new(RateLimiter::direct(per_second(rate))));
+        }
+        Some(entry.1.clone())
+    }
+
+    /// One attempt, start to finish: send, judge, record, log.
+    async fn attempt(&self, due: DueDelivery) {
+        if let Some(limiter) = self.limiter(&due) {
+            limiter.until_ready().await;
+        }
+        let attempted_at = now_millis();
+        let started = Instant::now();
+        let sent = self.send(&due, attempted_at.timestamp()).await;
+        let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
+
+        let (status, retry_after, body, error) = match &sent {
+            Ok(answer) => (
+                Some(answer.status),
+                answer.retry_after.as_deref(),
+                Some(answer.body.as_str()),
+                None,
+            ),
+            Err(failure) => (None, None, None, Some(failure.to_string())),
+        };
+        let verdict = match (&sent, status) {
+            (_, Some(status)) => retry::classify(status),
+            (Err(SendError::Refused(_) | SendError::Request(_)), None) => Verdict::Fail,
+            (Err(_), None) => Verdict::Retry,
+            (Ok(_), None) => Verdict::Fail, // an answer always has a status
+        };
+        let mut next_attempt_at = attempted_at;
+        let outcome = match verdict {
+            Verdict::Delivered => AttemptOutcome::Delivered,
+            Verdict::Fail | Verdict::Gone => AttemptOutcome::Failed,
+            Verdict::Retry => {
+                let floor = retry_after.and_then(|v| retry::parse_retry_after(v, attempted_at));
+                match retry::next_delay(&self.config.retry_schedule, due.attempt, floor) {
+                    Some(delay) => {
+                        next_attempt_at = now_millis()
+                            + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                        self.retry_at(tokio::time::Instant::now() + delay);
+                        AttemptOutcome::Retry
+                    }
+                    None => AttemptOutcome::Dead,
+                }
+            }
+        };
+        let disable_after = chrono::Duration::from_std(self.config.disable_failing_after)
+            .unwrap_or(chrono::Duration::MAX);
+        let error = error.as_deref().or(match verdict {
+            Verdict::Gone => Some("the endpoint answered 410 Gone"),
+            _ => None,
+        });
+        let record = AttemptRecord {
+            delivery: &due,
+            attempted_at,
+            duration_ms,
+            status_code: status.map(i32::from),
+            error,
+            response_body: body,
+            outcome,
+            next_attempt_at,
+            disable: (verdict == Verdict::Gone).then_some("the endpoint answered 410 Gone"),
+            disable_if_failing_since: attempted_at - disable_after,
+        };
+        metrics::counter!("hookrelay_delivery_attempts_total", "outcome" => outcome.as_str())
+            .increment(1);
+        metrics::histogram!("hookrelay_delivery_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let recorded = self.record(&record).await;
+        match outcome {
+            AttemptOutcome::Delivered => {
+                tracing::info!(status, duration_ms, "delivered")
+            }
+            AttemptOutcome::Retry => tracing::warn!(
+                status,
+                error,
+                duration_ms,
+                next_attempt_at = %crate::domain::format_timestamp(next_attempt_at),
+                "delivery attempt failed; will retry"
+            ),
+            AttemptOutcome::Failed => {
+                tracing::warn!(status, error, duration_ms, "delivery failed; not retried")
+            }
+            AttemptOutcome::Dead => tracing::warn!(
+                status,
+                error,
+                duration_ms,
+                "delivery dead after its last attempt; replay it from the admin API"
+            ),
+        }
+        if let Some(reason) = recorded.and_then(|r| r.disabled) {
+            tracing::warn!(%reason, url = %due.subscription.url, "subscription disabled");
+        }
+    }
+
+    /// Records the attempt, retrying while the store is away: the claim's lease
+    /// would otherwise hand the delivery to another attempt, and the result
+    /// would be lost from the log.
+    async fn record(&self, record: &AttemptRecord<'_>) -> Option<crate::store::Recorded> {
+        let deadline = Instant::now() + self.lease().saturating_sub(self.config.delivery_timeout);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.store.record_attempt(record).await {
+                Ok(recorded) => {
+                    if !recorded.current {
+                        tracing::info!("delivery was replayed or reclaimed during the attempt; its new round stands");
+                    }
+                    return Some(recorded);
+                }
+                Err(e) if e.is_unavailable() && Instant::now() + delay < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %chain(&e), "cannot record the attempt; the delivery will be attempted again after its lease");
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn retry_at(&self, at: tokio::time::Instant) {
+        let mut next = self.next_retry.lock().unwrap_or_else(|e| e.into_inner());
+        if next.is_none_or(|current| at < current) {
+            *next = Some(at);
+        }
+    }
+
+    /// The signed POST. An `Ok` is any answer, whatever its status.
+    async fn send(&self, due: &DueDelivery, timestamp: i64) -> Result<Answer, SendError> {
+        let url = url::Url::parse(&due.subscription.url)
+            .map_err(|e| SendError::Request(format!("bad URL: {e}")))?;
+        if !self.config.allow_private_destinations {
+            destination::check_literal(&url).map_err(SendError::Refused)?;
+        }
+        let body = due
+            .event
+            .envelope_json()
+            .map_err(|e| SendError::Request(format!("envelope: {e}")))?;
+        let key = {
+            use secrecy::ExposeSecret as _;
+            signing::key(due.subscription.secret.expose_secret())
+                .map_err(|e| SendError::Request(e.to_string()))?
+        };
+        let id = due.event.id.to_string();
+        let mut headers = HeaderMap::new();
+        for (name, value) in &due.subscription.headers {
+            // Checked when the subscription was saved.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if !headers.contains_key(USER_AGENT) {
+            headers.insert(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("hookrelay/", env!("CARGO_PKG_VERSION"))),
+            );
+        }
+        let signature = signing::sign(&key, &id, timestamp, body.as_bytes());
+        for (name, value) in [
+            ("webhook-id", id),
+            ("webhook-timestamp", timestamp.to_string()),
+            ("webhook-signature", signature),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        let mut response = self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(SendError::from_reqwest)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // Only the start of the body is kept; the rest is not read.
+        let mut kept = Vec::new();
+        while kept.len() < RESPONSE_BODY_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+                Ok(None) => break,
+                // The status is what counts; a body cut short is still logged.
+                Err(_) => break,
+            }
+        }
+        kept.truncate(RESPONSE_BODY_LIMIT);
+        Ok(Answer {
+            status,
+            retry_after,
+            body: String::from_utf8_lossy(&kept).into_owned(),
+        })
+    }
+}
+
+fn per_second(rate: u32) -> Quota {
+    // `rate` is at least 1 here.
+    Quota::per_second(std::num::NonZeroU32::new(rate).unwrap_or(std::num::NonZeroU32::MIN))
+}
+
+/// What the endpoint answered.
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
+}
+
+/// Why no answer came.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Refused(Refused),
+    #[error("timed out")]
+    Timeout,
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// The request could not be built: retrying would not help.
+    #[error("{0}")]
+    Request(String),
+}
+
+impl SendError {
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        // A refusal from the guarded resolver sits somewhere in the chain.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if let Some(refused) = err.downcast_ref::<Refused>() {
+                return SendError::Refused(Refused {
+                    ip: refused.ip,
+                    reason: refused.reason,
+                });
+            }
+            source = err.source();
+        }
+        if e.is_timeout() {
+            SendError::Timeout
+        } else if e.is_connect() {
+            SendError::Connect(chain(&e))
+        } else if e.is_builder() {
+            SendError::Request(chain(&e))
+        } else {
+            SendError::Transport(chain(&e))
+        }
+    }
+}
+
+/// An error with its causes, on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,215 @@
+//! The relay: consumes events from the broker's relay queue, turns each into one
+//! delivery per matching subscription, and delivers those over HTTP, signed,
+//! with retries.
+//!
+//! # Layout
+//! - [`matching`]: which subscriptions an event goes to.
+//! - [`deliver`]: the dispatcher that claims due deliveries and attempts them.
+//! - [`retry`]: what an answer means and when to try again.
+//! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets.
+//! - [`destination`]: the guard against private and metadata addresses.
+//!
+//! A message is acknowledged only once its deliveries are committed, and
+//! creating them is idempotent, so a redelivered message changes nothing. From
+//! then on the store holds everything: any worker process may attempt any due
+//! delivery, and a restart loses no retry.
+
+pub mod deliver;
+pub mod destination;
+pub mod matching;
+pub mod retry;
+pub mod signing;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, Consumer, Delivery};
+use crate::config::Config;
+use crate::domain::{EventId, SubscriptionId};
+use crate::store::{Store, StoreError};
+use deliver::Dispatcher;
+use matching::Matcher;
+
+/// Most messages taken from the queue before their deliveries are written.
+const BATCH: usize = 64;
+
+/// The running relay of one process.
+pub struct Relay {
+    stop: CancellationToken,
+    consumer: JoinHandle<()>,
+    dispatcher: JoinHandle<()>,
+    attempts: tokio_util::task::TaskTracker,
+}
+
+/// Starts consuming and delivering. `wake` is rung by whoever makes deliveries
+/// due (the admin API's replays) so that they go out without waiting for a poll.
+pub fn start(
+    config: Arc<Config>,
+    store: Store,
+    broker: &Broker,
+    wake: Arc<Notify>,
+) -> anyhow::Result<Relay> {
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        config.clone(),
+        wake.clone(),
+    )?);
+    let stop = CancellationToken::new();
+    let consumer = broker.consume(&config.relay_queue.name, config.relay_prefetch);
+    let attempts = dispatcher.attempts.clone();
+    Ok(Relay {
+        consumer: tokio::spawn(consume(consumer, store, wake, stop.clone())),
+        dispatcher: tokio::spawn(dispatcher.run(stop.clone())),
+        stop,
+        attempts,
+    })
+}
+
+impl Relay {
+    /// Stops taking messages and claiming deliveries, then waits up to `grace`
+    /// for attempts in flight. Unfinished ones are attempted again after their
+    /// lease (at once on the next start, with SQLite).
+    pub async fn stop(self, grace: Duration) {
+        self.stop.cancel();
+        let _ = self.consumer.await;
+        let _ = self.dispatcher.await;
+        self.attempts.close();
+        if tokio::time::timeout(grace, self.attempts.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.attempts.len(),
+                "stopping with delivery attempts in flight; they will be attempted again"
+            );
+        }
+    }
+}
+
+/// Reads the relay queue until `stop`, a batch at a time.
+async fn consume(mut consumer: Consumer, store: Store, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = consumer.next() => next,
+        };
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match consumer.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery),
+                _ => break,
+            }
+        }
+        if !fan_out(&store, batch, &stop).await {
+            return;
+        }
+        wake.notify_one();
+    }
+}
+
+/// Creates the deliveries of each message and acknowledges it. Returns false
+/// when stopped first (unacknowledged messages go back to the queue).
+async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) -> bool {
+    // Loaded per batch, so a subscription created before an event was received
+    // is always seen, whichever process created it.
+    let subscriptions = loop {
+        match with_store(stop, || store.subscriptions(true)).await {
+            None => return false,
+            Some(Ok(subscriptions)) => break subscriptions,
+            // A damaged row: nothing can be matched until it is mended.
+            Some(Err(e)) => {
+                tracing::error!(error = %deliver::chain(&e), "cannot read subscriptions; relay paused");
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
+    let matchers: Vec<Matcher> = subscriptions
+        .iter()
+        .filter_map(|sub| match Matcher::new(sub) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(subscription_id = %sub.id, error = %e, "stored filter does not parse; subscription skipped");
+                None
+            }
+        })
+        .collect();
+    for delivery in batch {
+        let message = delivery.message();
+        let event_id = message.event_id;
+        let envelope: serde_json::Value = match serde_json::from_str(&message.body) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(%event_id, error = %e, "relay message is not an envelope; rejected");
+                settle(event_id, delivery.reject().await);
+                continue;
+            }
+        };
+        let matched: Vec<SubscriptionId> = matchers
+            .iter()
+            .filter(|m| m.matches(&envelope))
+            .map(|m| m.id)
+            .collect();
+        match with_store(stop, || store.create_deliveries(event_id, &matched)).await {
+            None => return false,
+            Some(Ok(())) => {
+                if !matched.is_empty() {
+                    tracing::debug!(%event_id, deliveries = matched.len(), "deliveries created");
+                }
+                settle(event_id, delivery.ack().await);
+            }
+            // Most likely an event this store does not hold (a message from
+            // another deployment on the same exchange): dead-lettered.
+            Some(Err(e)) => {
+                tracing::error!(%event_id, error = %deliver::chain(&e), "cannot create deliveries; message rejected");
+                settle(event_id, delivery.reject().await);
+            }
+        }
+    }
+    true
+}
+
+/// Runs a store call until it succeeds, fails for a reason other than an
+/// outage, or `stop` comes (`None`). Outages are waited out.
+async fn with_store<T, F, Fut>(
+    stop: &CancellationToken,
+    mut call: F,
+) -> Option<Result<T, StoreError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut logged = false;
+    loop {
+        match call().await {
+            Err(e) if e.is_unavailable() => {
+                if !logged {
+                    tracing::warn!(error = %deliver::chain(&e), "store unavailable; relay paused");
+                    logged = true;
+                }
+            }
+            done => return Some(done),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn settle(event_id: EventId, result: Result<(), crate::broker::ConsumeError>) {
+    if let Err(e) = result {
+        // The broker hands the message out again; creating deliveries is idempotent.
+        tracing::warn!(%event_id, error = %e, "relay message not settled; it will come back");
+    }
+}

@@ -1,0 +1,393 @@
+//! The relay's SQL for SQLite: ids and timestamps as TEXT (see `store/sqlite.rs`),
+//! id lists as JSON arrays read with `json_each`.
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sqlx::SqlitePool;
+use uuid::Uuid;
+
+use super::{
+    assemble, AttemptFilter, AttemptRecord, AttemptRow, ClaimRow, DeliveryFilter, DeliveryRow,
+    DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
+};
+use crate::domain::format_timestamp;
+use crate::domain::{
+    Attempt, AttemptOutcome, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId,
+};
+use crate::store::sqlite::{time, EventRow};
+use crate::store::StoreError;
+
+type SubRow = SubscriptionRow<String, String, i64>;
+
+/// A JSON array of ids, for `json_each`.
+fn id_list<T>(ids: &[T], f: impl Fn(&T) -> Uuid) -> String {
+    serde_json::to_string(&ids.iter().map(|id| f(id).to_string()).collect::<Vec<_>>())
+        .unwrap_or_else(|_| "[]".into())
+}
+
+/// `[[delivery id, subscription id], …]` for new deliveries, read with `json_each`.
+fn new_deliveries(subscriptions: &[SubscriptionId]) -> String {
+    let pairs: Vec<[String; 2]> = subscriptions
+        .iter()
+        .map(|s| [DeliveryId::new().to_string(), s.to_string()])
+        .collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
+}
+
+fn ts(at: DateTime<Utc>) -> String {
+    format_timestamp(at)
+}
+
+pub async fn insert_subscription(pool: &SqlitePool, sub: &Subscription) -> Result<(), StoreError> {
+    let cols = SubscriptionColumns::of(sub);
+    sqlx::query(
+        "INSERT INTO subscriptions (id, url, events, tenants, filter, headers, secret,
+             description, rate_limit, max_concurrency, enabled, disabled_reason,
+             failing_since, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )
+    .bind(sub.id.to_string())
+    .bind(&sub.url)
+    .bind(&cols.events)
+    .bind(&cols.tenants)
+    .bind(&sub.filter)
+    .bind(&cols.headers)
+    .bind(sub.secret.expose_secret())
+    .bind(&sub.description)
+    .bind(sub.rate_limit.map(i64::from))
+    .bind(i64::from(sub.max_concurrency))
+    .bind(sub.enabled)
+    .bind(&sub.disabled_reason)
+    .bind(sub.failing_since.map(ts))
+    .bind(ts(sub.created_at))
+    .bind(ts(sub.updated_at))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn update_subscription(
+    pool: &SqlitePool,
+    sub: &Subscription,
+) -> Result<bool, StoreError> {
+    let cols = SubscriptionColumns::of(sub);
+    let done = sqlx::query(
+        "UPDATE subscriptions SET url = ?2, events = ?3, tenants = ?4, filter = ?5,
+             headers = ?6, secret = ?7, description = ?8, rate_limit = ?9,
+             max_concurrency = ?10, enabled = ?11, disabled_reason = ?12,
+             failing_since = ?13, updated_at = ?14
+         WHERE id = ?1",
+    )
+    .bind(sub.id.to_string())
+    .bind(&sub.url)
+    .bind(&cols.events)
+    .bind(&cols.tenants)
+    .bind(&sub.filter)
+    .bind(&cols.headers)
+    .bind(sub.secret.expose_secret())
+    .bind(&sub.description)
+    .bind(sub.rate_limit.map(i64::from))
+    .bind(i64::from(sub.max_concurrency))
+    .bind(sub.enabled)
+    .bind(&sub.disabled_reason)
+    .bind(sub.failing_since.map(ts))
+    .bind(ts(sub.updated_at))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub async fn delete_subscription(
+    pool: &SqlitePool,
+    id: SubscriptionId,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM subscriptions WHERE id = ?1")
+        .bind(id.to_string())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub async fn subscription(
+    pool: &SqlitePool,
+    id: SubscriptionId,
+) -> Result<Option<Subscription>, StoreError> {
+    sqlx::query_as::<_, SubRow>("SELECT * FROM subscriptions WHERE id = ?1")
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await?
+        .map(Subscription::try_from)
+        .transpose()
+}
+
+pub async fn subscriptions(
+    pool: &SqlitePool,
+    enabled_only: bool,
+) -> Result<Vec<Subscription>, StoreError> {
+    sqlx::query_as::<_, SubRow>("SELECT * FROM subscriptions WHERE enabled OR NOT ?1 ORDER BY id")
+        .bind(enabled_only)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(Subscription::try_from)
+        .collect()
+}
+
+pub async fn create_deliveries(
+    pool: &SqlitePool,
+    event: EventId,
+    subscriptions: &[SubscriptionId],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
+             created_at, updated_at)
+         SELECT value ->> 0, ?2, value ->> 1, 'pending', ?3, ?3, ?3 FROM json_each(?1)
+         WHERE true ON CONFLICT (event_id, subscription_id) DO NOTHING",
+    )
+    .bind(new_deliveries(subscriptions))
+    .bind(event.to_string())
+    .bind(ts(now))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn claim_deliveries(
+    pool: &SqlitePool,
+    limit: i64,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    skip: &[SubscriptionId],
+    claim: Uuid,
+) -> Result<Vec<DueDelivery>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query_as::<_, ClaimRow<String>>(
+        "UPDATE deliveries SET next_attempt_at = ?2, claim = ?5, attempts = attempts + 1,
+             updated_at = ?1
+         WHERE id IN (
+             SELECT d.id FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+             WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND s.enabled
+               AND d.subscription_id NOT IN (SELECT value FROM json_each(?4))
+             ORDER BY d.next_attempt_at LIMIT ?3)
+         RETURNING id, event_id, subscription_id, attempts",
+    )
+    .bind(ts(now))
+    .bind(ts(lease_until))
+    .bind(limit)
+    .bind(id_list(skip, |s| s.0))
+    .bind(claim.to_string())
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let event_ids = id_list(&rows, |r| Uuid::parse_str(&r.event_id).unwrap_or_default());
+    let sub_ids = id_list(&rows, |r| {
+        Uuid::parse_str(&r.subscription_id).unwrap_or_default()
+    });
+    let events = sqlx::query_as::<_, EventRow>(
+        "SELECT * FROM events WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(event_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(Event::try_from)
+    .collect::<Result<Vec<_>, _>>()?;
+    let subscriptions = sqlx::query_as::<_, SubRow>(
+        "SELECT * FROM subscriptions WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(sub_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(Subscription::try_from)
+    .collect::<Result<Vec<_>, _>>()?;
+    tx.commit().await?;
+    assemble(rows, claim, events, subscriptions)
+}
+
+pub async fn unclaim_deliveries(
+    pool: &SqlitePool,
+    due: &[DueDelivery],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = ?3, claim = NULL, attempts = attempts - 1
+         WHERE id IN (SELECT value FROM json_each(?1)) AND claim = ?2",
+    )
+    .bind(id_list(due, |d| d.id.0))
+    .bind(due[0].claim.to_string())
+    .bind(ts(now))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn record_attempt(
+    pool: &SqlitePool,
+    r: &AttemptRecord<'_>,
+) -> Result<Recorded, StoreError> {
+    let d = r.delivery;
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO delivery_attempts (id, delivery_id, event_id, subscription_id,
+             attempted_at, duration_ms, status_code, error, response_body, outcome)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .bind(Uuid::now_v7().to_string())
+    .bind(d.id.to_string())
+    .bind(d.event.id.to_string())
+    .bind(d.subscription.id.to_string())
+    .bind(ts(r.attempted_at))
+    .bind(r.duration_ms)
+    .bind(r.status_code)
+    .bind(r.error)
+    .bind(r.response_body)
+    .bind(r.outcome.as_str())
+    .execute(&mut *tx)
+    .await?;
+    let current = sqlx::query(
+        "UPDATE deliveries SET state = ?3, next_attempt_at = ?4, claim = NULL,
+             last_status = ?5, last_error = ?6, updated_at = ?7
+         WHERE id = ?1 AND claim = ?2",
+    )
+    .bind(d.id.to_string())
+    .bind(d.claim.to_string())
+    .bind(r.outcome.state().as_str())
+    .bind(ts(r.next_attempt_at))
+    .bind(r.status_code)
+    .bind(r.error)
+    .bind(ts(r.attempted_at))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        > 0;
+    let disabled = if r.outcome == AttemptOutcome::Delivered {
+        sqlx::query(
+            "UPDATE subscriptions SET failing_since = NULL
+             WHERE id = ?1 AND failing_since IS NOT NULL",
+        )
+        .bind(d.subscription.id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        None
+    } else {
+        let failing_since = sqlx::query_as::<_, (String,)>(
+            "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?2)
+             WHERE id = ?1 RETURNING failing_since",
+        )
+        .bind(d.subscription.id.to_string())
+        .bind(ts(r.attempted_at))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let failing_since = failing_since.map(|(t,)| time(&t)).transpose()?;
+        match failing_since.and_then(|since| r.disable_reason(since)) {
+            Some(reason) => sqlx::query(
+                "UPDATE subscriptions SET enabled = FALSE, disabled_reason = ?2, updated_at = ?3
+                 WHERE id = ?1 AND enabled",
+            )
+            .bind(d.subscription.id.to_string())
+            .bind(&reason)
+            .bind(ts(r.attempted_at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            .gt(&0)
+            .then_some(reason),
+            None => None,
+        }
+    };
+    tx.commit().await?;
+    Ok(Recorded { current, disabled })
+}
+
+pub async fn replay_deliveries(
+    pool: &SqlitePool,
+    event: EventId,
+    subscriptions: &[SubscriptionId],
+    now: DateTime<Utc>,
+) -> Result<Vec<Delivery>, StoreError> {
+    sqlx::query_as::<_, DeliveryRow<String, String>>(
+        "INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
+             created_at, updated_at)
+         SELECT value ->> 0, ?2, value ->> 1, 'pending', ?3, ?3, ?3 FROM json_each(?1)
+         WHERE true ON CONFLICT (event_id, subscription_id) DO UPDATE SET state = 'pending',
+             attempts = 0, next_attempt_at = ?3, claim = NULL, updated_at = ?3
+         RETURNING *",
+    )
+    .bind(new_deliveries(subscriptions))
+    .bind(event.to_string())
+    .bind(ts(now))
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(Delivery::try_from)
+    .collect()
+}
+
+pub async fn replay_subscription(
+    pool: &SqlitePool,
+    subscription: SubscriptionId,
+    states: &[&str],
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?3,
+             claim = NULL, updated_at = ?3
+         WHERE subscription_id = ?1 AND state IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(subscription.to_string())
+    .bind(serde_json::to_string(states).unwrap_or_else(|_| "[]".into()))
+    .bind(ts(now))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub async fn deliveries(
+    pool: &SqlitePool,
+    filter: &DeliveryFilter,
+) -> Result<Vec<Delivery>, StoreError> {
+    sqlx::query_as::<_, DeliveryRow<String, String>>(
+        "SELECT * FROM deliveries
+         WHERE (?1 IS NULL OR event_id = ?1)
+           AND (?2 IS NULL OR subscription_id = ?2)
+           AND (?3 IS NULL OR state = ?3)
+           AND (?4 IS NULL OR id < ?4)
+         ORDER BY id DESC LIMIT ?5",
+    )
+    .bind(filter.event.map(|e| e.to_string()))
+    .bind(filter.subscription.map(|s| s.to_string()))
+    .bind(filter.state.map(|s| s.as_str()))
+    .bind(filter.before.map(|d| d.to_string()))
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(Delivery::try_from)
+    .collect()
+}
+
+pub async fn attempts(
+    pool: &SqlitePool,
+    filter: &AttemptFilter,
+) -> Result<Vec<Attempt>, StoreError> {
+    sqlx::query_as::<_, AttemptRow<String, String>>(
+        "SELECT * FROM delivery_attempts
+         WHERE (?1 IS NULL OR event_id = ?1)
+           AND (?2 IS NULL OR subscription_id = ?2)
+           AND (?3 IS NULL OR id < ?3)
+         ORDER BY id DESC LIMIT ?4",
+    )
+    .bind(filter.event.map(|e| e.to_string()))
+    .bind(filter.subscription.map(|s| s.to_string()))
+    .bind(filter.before.map(|d| d.to_string()))
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(Attempt::try_from)
+    .collect()
+}
