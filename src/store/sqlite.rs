@@ -299,6 +299,14 @@ pub async fn release_claims(pool: &SqlitePool, now: DateTime<Utc>) -> Result<(),
         .execute(&mut *tx)
         .await?;
     }
+    // Delivery attempts cut short by the stop: due again now, under no claim.
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = ?1, claim = NULL
+         WHERE state = 'pending' AND claim IS NOT NULL",
+    )
+    .bind(&now)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }

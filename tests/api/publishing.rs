@@ -61,11 +61,15 @@ pub async fn serve(env: &[(&'static str, String)]) -> (Served, String) {
     (served, address)
 }
 
-/// A PostgreSQL database with a Jira site installed, through an in-process app
+pub async fn installed_then_stopped() -> (TestApp, Site) {
+    installed_then_stopped_on(Backend::Postgres).await
+}
+
+/// A database with a Jira site installed, through an in-process app
 /// that has stopped again, so that only the `serve` processes a test starts
 /// publish from it.
-pub async fn installed_then_stopped() -> (TestApp, Site) {
-    let app = spawn_app(Backend::Postgres).await;
+pub async fn installed_then_stopped_on(backend: Backend) -> (TestApp, Site) {
+    let app = spawn_app(backend).await;
     let site = Site::new("jira");
     app.install(&site).await;
     app.stop().await;
