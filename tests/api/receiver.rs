@@ -562,7 +562,7 @@ mod tests {
         let receiver = Receiver::start().await;
         receiver.script("/hang", vec![Reply::Hang]);
         let impatient = reqwest::Client::builder()
-            .timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
             .build()
             .unwrap();
         let url = receiver.url("/hang");
