@@ -413,7 +413,9 @@ pub struct Delivery {
     pub event_id: EventId,
     pub subscription_id: SubscriptionId,
     pub state: DeliveryState,
-    /// Attempts in the current round (a replay starts a new one).
+    /// Attempts in the current round (a replay starts a new one). Named
+    /// `attempt_count` in JSON, where `attempts` is the attempt log.
+    #[serde(rename = "attempt_count")]
     pub attempts: i32,
     #[serde(serialize_with = "timestamp")]
     pub next_attempt_at: DateTime<Utc>,

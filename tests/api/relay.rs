@@ -231,6 +231,7 @@ async fn fan_out_delivers_signed_envelopes_to_matching_subscriptions(backend: Ba
         .find(|d| d["subscription_id"] == issues.as_str())
         .expect("a delivery to the issues subscription");
     assert_eq!(to_issues["state"], "delivered");
+    assert_eq!(to_issues["attempt_count"], 1);
     assert_eq!(to_issues["attempts"][0]["status_code"], 200);
     assert_eq!(to_issues["attempts"][0]["outcome"], "delivered");
     assert_eq!(to_issues["attempts"][0]["response_body"], "ok");
@@ -329,7 +330,7 @@ async fn retries_dead_letters_and_replays(backend: Backend) {
         )
         .await;
     assert_eq!(dead["data"][0]["event_id"], event.as_str());
-    assert_eq!(dead["data"][0]["attempts"], 3);
+    assert_eq!(dead["data"][0]["attempt_count"], 3);
     assert_eq!(dead["data"][0]["last_status"], 503);
     assert_eq!(receiver.received("/down").len(), 3);
     let detail = admin.get(&format!("/events/{event}")).await;
