@@ -178,8 +178,13 @@ pub struct Worker {
 impl Worker {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
+        // A SQLite store belongs to one process (its claims are released at
+        // every start), so a worker beside `serve` would take over live claims.
         if !config.is_postgres() {
-            tracing::warn!("a worker beside `serve` needs a store both can share: use PostgreSQL");
+            anyhow::bail!(
+                "`hookrelay worker` needs PostgreSQL (HOOKRELAY_DATABASE_URL=postgres://…); \
+                 on SQLite, `serve` runs the relay itself"
+            );
         }
         let (store, broker) = open(&config).await?;
         let wake = Arc::new(tokio::sync::Notify::new());

@@ -210,6 +210,16 @@ impl AmqpConsumer {
             tracing::debug!(event_id = %delivery.message.event_id, "skipping a message of a lost channel");
         }
     }
+
+    /// A message already received, if there is one; never waits.
+    pub fn try_next(&mut self) -> Option<AmqpDelivery> {
+        while let Ok(delivery) = self.deliveries.try_recv() {
+            if delivery.acker.usable() {
+                return Some(delivery);
+            }
+        }
+        None
+    }
 }
 
 /// A message received from RabbitMQ, to be settled once. Dropped unsettled, it

@@ -172,6 +172,11 @@ pub struct LocalConsumer {
 }
 
 impl LocalConsumer {
+    /// A message already claimed, if there is one; never touches the store.
+    pub fn try_next(&mut self) -> Option<LocalDelivery> {
+        self.buffered.pop_front()
+    }
+
     /// The next message, waiting until there is one.
     pub async fn next(&mut self) -> Result<LocalDelivery, StoreError> {
         loop {

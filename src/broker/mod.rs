@@ -224,6 +224,20 @@ impl Consumer {
     }
 }
 
+impl Consumer {
+    /// A message already received or claimed, if there is one. Never waits and
+    /// never does I/O, so, unlike dropping a pending [`Consumer::next`], it
+    /// cannot leave a message claimed with nobody holding it.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        let inner = match &mut self.inner {
+            ConsumerInner::Amqp(consumer) => DeliveryInner::Amqp(consumer.try_next()?),
+            ConsumerInner::Local { consumer, .. } => DeliveryInner::Local(consumer.try_next()?),
+            ConsumerInner::Undeclared { .. } => return None,
+        };
+        Some(Delivery { inner })
+    }
+}
+
 /// A message handed to a [`Consumer`], to be settled once: acknowledged,
 /// requeued or rejected. Dropped unsettled, it goes back to the queue (at once on
 /// RabbitMQ, after its lease in-process).

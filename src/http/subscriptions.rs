@@ -289,7 +289,11 @@ async fn create(
     };
     let secret = apply(&mut sub, changes, &state)?.unwrap_or(secret);
     state.store.insert_subscription(&sub).await?;
-    tracing::info!(subscription_id = %sub.id, url = %sub.url, events = ?sub.events, "subscription created");
+    // Only the host: paths and queries often carry tokens.
+    let host = url::Url::parse(&sub.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string));
+    tracing::info!(subscription_id = %sub.id, host, events = ?sub.events, "subscription created");
     Ok(HttpResponse::Created()
         .insert_header((
             "Location",
@@ -323,10 +327,20 @@ async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let changes: Changes = json_body(&body)?;
     let mut sub = load(&state, &id).await?;
+    let read_at = sub.updated_at;
     let secret = apply(&mut sub, changes, &state)?;
-    sub.updated_at = now_millis();
-    if !state.store.update_subscription(&sub).await? {
-        return Err(ApiError::NotFound);
+    sub.updated_at = now_millis().max(read_at + chrono::Duration::milliseconds(1));
+    // Written only if nobody (an admin, or hookrelay disabling it) changed it
+    // since it was read.
+    if !state.store.update_subscription(&sub, read_at).await? {
+        state
+            .store
+            .subscription(sub.id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        return Err(ApiError::Conflict(
+            "subscription changed meanwhile; read it again and retry".into(),
+        ));
     }
     tracing::info!(subscription_id = %sub.id, enabled = sub.enabled, "subscription updated");
     state.relay_wake.notify_one();
@@ -427,6 +441,11 @@ async fn replay_subscription(
         return Err(bad("states must name delivered, failed or dead deliveries"));
     }
     let sub = load(&state, &id).await?;
+    if !sub.enabled {
+        return Err(ApiError::Conflict(
+            "subscription is disabled; enable it first".into(),
+        ));
+    }
     let replayed = state.store.replay_subscription(sub.id, &states).await?;
     tracing::info!(subscription_id = %sub.id, replayed, "deliveries replayed");
     state.relay_wake.notify_one();

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use tokio::sync::{Notify, Semaphore};
@@ -84,6 +85,25 @@ impl Busy {
     }
 }
 
+/// One attempt's hold on a process slot and a subscription slot; both are
+/// given back when it is dropped, however the attempt ends.
+struct Slot {
+    dispatcher: Arc<Dispatcher>,
+    subscription: SubscriptionId,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.dispatcher
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(self.subscription);
+        self.dispatcher.wake.notify_one();
+    }
+}
+
 pub struct Dispatcher {
     pub(super) store: Store,
     pub(super) config: Arc<Config>,
@@ -96,6 +116,8 @@ pub struct Dispatcher {
     busy: Mutex<Busy>,
     /// Per-subscription rate limiters, rebuilt when the rate changes.
     limiters: Mutex<HashMap<SubscriptionId, (u32, Arc<DefaultDirectRateLimiter>)>>,
+    /// Subscriptions over their rate, until they may send again.
+    paused: Mutex<HashMap<SubscriptionId, tokio::time::Instant>>,
     /// The earliest retry this process scheduled, so it wakes for it on time.
     next_retry: Mutex<Option<tokio::time::Instant>>,
     pub(super) attempts: TaskTracker,
@@ -111,6 +133,7 @@ impl Dispatcher {
             wake,
             busy: Mutex::default(),
             limiters: Mutex::default(),
+            paused: Mutex::default(),
             next_retry: Mutex::default(),
             attempts: TaskTracker::new(),
         })
@@ -159,61 +182,104 @@ impl Dispatcher {
             if free == 0 {
                 return Ok(()); // a finished attempt rings `wake`
             }
-            let full = self.busy.lock().unwrap_or_else(|e| e.into_inner()).full();
+            let skip = self.skipped();
             let claimed = self
                 .store
-                .claim_deliveries(free as u32, self.lease(), &full)
+                .claim_deliveries(free as u32, self.lease(), &skip)
                 .await?;
             let got = claimed.len();
             let mut back = Vec::new();
+            let mut later: HashMap<SubscriptionId, (Duration, Vec<DueDelivery>)> = HashMap::new();
             for due in claimed {
-                let permit = self.slots.clone().try_acquire_owned();
-                let taken = self
-                    .busy
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take(due.subscription.id, due.subscription.max_concurrency);
-                match permit {
-                    Ok(permit) if taken => {
+                let subscription = due.subscription.id;
+                if let Some((_, held)) = later.get_mut(&subscription) {
+                    held.push(due);
+                    continue;
+                }
+                if let Some(wait) = self.rate_limited(&due) {
+                    later.insert(subscription, (wait, vec![due]));
+                    continue;
+                }
+                match self.slot(&due) {
+                    Some(slot) => {
                         let this = self.clone();
                         let span = tracing::info_span!(
                             "delivery",
                             event_id = %due.event.id,
-                            subscription_id = %due.subscription.id,
+                            subscription_id = %subscription,
                             delivery_id = %due.id,
                             attempt = due.attempt,
                         );
                         self.attempts.spawn(
                             async move {
-                                let subscription = due.subscription.id;
                                 this.attempt(due).await;
-                                this.busy
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .put(subscription);
-                                drop(permit);
-                                this.wake.notify_one();
+                                drop(slot);
                             }
                             .instrument(span),
                         );
                     }
-                    _ => {
-                        if taken {
-                            self.busy
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .put(due.subscription.id);
-                        }
-                        back.push(due);
-                    }
+                    None => back.push(due),
                 }
             }
             // More of one subscription was due than it has slots: the rest go
             // back untried, and the next claim skips that subscription.
-            self.store.unclaim_deliveries(&back).await?;
+            self.store.unclaim_deliveries(&back, now_millis()).await?;
+            // Over its rate: back untried, due when the limiter will let one through.
+            for (subscription, (wait, held)) in later {
+                let at = tokio::time::Instant::now() + wait;
+                self.paused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(subscription, at);
+                self.retry_at(at);
+                let due_at = now_millis() + chrono::Duration::from_std(wait).unwrap_or_default();
+                self.store.unclaim_deliveries(&held, due_at).await?;
+            }
             if got < free {
                 return Ok(());
             }
+        }
+    }
+
+    /// Subscriptions the next claim leaves out: those at their concurrency
+    /// limit in this process, and those waiting out their rate limit.
+    fn skipped(&self) -> Vec<SubscriptionId> {
+        let mut skip = self.busy.lock().unwrap_or_else(|e| e.into_inner()).full();
+        let now = tokio::time::Instant::now();
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        paused.retain(|_, until| *until > now);
+        skip.extend(paused.keys().copied());
+        skip
+    }
+
+    /// A process slot and one of the subscription's, if both are free. The
+    /// per-subscription limit is capped at half the process's slots, so that
+    /// one hanging endpoint can never hold all of them.
+    fn slot(self: &Arc<Self>, due: &DueDelivery) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let cap = (self.config.relay_concurrency / 2).max(1);
+        let limit = due.subscription.max_concurrency.min(cap);
+        let taken = self
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(due.subscription.id, limit);
+        taken.then(|| Slot {
+            dispatcher: self.clone(),
+            subscription: due.subscription.id,
+            _permit: permit,
+        })
+    }
+
+    /// How long to wait before the subscription's rate limit lets an attempt
+    /// through; `None` when one may go now (and that one is counted).
+    fn rate_limited(&self, due: &DueDelivery) -> Option<Duration> {
+        let limiter = self.limiter(due)?;
+        match limiter.check() {
+            Ok(()) => None,
+            Err(not_until) => Some(
+                not_until.wait_time_from(governor::clock::Clock::now(&DefaultClock::default())),
+            ),
         }
     }
 
@@ -231,12 +297,18 @@ impl Dispatcher {
 
     /// One attempt, start to finish: send, judge, record, log.
     async fn attempt(&self, due: DueDelivery) {
-        if let Some(limiter) = self.limiter(&due) {
-            limiter.until_ready().await;
-        }
         let attempted_at = now_millis();
         let started = Instant::now();
-        let sent = self.send(&due, attempted_at.timestamp()).await;
+        // Claims count attempts; more claims than attempts allowed means earlier
+        // attempts ran but their results could not be written. Stop there.
+        let allowed = i32::try_from(self.config.retry_schedule.len()).unwrap_or(i32::MAX - 1) + 1;
+        let sent = if due.attempt > allowed {
+            Err(SendError::Request(
+                "attempts used up without a recorded result".into(),
+            ))
+        } else {
+            self.send(&due, attempted_at.timestamp()).await
+        };
         let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
 
         let (status, retry_after, body, error) = match &sent {
@@ -249,6 +321,7 @@ impl Dispatcher {
             Err(failure) => (None, None, None, Some(failure.to_string())),
         };
         let verdict = match (&sent, status) {
+            _ if due.attempt > allowed => Verdict::Retry, // and so dead, below
             (_, Some(status)) => retry::classify(status),
             (Err(SendError::Refused(_) | SendError::Request(_)), None) => Verdict::Fail,
             (Err(_), None) => Verdict::Retry,
@@ -316,7 +389,7 @@ impl Dispatcher {
             ),
         }
         if let Some(reason) = recorded.and_then(|r| r.disabled) {
-            tracing::warn!(%reason, url = %due.subscription.url, "subscription disabled");
+            tracing::warn!(%reason, "subscription disabled");
         }
     }
 
@@ -425,7 +498,8 @@ impl Dispatcher {
         Ok(Answer {
             status,
             retry_after,
-            body: String::from_utf8_lossy(&kept).into_owned(),
+            // PostgreSQL's text cannot hold NUL.
+            body: String::from_utf8_lossy(&kept).replace('\0', "\u{fffd}"),
         })
     }
 }
@@ -460,6 +534,8 @@ enum SendError {
 
 impl SendError {
     fn from_reqwest(e: reqwest::Error) -> Self {
+        // The URL may carry credentials; the log and the attempt log never see it.
+        let e = e.without_url();
         // A refusal from the guarded resolver sits somewhere in the chain.
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(err) = source {

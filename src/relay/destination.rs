@@ -38,6 +38,9 @@ fn refused_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("unspecified")
     } else if ip.is_broadcast() || ip.is_multicast() || a >= 240 {
         Some("broadcast, multicast or reserved")
+    } else if a == 192 && b == 0 && ip.octets()[2] == 0 {
+        // 192.0.0.0/24: IETF protocol assignments.
+        Some("reserved")
     } else if ip.is_documentation() || (a == 198 && (b == 18 || b == 19)) {
         Some("documentation or benchmarking")
     } else {
@@ -46,7 +49,18 @@ fn refused_v4(ip: Ipv4Addr) -> Option<&'static str> {
 }
 
 fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let first = segments[0];
+    if segments[..6] == [0; 6] {
+        // ::a.b.c.d, the deprecated IPv4-compatible form (and :: and ::1).
+        return refused_v4(Ipv4Addr::new(
+            (segments[6] >> 8) as u8,
+            segments[6] as u8,
+            (segments[7] >> 8) as u8,
+            segments[7] as u8,
+        ))
+        .or(Some("IPv4-compatible"));
+    }
     if ip.is_loopback() {
         Some("loopback")
     } else if ip.is_unspecified() {
@@ -64,6 +78,11 @@ fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
     } else if first == 0x2002 {
         // 6to4 embeds an IPv4 address the same way.
         Some("6to4")
+    } else if first == 0x2001 && segments[1] == 0 {
+        // Teredo (2001::/32) tunnels to IPv4.
+        Some("Teredo")
+    } else if first & 0xffc0 == 0xfec0 {
+        Some("site-local")
     } else {
         None
     }
@@ -149,6 +168,11 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "2002:a9fe:a9fe::1",
+            "::169.254.169.254",
+            "::a9fe:a9fe",
+            "2001:0:4136:e378::1",
+            "fec0::1",
+            "192.0.0.170",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(refused(ip).is_some(), "{ip} should be refused");

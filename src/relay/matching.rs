@@ -41,8 +41,29 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
+/// Longest filter accepted, and its deepest nesting of brackets: the parser
+/// recurses, and a filter nested deep enough would exhaust its stack.
+const MAX_FILTER: usize = 1024;
+const MAX_NESTING: usize = 32;
+
 /// Parses a filter, with the parser's message when it is not valid JSONPath.
 pub fn parse_filter(filter: &str) -> Result<JsonPath, String> {
+    if filter.len() > MAX_FILTER {
+        return Err(format!("longer than {MAX_FILTER} bytes"));
+    }
+    let mut depth = 0usize;
+    for c in filter.chars() {
+        match c {
+            '(' | '[' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!("nested deeper than {MAX_NESTING} levels"));
+                }
+            }
+            ')' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
     JsonPath::parse(filter).map_err(|e| e.to_string())
 }
 
@@ -152,5 +173,9 @@ mod tests {
         assert!(!urgent.matches(&low));
         assert!(parse_filter("$.payload[").is_err());
         assert!(parse_filter("payload.issue").is_err());
+        let deep = format!("$[?{}@.a{}]", "(".repeat(2000), ")".repeat(2000));
+        assert!(parse_filter(&deep).unwrap_err().contains("longer"));
+        let nested = format!("$[?{}@.a{}]", "(".repeat(40), ")".repeat(40));
+        assert!(parse_filter(&nested).unwrap_err().contains("nested"));
     }
 }

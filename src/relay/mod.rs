@@ -23,7 +23,6 @@ pub mod signing;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -99,11 +98,13 @@ async fn consume(mut consumer: Consumer, store: Store, wake: Arc<Notify>, stop: 
             next = consumer.next() => next,
         };
         let Some(first) = first else { return };
+        // Only what has already arrived: a pending `next` dropped half-way
+        // could leave a message claimed with nobody holding it.
         let mut batch = vec![first];
         while batch.len() < BATCH {
-            match consumer.next().now_or_never() {
-                Some(Some(delivery)) => batch.push(delivery),
-                _ => break,
+            match consumer.try_next() {
+                Some(delivery) => batch.push(delivery),
+                None => break,
             }
         }
         if !fan_out(&store, batch, &stop).await {
@@ -166,12 +167,23 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
                 }
                 settle(event_id, delivery.ack().await);
             }
-            // Most likely an event this store does not hold (a message from
-            // another deployment on the same exchange): dead-lettered.
-            Some(Err(e)) => {
-                tracing::error!(%event_id, error = %deliver::chain(&e), "cannot create deliveries; message rejected");
-                settle(event_id, delivery.reject().await);
-            }
+            Some(Err(e)) => match store.event(event_id).await {
+                // An event this store does not hold (a message from another
+                // deployment on the same exchange): dead-lettered.
+                Ok(None) => {
+                    tracing::error!(%event_id, "relay message for an event this store does not hold; rejected");
+                    settle(event_id, delivery.reject().await);
+                }
+                // Anything else may pass: the message comes back later.
+                _ => {
+                    tracing::error!(%event_id, error = %deliver::chain(&e), "cannot create deliveries; message requeued");
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    settle(event_id, delivery.requeue().await);
+                }
+            },
         }
     }
     true

@@ -766,3 +766,52 @@ async fn deliveries_survive_killing_every_process(backend: Backend) {
     }
     receiver.stop().await;
 }
+
+/// A subscription's rate limit spaces its deliveries out; none is lost.
+#[tokio::test]
+async fn rate_limit_spaces_deliveries_out() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(Backend::Sqlite, relaying).await;
+    let admin = AdminApi::of(&app.address);
+    let site = Site::new("jira");
+    app.install(&site).await;
+    let (_, secret) = admin
+        .subscribe(json!({"url": receiver.url("/limited"), "events": ["*"], "rate_limit": 2}))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(accepted(app.webhook(&site, "jira:issue_created", "{}", &[]).await).await);
+    }
+    let got = receiver
+        .wait_for("/limited", 6, Duration::from_secs(15))
+        .await;
+    let mut delivered = verified_ids(&secret, &got);
+    delivered.sort();
+    ids.sort();
+    assert_eq!(delivered, ids);
+    // Two at once, then one every half second: the sixth at about 2 s.
+    let spread = got[5].at - got[0].at;
+    assert!(
+        spread >= Duration::from_millis(1500),
+        "6 deliveries within {spread:?}"
+    );
+    receiver.stop().await;
+}
+
+/// `worker` shares deliveries with `serve` through the store, which SQLite
+/// cannot do across processes: it refuses to start, and says why.
+#[test]
+fn worker_refuses_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = crate::binary::hookrelay()
+        .arg("worker")
+        .env(
+            "HOOKRELAY_DATABASE_URL",
+            format!("sqlite://{}/w.db", dir.path().display()),
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs PostgreSQL"), "{stderr}");
+}

@@ -102,11 +102,16 @@ impl Store {
         }
     }
 
-    /// Writes every field but the id and creation time; false if it is gone.
-    pub async fn update_subscription(&self, sub: &Subscription) -> Result<bool, StoreError> {
+    /// Writes every field but the id and creation time, if the stored row was
+    /// last updated at `read_at`; false if it is gone or was changed since.
+    pub async fn update_subscription(
+        &self,
+        sub: &Subscription,
+        read_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         match self {
-            Store::Postgres(pool) => postgres::update_subscription(pool, sub).await,
-            Store::Sqlite(pools) => sqlite::update_subscription(&pools.writer, sub).await,
+            Store::Postgres(pool) => postgres::update_subscription(pool, sub, read_at).await,
+            Store::Sqlite(pools) => sqlite::update_subscription(&pools.writer, sub, read_at).await,
         }
     }
 
@@ -179,12 +184,16 @@ impl Store {
         }
     }
 
-    /// Hands claimed deliveries back untried: due now, the claim's attempt undone.
-    pub async fn unclaim_deliveries(&self, due: &[DueDelivery]) -> Result<(), StoreError> {
+    /// Hands claimed deliveries back untried: due at `at`, the claim's attempt undone.
+    pub async fn unclaim_deliveries(
+        &self,
+        due: &[DueDelivery],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         if due.is_empty() {
             return Ok(());
         }
-        let now = crate::domain::now_millis();
+        let now = at;
         match self {
             Store::Postgres(pool) => postgres::unclaim_deliveries(pool, due, now).await,
             Store::Sqlite(pools) => sqlite::unclaim_deliveries(&pools.writer, due, now).await,

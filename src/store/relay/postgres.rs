@@ -49,14 +49,18 @@ pub async fn insert_subscription(pool: &PgPool, sub: &Subscription) -> Result<()
     Ok(())
 }
 
-pub async fn update_subscription(pool: &PgPool, sub: &Subscription) -> Result<bool, StoreError> {
+pub async fn update_subscription(
+    pool: &PgPool,
+    sub: &Subscription,
+    read_at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
     let cols = SubscriptionColumns::of(sub);
     let done = sqlx::query(
         "UPDATE subscriptions SET url = $2, events = $3, tenants = $4, filter = $5,
              headers = $6, secret = $7, description = $8, rate_limit = $9,
              max_concurrency = $10, enabled = $11, disabled_reason = $12,
              failing_since = $13, updated_at = $14
-         WHERE id = $1",
+         WHERE id = $1 AND updated_at = $15",
     )
     .bind(sub.id.0)
     .bind(&sub.url)
@@ -72,6 +76,7 @@ pub async fn update_subscription(pool: &PgPool, sub: &Subscription) -> Result<bo
     .bind(&sub.disabled_reason)
     .bind(sub.failing_since)
     .bind(sub.updated_at)
+    .bind(read_at)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() > 0)
@@ -120,7 +125,9 @@ pub async fn create_deliveries(
     sqlx::query(
         "INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
              created_at, updated_at)
-         SELECT d, $2, s, 'pending', $4, $4, $4 FROM UNNEST($1::uuid[], $3::uuid[]) AS t(d, s)
+         SELECT t.d, $2, t.s, 'pending', $4, $4, $4
+         FROM UNNEST($1::uuid[], $3::uuid[]) AS t(d, s)
+         JOIN subscriptions sub ON sub.id = t.s -- one deleted meanwhile is skipped
          ON CONFLICT (event_id, subscription_id) DO NOTHING",
     )
     .bind(ids)
@@ -283,7 +290,9 @@ pub async fn replay_deliveries(
     sqlx::query_as::<_, DeliveryRow<Uuid, DateTime<Utc>>>(
         "INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
              created_at, updated_at)
-         SELECT d, $2, s, 'pending', $4, $4, $4 FROM UNNEST($1::uuid[], $3::uuid[]) AS t(d, s)
+         SELECT t.d, $2, t.s, 'pending', $4, $4, $4
+         FROM UNNEST($1::uuid[], $3::uuid[]) AS t(d, s)
+         JOIN subscriptions sub ON sub.id = t.s -- one deleted meanwhile is skipped
          ON CONFLICT (event_id, subscription_id) DO UPDATE SET state = 'pending',
              attempts = 0, next_attempt_at = $4, claim = NULL, updated_at = $4
          RETURNING *",

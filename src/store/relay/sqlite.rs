@@ -69,6 +69,7 @@ pub async fn insert_subscription(pool: &SqlitePool, sub: &Subscription) -> Resul
 pub async fn update_subscription(
     pool: &SqlitePool,
     sub: &Subscription,
+    read_at: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let cols = SubscriptionColumns::of(sub);
     let done = sqlx::query(
@@ -76,7 +77,7 @@ pub async fn update_subscription(
              headers = ?6, secret = ?7, description = ?8, rate_limit = ?9,
              max_concurrency = ?10, enabled = ?11, disabled_reason = ?12,
              failing_since = ?13, updated_at = ?14
-         WHERE id = ?1",
+         WHERE id = ?1 AND updated_at = ?15",
     )
     .bind(sub.id.to_string())
     .bind(&sub.url)
@@ -92,6 +93,7 @@ pub async fn update_subscription(
     .bind(&sub.disabled_reason)
     .bind(sub.failing_since.map(ts))
     .bind(ts(sub.updated_at))
+    .bind(ts(read_at))
     .execute(pool)
     .await?;
     Ok(done.rows_affected() > 0)
@@ -142,7 +144,8 @@ pub async fn create_deliveries(
     sqlx::query(
         "INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
              created_at, updated_at)
-         SELECT value ->> 0, ?2, value ->> 1, 'pending', ?3, ?3, ?3 FROM json_each(?1)
+         SELECT j.value ->> 0, ?2, j.value ->> 1, 'pending', ?3, ?3, ?3 FROM json_each(?1) AS j
+         JOIN subscriptions s ON s.id = j.value ->> 1 -- one deleted meanwhile is skipped
          WHERE true ON CONFLICT (event_id, subscription_id) DO NOTHING",
     )
     .bind(new_deliveries(subscriptions))
@@ -312,7 +315,8 @@ pub async fn replay_deliveries(
     sqlx::query_as::<_, DeliveryRow<String, String>>(
         "INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
              created_at, updated_at)
-         SELECT value ->> 0, ?2, value ->> 1, 'pending', ?3, ?3, ?3 FROM json_each(?1)
+         SELECT j.value ->> 0, ?2, j.value ->> 1, 'pending', ?3, ?3, ?3 FROM json_each(?1) AS j
+         JOIN subscriptions s ON s.id = j.value ->> 1 -- one deleted meanwhile is skipped
          WHERE true ON CONFLICT (event_id, subscription_id) DO UPDATE SET state = 'pending',
              attempts = 0, next_attempt_at = ?3, claim = NULL, updated_at = ?3
          RETURNING *",
