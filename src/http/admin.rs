@@ -129,6 +129,19 @@ pub(super) fn limit(given: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
+/// A page of a listing: `data`, and the cursor of the next page when this one
+/// is full (there may be more).
+pub(super) fn page<T: Serialize>(
+    data: &[T],
+    limit: i64,
+    id: impl Fn(&T) -> uuid::Uuid,
+) -> HttpResponse {
+    let next_cursor = (data.len() as i64 == limit)
+        .then(|| data.last().map(id))
+        .flatten();
+    HttpResponse::Ok().json(serde_json::json!({"data": data, "next_cursor": next_cursor}))
+}
+
 /// The `cursor` query parameter of a listing: the id of the last item seen.
 pub(super) fn cursor(given: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
     match given {
@@ -160,14 +173,11 @@ async fn list_events(
         limit,
     };
     let events = state.store.list_events(&filter).await?;
-    let next_cursor = (events.len() as i64 == limit)
-        .then(|| events.last().map(|e| e.id))
-        .flatten();
     let data = events
         .iter()
         .map(|e| admin_event(e, false))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"data": data, "next_cursor": next_cursor})))
+    Ok(page(&data, limit, |e| e.envelope.id.0))
 }
 
 /// `GET /events/{id}`: one event with its payload, its deliveries and their attempts.

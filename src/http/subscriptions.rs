@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::admin::{cursor, limit, Admin};
+use super::admin::{cursor, limit, page, Admin};
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{
@@ -123,6 +123,15 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+/// A body that may be left empty, standing for `{}`.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        json_body(body)
+    }
 }
 
 fn bad(detail: impl Into<String>) -> ApiError {
@@ -390,9 +399,7 @@ async fn deliveries(
         ..DeliveryFilter::default()
     };
     let data = state.store.deliveries(&filter).await?;
-    let next_cursor = (data.len() as i64 == limit).then(|| data.last().map(|d| d.id));
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({"data": data, "next_cursor": next_cursor.flatten()})))
+    Ok(page(&data, limit, |d| d.id.0))
 }
 
 /// `GET /subscriptions/{id}/attempts?limit=&cursor=`: the attempt log, newest first.
@@ -411,9 +418,7 @@ async fn attempts(
         ..AttemptFilter::default()
     };
     let data = state.store.attempts(&filter).await?;
-    let next_cursor = (data.len() as i64 == limit).then(|| data.last().map(|a| a.id));
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({"data": data, "next_cursor": next_cursor.flatten()})))
+    Ok(page(&data, limit, |a| a.id))
 }
 
 #[derive(Deserialize, Default)]
@@ -431,11 +436,7 @@ async fn replay_subscription(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let request: ReplaySubscription = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplaySubscription::default()
-    } else {
-        json_body(&body)?
-    };
+    let request: ReplaySubscription = optional_body(&body)?;
     let states = request.states.unwrap_or_else(|| vec![DeliveryState::Dead]);
     if states.is_empty() || states.contains(&DeliveryState::Pending) {
         return Err(bad("states must name delivered, failed or dead deliveries"));
@@ -467,11 +468,7 @@ async fn replay_event(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let request: ReplayEvent = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayEvent::default()
-    } else {
-        json_body(&body)?
-    };
+    let request: ReplayEvent = optional_body(&body)?;
     let event_id = uuid::Uuid::parse_str(&id)
         .map(EventId)
         .map_err(|_| ApiError::NotFound)?;

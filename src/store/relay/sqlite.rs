@@ -38,27 +38,43 @@ fn ts(at: DateTime<Utc>) -> String {
     format_timestamp(at)
 }
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds the fields an insert and an update share, in column order, as the
+/// parameters after the id (`url` to `failing_since`).
+fn bind_fields<'q>(
+    query: Query<'q>,
+    sub: &'q Subscription,
+    cols: &'q SubscriptionColumns,
+) -> Query<'q> {
+    query
+        .bind(&sub.url)
+        .bind(&cols.events)
+        .bind(&cols.tenants)
+        .bind(&sub.filter)
+        .bind(&cols.headers)
+        .bind(sub.secret.expose_secret())
+        .bind(&sub.description)
+        .bind(sub.rate_limit.map(i64::from))
+        .bind(i64::from(sub.max_concurrency))
+        .bind(sub.enabled)
+        .bind(&sub.disabled_reason)
+        .bind(sub.failing_since.map(ts))
+}
+
 pub async fn insert_subscription(pool: &SqlitePool, sub: &Subscription) -> Result<(), StoreError> {
     let cols = SubscriptionColumns::of(sub);
-    sqlx::query(
-        "INSERT INTO subscriptions (id, url, events, tenants, filter, headers, secret,
+    bind_fields(
+        sqlx::query(
+            "INSERT INTO subscriptions (id, url, events, tenants, filter, headers, secret,
              description, rate_limit, max_concurrency, enabled, disabled_reason,
              failing_since, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )
+        .bind(sub.id.to_string()),
+        sub,
+        &cols,
     )
-    .bind(sub.id.to_string())
-    .bind(&sub.url)
-    .bind(&cols.events)
-    .bind(&cols.tenants)
-    .bind(&sub.filter)
-    .bind(&cols.headers)
-    .bind(sub.secret.expose_secret())
-    .bind(&sub.description)
-    .bind(sub.rate_limit.map(i64::from))
-    .bind(i64::from(sub.max_concurrency))
-    .bind(sub.enabled)
-    .bind(&sub.disabled_reason)
-    .bind(sub.failing_since.map(ts))
     .bind(ts(sub.created_at))
     .bind(ts(sub.updated_at))
     .execute(pool)
@@ -72,26 +88,18 @@ pub async fn update_subscription(
     read_at: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let cols = SubscriptionColumns::of(sub);
-    let done = sqlx::query(
-        "UPDATE subscriptions SET url = ?2, events = ?3, tenants = ?4, filter = ?5,
+    let done = bind_fields(
+        sqlx::query(
+            "UPDATE subscriptions SET url = ?2, events = ?3, tenants = ?4, filter = ?5,
              headers = ?6, secret = ?7, description = ?8, rate_limit = ?9,
              max_concurrency = ?10, enabled = ?11, disabled_reason = ?12,
              failing_since = ?13, updated_at = ?14
          WHERE id = ?1 AND updated_at = ?15",
+        )
+        .bind(sub.id.to_string()),
+        sub,
+        &cols,
     )
-    .bind(sub.id.to_string())
-    .bind(&sub.url)
-    .bind(&cols.events)
-    .bind(&cols.tenants)
-    .bind(&sub.filter)
-    .bind(&cols.headers)
-    .bind(sub.secret.expose_secret())
-    .bind(&sub.description)
-    .bind(sub.rate_limit.map(i64::from))
-    .bind(i64::from(sub.max_concurrency))
-    .bind(sub.enabled)
-    .bind(&sub.disabled_reason)
-    .bind(sub.failing_since.map(ts))
     .bind(ts(sub.updated_at))
     .bind(ts(read_at))
     .execute(pool)
