@@ -121,6 +121,16 @@ impl Application {
     /// in-flight requests finish (up to the shutdown timeout) and closes the store.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let handle = self.server.handle();
+        // The relay stops beside the HTTP drain, not after it, so that the two
+        // share one grace period.
+        let grace = self.shutdown_timeout;
+        let relay = self.relay.map(|relay| {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                relay.stop(grace).await;
+            })
+        });
         let stopper = tokio::spawn(async move {
             shutdown.cancelled().await;
             tracing::info!("shutting down: finishing in-flight requests");
@@ -128,8 +138,8 @@ impl Application {
         });
         let result = self.server.await;
         stopper.abort();
-        if let Some(relay) = self.relay {
-            relay.stop(self.shutdown_timeout).await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
         }
         // Intake has stopped: publish what it handed over, within the same bound.
         if tokio::time::timeout(self.shutdown_timeout, self.publisher.stop())
