@@ -1,7 +1,9 @@
 //! Intake throughput and latency: signed Jira webhooks posted to a running
 //! hookrelay until each is committed, on SQLite and (if reachable) PostgreSQL;
 //! then how long until every one of them was published (the outbox is empty): to
-//! the in-process broker, and (if reachable) to RabbitMQ with confirms.
+//! the in-process broker, and (if reachable) to RabbitMQ with confirms; and how
+//! long until the relay had delivered every one, signed, to one subscribed HTTP
+//! endpoint on loopback that answers 204.
 //!
 //!   cargo bench --bench intake                       # 5,000 requests, 32 at a time
 //!   INTAKE_REQUESTS=20000 INTAKE_CONCURRENCY=64 cargo bench --bench intake
@@ -11,6 +13,7 @@
 //! The app and the load run in one process on loopback, so the client's own work
 //! is in the figures.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +82,26 @@ async fn main() {
     }
 }
 
+/// An HTTP endpoint on loopback that answers every request 204 and counts them.
+fn endpoint() -> (String, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let server = actix_web::HttpServer::new(move || {
+        let counted = counted.clone();
+        actix_web::App::new().default_service(actix_web::web::to(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            async { actix_web::HttpResponse::NoContent().finish() }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let port = server.addrs()[0].port();
+    tokio::spawn(server.run());
+    (format!("http://127.0.0.1:{port}/hook"), count)
+}
+
 async fn run(
     backend: &str,
     database_url: &str,
@@ -97,9 +120,32 @@ async fn run(
     };
     raw.relay_queue.kind = hookrelay::config::QueueKind::Classic;
     raw.relay_queue.expires = Some("1m".into());
+    raw.allow_private_destinations = true;
     let config = raw.validate().unwrap();
     let store = Store::connect(&config).await.unwrap();
     store.migrate().await.unwrap();
+    let (endpoint, delivered) = endpoint();
+    let now = hookrelay::domain::now_millis();
+    store
+        .insert_subscription(&hookrelay::domain::Subscription {
+            id: hookrelay::domain::SubscriptionId::new(),
+            url: endpoint,
+            events: vec!["*".into()],
+            tenants: None,
+            filter: None,
+            headers: Default::default(),
+            secret: hookrelay::relay::signing::generate_secret().into(),
+            description: None,
+            rate_limit: None,
+            max_concurrency: config.relay_concurrency / 2,
+            enabled: true,
+            disabled_reason: None,
+            failing_since: None,
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
     let secret = "bench-shared-secret-0123456789";
     store
         .apply_lifecycle(&LifecycleChange {
@@ -197,6 +243,17 @@ async fn run(
         "{backend}: all {requests} published {:.2} s after the first request ({:.0} events/s end to end)",
         published.as_secs_f64(),
         requests as f64 / published.as_secs_f64(),
+    );
+    // Delivered: the endpoint has answered every delivery.
+    while delivered.load(Ordering::Relaxed) < requests && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let relayed = started.elapsed();
+    println!(
+        "{backend}: all {} delivered over HTTP {:.2} s after the first request ({:.0} deliveries/s end to end)",
+        delivered.load(Ordering::Relaxed),
+        relayed.as_secs_f64(),
+        requests as f64 / relayed.as_secs_f64(),
     );
     shutdown.cancel();
     server.await.unwrap().unwrap();
