@@ -320,12 +320,11 @@ impl Dispatcher {
             ),
             Err(failure) => (None, None, None, Some(failure.to_string())),
         };
-        let verdict = match (&sent, status) {
+        let verdict = match &sent {
             _ if due.attempt > allowed => Verdict::Retry, // and so dead, below
-            (_, Some(status)) => retry::classify(status),
-            (Err(SendError::Refused(_) | SendError::Request(_)), None) => Verdict::Fail,
-            (Err(_), None) => Verdict::Retry,
-            (Ok(_), None) => Verdict::Fail, // an answer always has a status
+            Ok(answer) => retry::classify(answer.status),
+            Err(SendError::Refused(_) | SendError::Request(_)) => Verdict::Fail,
+            Err(_) => Verdict::Retry,
         };
         let mut next_attempt_at = attempted_at;
         let outcome = match verdict {

@@ -176,8 +176,9 @@ impl TryFrom<ClaimedRow> for Claimed {
     }
 }
 
-fn uuids(ids: &[EventId]) -> Vec<uuid::Uuid> {
-    ids.iter().map(|id| id.0).collect()
+/// The uuids of some ids, for `= ANY($1)`.
+pub(in crate::store) fn uuids<T>(ids: &[T], uuid: impl Fn(&T) -> uuid::Uuid) -> Vec<uuid::Uuid> {
+    ids.iter().map(uuid).collect()
 }
 
 /// Claims up to `limit` rows whose time has come, until `lease_until`. Rows another
@@ -210,7 +211,7 @@ pub async fn claim_outbox(
 
 pub async fn complete_outbox(pool: &PgPool, ids: &[EventId]) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
-        .bind(uuids(ids))
+        .bind(uuids(ids, |id| id.0))
         .execute(pool)
         .await?;
     Ok(())
@@ -223,7 +224,7 @@ pub async fn release_outbox(
     error: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlx::query("UPDATE outbox SET available_at = $2, last_error = $3 WHERE event_id = ANY($1)")
-        .bind(uuids(ids))
+        .bind(uuids(ids, |id| id.0))
         .bind(retry_at)
         .bind(error)
         .execute(pool)

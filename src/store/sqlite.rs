@@ -182,8 +182,8 @@ pub async fn insert_event(
 }
 
 /// A JSON array of ids, for `IN (SELECT value FROM json_each(?))`.
-fn id_list(ids: &[EventId]) -> String {
-    serde_json::to_string(&ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
+pub(in crate::store) fn id_list<T: std::fmt::Display>(ids: impl IntoIterator<Item = T>) -> String {
+    serde_json::to_string(&ids.into_iter().map(|id| id.to_string()).collect::<Vec<_>>())
         .unwrap_or_else(|_| "[]".into())
 }
 

@@ -193,10 +193,9 @@ impl Store {
         if due.is_empty() {
             return Ok(());
         }
-        let now = at;
         match self {
-            Store::Postgres(pool) => postgres::unclaim_deliveries(pool, due, now).await,
-            Store::Sqlite(pools) => sqlite::unclaim_deliveries(&pools.writer, due, now).await,
+            Store::Postgres(pool) => postgres::unclaim_deliveries(pool, due, at).await,
+            Store::Sqlite(pools) => sqlite::unclaim_deliveries(&pools.writer, due, at).await,
         }
     }
 

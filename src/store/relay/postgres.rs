@@ -12,14 +12,10 @@ use super::{
 use crate::domain::{
     Attempt, AttemptOutcome, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId,
 };
-use crate::store::postgres::EventRow;
+use crate::store::postgres::{uuids, EventRow};
 use crate::store::StoreError;
 
 type SubRow = SubscriptionRow<Uuid, DateTime<Utc>, bool>;
-
-fn uuids<T>(ids: &[T], f: impl Fn(&T) -> Uuid) -> Vec<Uuid> {
-    ids.iter().map(f).collect()
-}
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
@@ -200,7 +196,7 @@ pub async fn claim_deliveries(
 pub async fn unclaim_deliveries(
     pool: &PgPool,
     due: &[DueDelivery],
-    now: DateTime<Utc>,
+    at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE deliveries SET next_attempt_at = $3, claim = NULL, attempts = attempts - 1
@@ -208,7 +204,7 @@ pub async fn unclaim_deliveries(
     )
     .bind(uuids(due, |d| d.id.0))
     .bind(due[0].claim)
-    .bind(now)
+    .bind(at)
     .execute(pool)
     .await?;
     Ok(())

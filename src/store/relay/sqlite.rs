@@ -14,16 +14,10 @@ use crate::domain::format_timestamp;
 use crate::domain::{
     Attempt, AttemptOutcome, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId,
 };
-use crate::store::sqlite::{time, EventRow};
+use crate::store::sqlite::{id_list, time, EventRow};
 use crate::store::StoreError;
 
 type SubRow = SubscriptionRow<String, String, i64>;
-
-/// A JSON array of ids, for `json_each`.
-fn id_list<T>(ids: &[T], f: impl Fn(&T) -> Uuid) -> String {
-    serde_json::to_string(&ids.iter().map(|id| f(id).to_string()).collect::<Vec<_>>())
-        .unwrap_or_else(|_| "[]".into())
-}
 
 /// `[[delivery id, subscription id], …]` for new deliveries, read with `json_each`.
 fn new_deliveries(subscriptions: &[SubscriptionId]) -> String {
@@ -32,10 +26,6 @@ fn new_deliveries(subscriptions: &[SubscriptionId]) -> String {
         .map(|s| [DeliveryId::new().to_string(), s.to_string()])
         .collect();
     serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
-}
-
-fn ts(at: DateTime<Utc>) -> String {
-    format_timestamp(at)
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
@@ -59,7 +49,7 @@ fn bind_fields<'q>(
         .bind(i64::from(sub.max_concurrency))
         .bind(sub.enabled)
         .bind(&sub.disabled_reason)
-        .bind(sub.failing_since.map(ts))
+        .bind(sub.failing_since.map(format_timestamp))
 }
 
 pub async fn insert_subscription(pool: &SqlitePool, sub: &Subscription) -> Result<(), StoreError> {
@@ -75,8 +65,8 @@ pub async fn insert_subscription(pool: &SqlitePool, sub: &Subscription) -> Resul
         sub,
         &cols,
     )
-    .bind(ts(sub.created_at))
-    .bind(ts(sub.updated_at))
+    .bind(format_timestamp(sub.created_at))
+    .bind(format_timestamp(sub.updated_at))
     .execute(pool)
     .await?;
     Ok(())
@@ -100,8 +90,8 @@ pub async fn update_subscription(
         sub,
         &cols,
     )
-    .bind(ts(sub.updated_at))
-    .bind(ts(read_at))
+    .bind(format_timestamp(sub.updated_at))
+    .bind(format_timestamp(read_at))
     .execute(pool)
     .await?;
     Ok(done.rows_affected() > 0)
@@ -158,7 +148,7 @@ pub async fn create_deliveries(
     )
     .bind(new_deliveries(subscriptions))
     .bind(event.to_string())
-    .bind(ts(now))
+    .bind(format_timestamp(now))
     .execute(pool)
     .await?;
     Ok(())
@@ -183,20 +173,18 @@ pub async fn claim_deliveries(
              ORDER BY d.next_attempt_at LIMIT ?3)
          RETURNING id, event_id, subscription_id, attempts",
     )
-    .bind(ts(now))
-    .bind(ts(lease_until))
+    .bind(format_timestamp(now))
+    .bind(format_timestamp(lease_until))
     .bind(limit)
-    .bind(id_list(skip, |s| s.0))
+    .bind(id_list(skip))
     .bind(claim.to_string())
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let event_ids = id_list(&rows, |r| Uuid::parse_str(&r.event_id).unwrap_or_default());
-    let sub_ids = id_list(&rows, |r| {
-        Uuid::parse_str(&r.subscription_id).unwrap_or_default()
-    });
+    let event_ids = id_list(rows.iter().map(|r| &r.event_id));
+    let sub_ids = id_list(rows.iter().map(|r| &r.subscription_id));
     let events = sqlx::query_as::<_, EventRow>(
         "SELECT * FROM events WHERE id IN (SELECT value FROM json_each(?1))",
     )
@@ -222,15 +210,15 @@ pub async fn claim_deliveries(
 pub async fn unclaim_deliveries(
     pool: &SqlitePool,
     due: &[DueDelivery],
-    now: DateTime<Utc>,
+    at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE deliveries SET next_attempt_at = ?3, claim = NULL, attempts = attempts - 1
          WHERE id IN (SELECT value FROM json_each(?1)) AND claim = ?2",
     )
-    .bind(id_list(due, |d| d.id.0))
+    .bind(id_list(due.iter().map(|d| d.id)))
     .bind(due[0].claim.to_string())
-    .bind(ts(now))
+    .bind(format_timestamp(at))
     .execute(pool)
     .await?;
     Ok(())
@@ -251,7 +239,7 @@ pub async fn record_attempt(
     .bind(d.id.to_string())
     .bind(d.event.id.to_string())
     .bind(d.subscription.id.to_string())
-    .bind(ts(r.attempted_at))
+    .bind(format_timestamp(r.attempted_at))
     .bind(r.duration_ms)
     .bind(r.status_code)
     .bind(r.error)
@@ -267,10 +255,10 @@ pub async fn record_attempt(
     .bind(d.id.to_string())
     .bind(d.claim.to_string())
     .bind(r.outcome.state().as_str())
-    .bind(ts(r.next_attempt_at))
+    .bind(format_timestamp(r.next_attempt_at))
     .bind(r.status_code)
     .bind(r.error)
-    .bind(ts(r.attempted_at))
+    .bind(format_timestamp(r.attempted_at))
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -290,7 +278,7 @@ pub async fn record_attempt(
              WHERE id = ?1 RETURNING failing_since",
         )
         .bind(d.subscription.id.to_string())
-        .bind(ts(r.attempted_at))
+        .bind(format_timestamp(r.attempted_at))
         .fetch_optional(&mut *tx)
         .await?;
         let failing_since = failing_since.map(|(t,)| time(&t)).transpose()?;
@@ -301,7 +289,7 @@ pub async fn record_attempt(
             )
             .bind(d.subscription.id.to_string())
             .bind(&reason)
-            .bind(ts(r.attempted_at))
+            .bind(format_timestamp(r.attempted_at))
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -331,7 +319,7 @@ pub async fn replay_deliveries(
     )
     .bind(new_deliveries(subscriptions))
     .bind(event.to_string())
-    .bind(ts(now))
+    .bind(format_timestamp(now))
     .fetch_all(pool)
     .await?
     .into_iter()
@@ -352,7 +340,7 @@ pub async fn replay_subscription(
     )
     .bind(subscription.to_string())
     .bind(serde_json::to_string(states).unwrap_or_else(|_| "[]".into()))
-    .bind(ts(now))
+    .bind(format_timestamp(now))
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
