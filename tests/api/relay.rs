@@ -224,7 +224,20 @@ async fn fan_out_delivers_signed_envelopes_to_matching_subscriptions(backend: Ba
         .any(|r| r.json()["id"] == comment));
 
     // The event shows its delivery and the attempt; reads never show a secret.
-    let event = admin.get(&format!("/events/{created}")).await;
+    // The receiver sees a request before hookrelay has recorded its answer.
+    let event = admin
+        .wait(
+            &format!("/events/{created}"),
+            Duration::from_secs(10),
+            |e| {
+                e["deliveries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d["state"] == "delivered")
+            },
+        )
+        .await;
     let deliveries = event["deliveries"].as_array().unwrap();
     let to_issues = deliveries
         .iter()
@@ -755,9 +768,13 @@ async fn deliveries_survive_killing_every_process(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The receiver sees a request before hookrelay has recorded its answer.
     for id in &ids {
-        let detail = admin.get(&format!("/events/{id}")).await;
-        assert_eq!(detail["deliveries"][0]["state"], "delivered", "{detail}");
+        admin
+            .wait(&format!("/events/{id}"), Duration::from_secs(10), |d| {
+                d["deliveries"][0]["state"] == "delivered"
+            })
+            .await;
     }
     if let Some(mut worker) = worker {
         worker.signal("TERM");
