@@ -158,6 +158,7 @@ async fn run(
                 display_url: None,
                 shared_secret: secret.to_string().into(),
             }),
+            token: None,
         })
         .await
         .unwrap();

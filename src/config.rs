@@ -167,6 +167,8 @@ pub struct RawConfig {
     pub log_format: LogFormat,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Longest a request body may take to arrive, from its first byte to its last.
+    pub body_timeout: String,
     /// Extra `aud` values accepted on signed installs, besides `base_url`.
     #[serde(deserialize_with = "list")]
     pub allowed_audiences: Vec<String>,
@@ -224,6 +226,7 @@ impl Default for RawConfig {
             retry_schedule: default_retry_schedule(),
             log_format: LogFormat::Human,
             max_body_bytes: 10 * 1024 * 1024,
+            body_timeout: "30s".into(),
             allowed_audiences: Vec::new(),
             database_max_connections: 10,
             database_acquire_timeout: "5s".into(),
@@ -280,6 +283,7 @@ pub struct Config {
     pub retry_schedule: Vec<Duration>,
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
     /// Normalised (no trailing slash) audiences a signed install may name.
     pub audiences: Vec<String>,
     pub database_max_connections: u32,
@@ -538,6 +542,12 @@ impl RawConfig {
             retry_schedule,
             log_format: self.log_format,
             max_body_bytes: self.max_body_bytes,
+            body_timeout: bounded(
+                "body_timeout",
+                &self.body_timeout,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
             audiences,
             database_max_connections: self.database_max_connections,
             database_acquire_timeout: bounded(

@@ -189,6 +189,16 @@ pub struct LifecycleChange {
     pub at: DateTime<Utc>,
     /// Only for `installed`: the new installation data.
     pub install: Option<InstallData>,
+    /// For signed installs: the token, to be accepted once.
+    pub token: Option<UsedToken>,
+}
+
+/// A token that may be accepted once: its SHA-256 and when it stops being
+/// accepted anyway (its `exp` plus the leeway), after which it is forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsedToken {
+    pub digest: [u8; 32],
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Clone)]
@@ -214,6 +224,8 @@ pub enum LifecycleOutcome {
     Stale,
     /// No such tenant (only possible for enabled/disabled/uninstalled).
     UnknownTenant,
+    /// The signed-install token was accepted before; nothing changed.
+    Replayed,
 }
 
 /// An event: built by intake, then stored as is (the store adds nothing to it).
@@ -263,10 +275,9 @@ pub struct EnvelopeTenant<'a> {
 }
 
 impl Event {
-    /// The envelope, borrowing from the event. Fails only if the stored payload is
-    /// not JSON, which intake never lets happen.
-    pub fn envelope(&self) -> Result<Envelope<'_>, serde_json::Error> {
-        Ok(Envelope {
+    /// The envelope without its payload, borrowing from the event.
+    pub fn head(&self) -> Envelope<'_> {
+        Envelope {
             id: self.id,
             source: self.source.as_str(),
             product: self.product,
@@ -277,7 +288,16 @@ impl Event {
             }),
             webhook_id: self.webhook_id.as_deref(),
             received_at: format_timestamp(self.received_at),
+            payload: None,
+        }
+    }
+
+    /// The envelope with its payload, for the admin API. Fails only if the
+    /// stored payload is not JSON, which intake never lets happen.
+    pub fn envelope(&self) -> Result<Envelope<'_>, serde_json::Error> {
+        Ok(Envelope {
             payload: Some(serde_json::from_str(&self.payload)?),
+            ..self.head()
         })
     }
 
@@ -297,9 +317,19 @@ impl Event {
         format!("{prefix}.{name}")
     }
 
-    /// The envelope as the JSON every consumer receives.
-    pub fn envelope_json(&self) -> Result<String, serde_json::Error> {
-        serde_json::to_string(&self.envelope()?)
+    /// The envelope as the JSON every consumer receives. The payload is spliced
+    /// in verbatim, never parsed: intake checked it (see [`crate::payload`]), and
+    /// whatever it accepted is carried byte for byte.
+    pub fn envelope_json(&self) -> String {
+        let head = serde_json::to_string(&self.head())
+            .expect("an envelope head is strings, numbers and options");
+        let mut json = String::with_capacity(head.len() + self.payload.len() + 12);
+        // The head is an object with fields, so it ends in `}` after a value.
+        json.push_str(&head[..head.len() - 1]);
+        json.push_str(",\"payload\":");
+        json.push_str(&self.payload);
+        json.push('}');
+        json
     }
 }
 
@@ -507,7 +537,7 @@ mod tests {
             received_at: DateTime::from_timestamp_millis(1_795_000_000_123).unwrap(),
             payload: r#"{"b": 1,  "a": [2]}"#.into(),
         };
-        let json = event.envelope_json().unwrap();
+        let json = event.envelope_json();
         assert!(json.contains(r#""payload":{"b": 1,  "a": [2]}"#), "{json}");
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["source"], "connect");

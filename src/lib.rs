@@ -13,6 +13,7 @@
 //!   PostgreSQL or SQLite; SQL per backend.
 //! - [`broker`]: RabbitMQ (lapin, publisher confirms) or the in-process broker,
 //!   behind one interface; topology and connection life.
+//! - [`payload`]: what intake accepts as a payload, so every later reader can carry it.
 //! - [`publisher`]: moves committed events from the outbox to the broker.
 //! - [`relay`]: consumes the relay queue and delivers events to subscriptions
 //!   over HTTP, signed, with retries.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod descriptor;
 pub mod domain;
 pub mod http;
+pub mod payload;
 pub mod publisher;
 pub mod relay;
 pub mod startup;

@@ -15,13 +15,14 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
 
 use crate::config::{normalise_audience, Config};
-use crate::domain::{ClientKey, Product, Tenant, TenantState};
+use crate::domain::{ClientKey, Product, Tenant, TenantState, UsedToken};
 use crate::store::StoreError;
 use install::InstallKeys;
 pub use jwt::{Claims, SignedRequest};
@@ -112,7 +113,7 @@ impl<T> Verified<T> {
     }
 }
 
-impl Verified<()> {
+impl Verified<UsedToken> {
     /// A signed install speaks for the `clientKey` in its body only if the token was
     /// issued by that client: the body itself is not covered by the signature.
     pub fn for_client(self, client_key: &str) -> Result<Verified<ClientKey>, AuthError> {
@@ -175,11 +176,13 @@ impl Authenticator {
 
     /// A signed-install lifecycle callback (`installed`, `uninstalled`): RS256 with
     /// the key Atlassian publishes under the token's `kid`, and `aud` naming this
-    /// app. The caller then ties it to the body with [`Verified::for_client`].
+    /// app. The caller then ties it to the body with [`Verified::for_client`], and
+    /// has the store accept the returned token once: the body is not covered by
+    /// the signature, so a captured token must not be usable with another body.
     pub async fn verify_signed_install(
         &self,
         request: &SignedRequest<'_>,
-    ) -> Result<Verified<()>, AuthError> {
+    ) -> Result<Verified<UsedToken>, AuthError> {
         let token = request.token()?;
         let (header, peeked) = jwt::peek(&token)?;
         record_claimed_issuer(&peeked.iss);
@@ -193,7 +196,26 @@ impl Authenticator {
         let key = self.install_keys.get(&kid).await?;
         let claims = jwt::verify_signature(&token, &key, Algorithm::RS256)?;
         self.check_install_claims(&claims, request)?;
-        Ok(Verified::new((), claims))
+        let used = self.used_token(&token, &claims)?;
+        Ok(Verified::new(used, claims))
+    }
+
+    /// The token to remember: the SHA-256 of what its signature covers (header
+    /// and claims; another encoding of the same signature is the same token),
+    /// until it would be refused as expired anyway.
+    fn used_token(&self, token: &str, claims: &Claims) -> Result<UsedToken, AuthError> {
+        let signed = token
+            .rsplit_once('.')
+            .map(|(signed, _)| signed)
+            .ok_or(AuthError::Malformed("not three segments"))?;
+        let exp = claims.exp.ok_or(AuthError::MissingClaim("exp"))?;
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
+        let expires_at = DateTime::from_timestamp(exp.saturating_add(leeway), 0)
+            .ok_or(AuthError::Malformed("exp out of range"))?;
+        Ok(UsedToken {
+            digest: Sha256::digest(signed.as_bytes()).into(),
+            expires_at,
+        })
     }
 
     fn check_install_claims(

@@ -11,7 +11,7 @@
 //! The rules and the vectors in `tests/fixtures/` come from Atlassian's
 //! "Understanding JWT for Connect apps" and its signing interoperability tests.
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_decode, percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
 /// Everything but RFC 3986's unreserved characters is encoded.
@@ -63,15 +63,15 @@ fn strip_context_path<'a>(path: &'a str, context_path: &str) -> &'a str {
 }
 
 fn canonical_query(query: &str) -> String {
-    let mut params: Vec<(String, Vec<String>)> = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if key == "jwt" {
+    let mut params: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    for (key, value) in form_pairs(query) {
+        if key == b"jwt" {
             continue;
         }
         let key = encode(&key);
         match params.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, values)) => values.push(value.into_owned()),
-            None => params.push((key, vec![value.into_owned()])),
+            Some((_, values)) => values.push(value),
+            None => params.push((key, vec![value])),
         }
     }
     params.sort_by(|a, b| a.0.cmp(&b.0));
@@ -88,8 +88,29 @@ fn canonical_query(query: &str) -> String {
         .join("&")
 }
 
-fn encode(s: &str) -> String {
-    utf8_percent_encode(s, RFC3986).to_string()
+/// `application/x-www-form-urlencoded` pairs, decoded to bytes. Unlike a decoding
+/// to text, invalid UTF-8 is kept as it came: `%FF` and `%FE` must not both turn
+/// into U+FFFD, or a hash computed over one would accept the other.
+fn form_pairs(query: &str) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) => (form_decode(key), form_decode(value)),
+            None => (form_decode(pair), Vec::new()),
+        })
+}
+
+fn form_decode(s: &str) -> Vec<u8> {
+    let spaced: Vec<u8> = s
+        .bytes()
+        .map(|b| if b == b'+' { b' ' } else { b })
+        .collect();
+    percent_decode(&spaced).collect()
+}
+
+fn encode(bytes: &[u8]) -> String {
+    percent_encode(bytes, RFC3986).to_string()
 }
 
 #[cfg(test)]
@@ -127,6 +148,14 @@ mod tests {
             let after = canonical_query(&join(&params));
             proptest::prop_assert_eq!(before, after);
         }
+    }
+
+    #[test]
+    fn invalid_utf8_is_kept_byte_for_byte() {
+        assert_eq!(canonical_query("a=%FF"), "a=%FF");
+        assert_ne!(canonical_query("a=%FF"), canonical_query("a=%FE"));
+        assert_ne!(canonical_query("%FF=1"), canonical_query("%FE=1"));
+        assert_eq!(canonical_query("a=%C3%A9+x"), "a=%C3%A9%20x");
     }
 
     #[test]

@@ -494,7 +494,7 @@ async fn send(
     exchange: &str,
     event: &Event,
 ) -> Result<lapin::PublisherConfirm, PublishError> {
-    let body = event.envelope_json()?;
+    let body = event.envelope_json();
     let mut headers = FieldTable::default();
     headers.insert("event".into(), text(&event.event));
     headers.insert("source".into(), text(event.source.as_str()));

@@ -194,20 +194,13 @@ impl LocalConsumer {
                     let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                         break;
                     };
-                    match delivery(row) {
-                        Ok(message) => self.buffered.push_back(LocalDelivery {
-                            message,
-                            store: self.broker.store.clone(),
-                            queue: self.queue.clone(),
-                            ready: self.ready.clone(),
-                            _permit: permit,
-                        }),
-                        // Intake stores JSON only, so this is a damaged row: it is
-                        // left claimed and comes back after the lease.
-                        Err(e) => {
-                            tracing::error!(error = %e, queue = %self.queue, "unreadable queued event")
-                        }
-                    }
+                    self.buffered.push_back(LocalDelivery {
+                        message: delivery(row),
+                        store: self.broker.store.clone(),
+                        queue: self.queue.clone(),
+                        ready: self.ready.clone(),
+                        _permit: permit,
+                    });
                 }
                 if !self.buffered.is_empty() {
                     continue;
@@ -221,15 +214,14 @@ impl LocalConsumer {
     }
 }
 
-fn delivery(row: Claimed) -> Result<Message, serde_json::Error> {
-    let body = row.event.envelope_json()?;
-    Ok(Message {
+fn delivery(row: Claimed) -> Message {
+    Message {
         event_id: row.event.id,
         // Routing keys follow from the event, so the queue does not keep them.
         routing_key: row.event.routing_key(),
-        body,
+        body: row.event.envelope_json(),
         redelivered: row.attempts > 1,
-    })
+    }
 }
 
 /// A message handed to a consumer, to be acknowledged or requeued. Dropping it

@@ -54,8 +54,6 @@ pub enum PublishError {
     Timeout,
     #[error("channel failed: {0}")]
     Channel(String),
-    #[error("event cannot be serialised")]
-    Envelope(#[from] serde_json::Error),
     #[error("in-process queue write failed: {0}")]
     Store(String),
 }
@@ -69,7 +67,6 @@ impl PublishError {
             PublishError::Nacked => "nacked",
             PublishError::Timeout => "timeout",
             PublishError::Channel(_) => "channel",
-            PublishError::Envelope(_) => "envelope",
             PublishError::Store(_) => "store",
         }
     }

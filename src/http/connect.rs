@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::{AuthError, SignedRequest};
+use crate::auth::{jwt, AuthError, SignedRequest};
 use crate::descriptor;
 use crate::domain::{
     Event, EventId, InstallData, LifecycleChange, LifecycleOutcome, Product, Source, TenantState,
@@ -86,12 +86,17 @@ fn auth_reason(e: &AuthError) -> &'static str {
     }
 }
 
+/// Lifecycle bodies are a few KiB; this is far more than any real one.
+const LIFECYCLE_MAX_BODY: usize = 64 * 1024;
+
 /// Reads the body, refusing more than `limit` bytes (by Content-Length up front,
-/// and while streaming for chunked bodies).
-async fn read_body(
+/// and while streaming for chunked bodies) and a body that has not wholly
+/// arrived within the body timeout (a client that stops sending).
+pub(super) async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<web::Bytes, ApiError> {
     let declared = req
         .headers()
@@ -102,32 +107,40 @@ async fn read_body(
         tracing::warn!(declared, limit, "body too large");
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            tracing::warn!(error = %e, "could not read request body");
-            ApiError::BadRequest("could not read request body".into())
-        })?;
-        if body.len() + chunk.len() > limit {
-            tracing::warn!(limit, "body too large");
-            return Err(ApiError::PayloadTooLarge(limit));
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                tracing::warn!(error = %e, "could not read request body");
+                ApiError::BadRequest("could not read request body".into())
+            })?;
+            if body.len() + chunk.len() > limit {
+                tracing::warn!(limit, "body too large");
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        Ok(body.freeze())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(read) => read,
+        Err(_) => {
+            tracing::warn!(?timeout, declared, "body did not arrive in time");
+            Err(ApiError::Timeout(timeout))
+        }
     }
-    Ok(body.freeze())
 }
 
-/// The body as UTF-8 text that is valid JSON, or 400. The text is stored as is.
+/// The body as text, if it is a payload (see [`crate::payload`]), or 400. The
+/// text is stored as is.
 fn json_text(body: web::Bytes) -> Result<String, ApiError> {
-    let text = String::from_utf8(Vec::from(body)).map_err(|_| {
-        tracing::warn!("body is not UTF-8");
-        ApiError::BadRequest("body is not UTF-8 JSON".into())
-    })?;
-    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
-        tracing::warn!(error = %e, "body is not JSON");
-        return Err(ApiError::BadRequest(format!("body is not JSON: {e}")));
+    match crate::payload::accept(&body) {
+        Ok(text) => Ok(text.to_string()),
+        Err(e) => {
+            tracing::warn!(reason = %e, bytes = body.len(), "body refused");
+            Err(ApiError::BadRequest(e.to_string()))
+        }
     }
-    Ok(text)
 }
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -213,7 +226,14 @@ async fn intake(
     let webhook_id =
         webhook_id.inspect_err(|e| tracing::warn!(reason = %e, "bad webhook identifier"))?;
 
-    let body = json_text(read_body(req, payload, state.config.max_body_bytes).await?)?;
+    let body = read_body(
+        req,
+        payload,
+        state.config.max_body_bytes,
+        state.config.body_timeout,
+    )
+    .await?;
+    let body = json_text(body)?;
     let new_event = Event {
         id: EventId::new(),
         source: Source::Connect,
@@ -295,6 +315,7 @@ pub async fn lifecycle(
                 LifecycleOutcome::Applied => "applied",
                 LifecycleOutcome::Stale => "stale",
                 LifecycleOutcome::UnknownTenant => "unknown_tenant",
+                LifecycleOutcome::Replayed => "replayed",
             },
             Err(ApiError::Unauthorized(_)) => "unauthorized",
             Err(_) => "rejected",
@@ -321,17 +342,24 @@ async fn apply_callback(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<LifecycleOutcome, ApiError> {
-    let body = read_body(req, payload, state.config.max_body_bytes).await?;
     let signed = signed_request(req);
-    let (client_key, at, install) = match target {
+    // Nothing unauthenticated is read beyond the headers, except the small body
+    // of an unsigned `enabled`/`disabled` (see below).
+    let body = |payload| async move {
+        let body = read_body(req, payload, LIFECYCLE_MAX_BODY, state.config.body_timeout).await?;
+        let body = parse_lifecycle(body)?;
+        tracing::Span::current().record("client_key", body.client_key.as_str());
+        Ok::<_, ApiError>(body)
+    };
+    let (client_key, at, install, token) = match target {
         TenantState::Installed | TenantState::Uninstalled => {
             let verified = state
                 .auth
                 .verify_signed_install(&signed)
                 .await
                 .map_err(auth_failure)?;
-            let body = parse_lifecycle(body)?;
-            tracing::Span::current().record("client_key", body.client_key.as_str());
+            let token = *verified.get();
+            let body = body(payload).await?;
             let verified = verified
                 .for_client(&body.client_key)
                 .map_err(auth_failure)?;
@@ -344,32 +372,37 @@ async fn apply_callback(
                 verified.get().clone(),
                 verified.claims().issued_at(),
                 install,
+                Some(token),
             )
         }
         TenantState::Enabled | TenantState::Disabled => {
-            let body = parse_lifecycle(body)?;
-            tracing::Span::current().record("client_key", body.client_key.as_str());
             // After an uninstall Atlassian may still send `disabled`, signed with a
             // secret it has forgotten or not at all: acknowledge it and change nothing.
-            let (current, _) = state.auth.tenants().get(&body.client_key).await?;
-            if current.is_none_or(|t| t.state == TenantState::Uninstalled) {
-                tracing::info!("callback for an unknown or uninstalled tenant, ignored");
-                return Ok(LifecycleOutcome::UnknownTenant);
-            }
             let verified = match state.auth.verify_tenant_request(&signed, product).await {
-                // Uninstalled (or gone) by another process since it was cached.
-                Err(AuthError::TenantUninstalled | AuthError::UnknownTenant) => {
-                    tracing::info!("callback for an unknown or uninstalled tenant, ignored");
-                    return Ok(LifecycleOutcome::UnknownTenant);
+                Err(e) if !e.is_unavailable() => {
+                    // Whose callback: the token's (unverified) issuer, or for an
+                    // unsigned one the body's client key.
+                    let claimed = match signed.token().ok().and_then(|t| jwt::peek(&t).ok()) {
+                        Some((_, claims)) => claims.iss,
+                        None => body(payload).await?.client_key,
+                    };
+                    let (current, _) = state.auth.tenants().get(&claimed).await?;
+                    if current.is_none_or(|t| t.state == TenantState::Uninstalled) {
+                        tracing::info!("callback for an unknown or uninstalled tenant, ignored");
+                        return Ok(LifecycleOutcome::UnknownTenant);
+                    }
+                    return Err(auth_failure(e));
                 }
                 other => other.map_err(auth_failure)?,
             };
+            let body = body(payload).await?;
             if verified.get().client_key.0 != body.client_key {
                 return Err(auth_failure(AuthError::IssuerMismatch));
             }
             (
                 verified.get().client_key.clone(),
                 verified.claims().issued_at(),
+                None,
                 None,
             )
         }
@@ -382,15 +415,23 @@ async fn apply_callback(
         state: target,
         at,
         install,
+        token,
     };
     let outcome = state.store.apply_lifecycle(&change).await?;
     state.auth.tenants().invalidate(&change.client_key.0).await;
     match outcome {
         LifecycleOutcome::Applied => tracing::info!("lifecycle callback applied"),
         LifecycleOutcome::Stale => {
-            tracing::info!("older than the newest callback applied, ignored")
+            tracing::info!("not newer than the newest callback applied, ignored")
         }
         LifecycleOutcome::UnknownTenant => tracing::info!("no such tenant, ignored"),
+        LifecycleOutcome::Replayed => {
+            metrics::counter!("hookrelay_auth_failures_total", "reason" => "replayed").increment(1);
+            tracing::warn!("signed-install token already used; refused");
+            return Err(ApiError::Unauthorized(
+                "this signed-install token was already used".into(),
+            ));
+        }
     }
     Ok(outcome)
 }

@@ -111,8 +111,9 @@ pub fn app(
         .wrap(TracingLogger::<RedactedRootSpan>::new())
 }
 
-/// The request's root span: tracing-actix-web's, with the value of a `jwt` query
-/// parameter left out of `http.target`. A token in the log could be replayed.
+/// The request's root span: tracing-actix-web's, with the values of query
+/// parameters that carry credentials (`jwt`, `token`, `access_token`, ...) left
+/// out of `http.target`. A token in the log could be replayed.
 pub struct RedactedRootSpan;
 
 impl RootSpanBuilder for RedactedRootSpan {
@@ -150,28 +151,53 @@ impl RootSpanBuilder for RedactedRootSpan {
     }
 }
 
-/// Path and query with the value of every `jwt` parameter replaced (the key is
-/// compared decoded, as the token extractor reads it).
+/// Path and query with the value of every parameter that can carry a
+/// credential replaced (the key is compared decoded, as extractors read it).
 fn redacted_target(uri: &actix_web::http::Uri) -> String {
     match uri.query() {
         None => uri.path().to_string(),
         Some(query) => {
-            let query: Vec<&str> = query
+            let query: Vec<String> = query
                 .split('&')
-                .map(|pair| {
-                    let is_jwt = form_urlencoded::parse(pair.as_bytes())
-                        .next()
-                        .is_some_and(|(key, _)| key == "jwt");
-                    if is_jwt {
-                        "jwt=[redacted]"
-                    } else {
-                        pair
-                    }
-                })
+                .map(
+                    |pair| match form_urlencoded::parse(pair.as_bytes()).next() {
+                        Some((key, _)) if is_credential(&key) => {
+                            let raw_key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                            format!("{raw_key}=[redacted]")
+                        }
+                        _ => pair.to_string(),
+                    },
+                )
                 .collect();
             format!("{}?{}", uri.path(), query.join("&"))
         }
     }
+}
+
+/// Whether a query parameter's name is one a credential travels in: a JWT,
+/// bearer or API token, a key, a secret, a password, a signature, an OAuth code.
+/// Generous on purpose: a harmless value redacted costs a little readability,
+/// a token logged can be replayed.
+fn is_credential(key: &str) -> bool {
+    let key = key.trim().to_ascii_lowercase().replace('-', "_");
+    const EXACT: &[&str] = &[
+        "jwt", "key", "sig", "code", "auth", "pass", "pwd", "session",
+    ];
+    const PART: &[&str] = &[
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "api_key",
+        "apikey",
+        "access_key",
+        "private_key",
+        "signature",
+        "credential",
+        "authorization",
+        "jwt",
+    ];
+    EXACT.contains(&key.as_str()) || PART.iter().any(|part| key.contains(part))
 }
 
 /// Any error answer that did not come from [`ApiError`] (actix's own 405, a bad
@@ -200,13 +226,18 @@ fn json_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerRespo
 #[cfg(test)]
 mod tests {
     #[test]
-    fn jwt_is_redacted_from_the_logged_target() {
-        let uri: actix_web::http::Uri = "/a/b?x=1&jwt=secret.token.here&%6Awt=again&y=jwt"
+    fn credentials_are_redacted_from_the_logged_target() {
+        let uri: actix_web::http::Uri = "/a/b?x=1&jwt=secret.token.here&%6Awt=again&y=jwt\
+             &token=t1&access_token=t2&Api-Key=t3&client_secret=t4&sig=t5&code=t6&password\
+             &tenant=acme&limit=5"
             .parse()
             .unwrap();
         assert_eq!(
             super::redacted_target(&uri),
-            "/a/b?x=1&jwt=[redacted]&jwt=[redacted]&y=jwt"
+            "/a/b?x=1&jwt=[redacted]&%6Awt=[redacted]&y=jwt\
+             &token=[redacted]&access_token=[redacted]&Api-Key=[redacted]\
+             &client_secret=[redacted]&sig=[redacted]&code=[redacted]&password=[redacted]\
+             &tenant=acme&limit=5"
         );
     }
 }

@@ -488,9 +488,11 @@ async fn replay_event(
             vec![sub.id]
         }
         None => {
-            let envelope: serde_json::Value =
-                serde_json::from_str(&event.envelope_json().map_err(|_| ApiError::Internal)?)
-                    .map_err(|_| ApiError::Internal)?;
+            let text = event.envelope_json();
+            let envelope = matching::Candidate::new(&text).map_err(|e| {
+                tracing::error!(event_id = %event.id, error = %e, "stored event has no readable envelope");
+                ApiError::Internal
+            })?;
             state
                 .store
                 .subscriptions(true)

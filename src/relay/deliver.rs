@@ -432,10 +432,7 @@ impl Dispatcher {
         if !self.config.allow_private_destinations {
             destination::check_literal(&url).map_err(SendError::Refused)?;
         }
-        let body = due
-            .event
-            .envelope_json()
-            .map_err(|e| SendError::Request(format!("envelope: {e}")))?;
+        let body = due.event.envelope_json();
         let key = {
             use secrecy::ExposeSecret as _;
             signing::key(due.subscription.secret.expose_secret())

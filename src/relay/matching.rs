@@ -2,6 +2,10 @@
 //! an optional filter, a JSONPath query (RFC 9535, evaluated by the
 //! `serde_json_path` crate) on the envelope that must select at least one node.
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
+
+use serde::Deserialize;
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
@@ -87,13 +91,16 @@ impl Matcher {
     }
 
     /// Whether the event whose envelope this is goes to the subscription.
-    pub fn matches(&self, envelope: &Value) -> bool {
-        let name = envelope["event"].as_str().unwrap_or_default();
-        if !self.events.iter().any(|p| pattern_matches(p, name)) {
+    pub fn matches(&self, envelope: &Candidate<'_>) -> bool {
+        if !self
+            .events
+            .iter()
+            .any(|p| pattern_matches(p, &envelope.head.event))
+        {
             return false;
         }
         if let Some(tenants) = &self.tenants {
-            let Some(key) = envelope["tenant"]["client_key"].as_str() else {
+            let Some(key) = envelope.head.tenant.as_ref().map(|t| &t.client_key) else {
                 return false;
             };
             if !tenants.iter().any(|t| t == key) {
@@ -101,9 +108,58 @@ impl Matcher {
             }
         }
         match &self.filter {
-            Some(path) => !path.query(envelope).is_empty(),
+            Some(path) => envelope
+                .value()
+                .is_some_and(|value| !path.query(value).is_empty()),
             None => true,
         }
+    }
+}
+
+/// An envelope being matched. The event name and tenant are read without
+/// reading the payload; the whole envelope is parsed only for a filter, once.
+pub struct Candidate<'a> {
+    text: &'a str,
+    head: Head<'a>,
+    value: OnceCell<Option<Value>>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(default, borrow)]
+    tenant: Option<HeadTenant<'a>>,
+}
+
+#[derive(Deserialize)]
+struct HeadTenant<'a> {
+    #[serde(borrow)]
+    client_key: Cow<'a, str>,
+}
+
+impl<'a> Candidate<'a> {
+    /// Reads the name and tenant of an envelope; fails if it is not an envelope.
+    pub fn new(text: &'a str) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            text,
+            head: serde_json::from_str(text)?,
+            value: OnceCell::new(),
+        })
+    }
+
+    /// The whole envelope as a value, for filters. `None` (no filter matches)
+    /// only for a payload stored before intake refused what cannot be read back.
+    fn value(&self) -> Option<&Value> {
+        self.value
+            .get_or_init(|| match serde_json::from_str(self.text) {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    tracing::warn!(error = %e, "envelope cannot be read for a filter; no filter matches it");
+                    None
+                }
+            })
+            .as_ref()
     }
 }
 
@@ -140,12 +196,13 @@ mod tests {
         assert!(!valid_pattern("page updated"));
     }
 
-    fn envelope(event: &str, tenant: &str, priority: &str) -> Value {
+    fn envelope(event: &str, tenant: &str, priority: &str) -> String {
         serde_json::json!({
             "id": "x", "source": "connect", "product": "jira", "event": event,
             "tenant": {"client_key": tenant, "base_url": "https://x.atlassian.net"},
             "payload": {"issue": {"fields": {"priority": {"name": priority}}}}
         })
+        .to_string()
     }
 
     fn subscription(events: &[&str], tenants: Option<&[&str]>, filter: Option<&str>) -> Matcher {
@@ -160,7 +217,9 @@ mod tests {
     #[test]
     fn tenants_and_filters() {
         let high = envelope("jira:issue_created", "t1", "High");
+        let high = Candidate::new(&high).unwrap();
         let low = envelope("jira:issue_created", "t2", "Low");
+        let low = Candidate::new(&low).unwrap();
         let only_t1 = subscription(&["*"], Some(&["t1"]), None);
         assert!(only_t1.matches(&high));
         assert!(!only_t1.matches(&low));
@@ -177,5 +236,23 @@ mod tests {
         assert!(parse_filter(&deep).unwrap_err().contains("longer"));
         let nested = format!("$[?{}@.a{}]", "(".repeat(40), ")".repeat(40));
         assert!(parse_filter(&nested).unwrap_err().contains("nested"));
+    }
+
+    /// Names and tenants match whatever the payload holds; a payload that no
+    /// reader can parse (stored before intake refused it) matches no filter.
+    #[test]
+    fn names_and_tenants_match_without_reading_the_payload() {
+        let payload = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let text = format!(
+            r#"{{"event":"jira:issue_created","tenant":{{"client_key":"t1"}},"payload":{payload}}}"#
+        );
+        let deep = Candidate::new(&text).unwrap();
+        assert!(subscription(&["jira:*"], Some(&["t1"]), None).matches(&deep));
+        assert!(!subscription(&["jira:*"], Some(&["t2"]), None).matches(&deep));
+        assert!(!subscription(&["*"], None, Some("$.payload")).matches(&deep));
+        let text = r#"{"event":"a\u0062","payload":"\ud800"}"#;
+        let odd = Candidate::new(text).unwrap();
+        assert!(subscription(&["ab"], None, None).matches(&odd));
+        assert!(Candidate::new("[1]").is_err());
     }
 }

@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::domain::{EventId, SubscriptionId};
 use crate::store::{Store, StoreError};
 use deliver::Dispatcher;
-use matching::Matcher;
+use matching::{Candidate, Matcher};
 
 /// Most messages taken from the queue before their deliveries are written.
 const BATCH: usize = 64;
@@ -146,19 +146,18 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
     for delivery in batch {
         let message = delivery.message();
         let event_id = message.event_id;
-        let envelope: serde_json::Value = match serde_json::from_str(&message.body) {
-            Ok(v) => v,
+        let matched: Vec<SubscriptionId> = match Candidate::new(&message.body) {
+            Ok(envelope) => matchers
+                .iter()
+                .filter(|m| m.matches(&envelope))
+                .map(|m| m.id)
+                .collect(),
             Err(e) => {
                 tracing::error!(%event_id, error = %e, "relay message is not an envelope; rejected");
                 settle(event_id, delivery.reject().await);
                 continue;
             }
         };
-        let matched: Vec<SubscriptionId> = matchers
-            .iter()
-            .filter(|m| m.matches(&envelope))
-            .map(|m| m.id)
-            .collect();
         match with_store(stop, || store.create_deliveries(event_id, &matched)).await {
             None => return false,
             Some(Ok(())) => {

@@ -206,8 +206,10 @@ impl Store {
         }
     }
 
-    /// Applies a verified lifecycle callback unless a newer one was already applied.
-    /// `installed` upserts the whole installation (a reinstall replaces the secret).
+    /// Applies a verified lifecycle callback unless a newer one was already applied,
+    /// or its signed-install token was accepted before. `installed` upserts the
+    /// whole installation (a reinstall replaces the secret), and only when strictly
+    /// newer: a callback issued in the same second cannot replace a secret.
     pub async fn apply_lifecycle(
         &self,
         change: &LifecycleChange,
@@ -215,6 +217,9 @@ impl Store {
         let applied = match self {
             Store::Postgres(pool) => postgres::apply_lifecycle(pool, change).await?,
             Store::Sqlite(pools) => sqlite::apply_lifecycle(&pools.writer, change).await?,
+        };
+        let Some(applied) = applied else {
+            return Ok(LifecycleOutcome::Replayed);
         };
         if applied {
             Ok(LifecycleOutcome::Applied)

@@ -82,8 +82,32 @@ pub async fn tenant(pool: &PgPool, client_key: &ClientKey) -> Result<Option<Tena
         .transpose()
 }
 
-pub async fn apply_lifecycle(pool: &PgPool, change: &LifecycleChange) -> Result<bool, StoreError> {
+/// `None` when the change's token was accepted before (nothing is changed);
+/// otherwise whether the change was applied (not older than the newest one).
+pub async fn apply_lifecycle(
+    pool: &PgPool,
+    change: &LifecycleChange,
+) -> Result<Option<bool>, StoreError> {
     let now = crate::domain::now_millis();
+    let mut tx = pool.begin().await?;
+    if let Some(token) = &change.token {
+        sqlx::query("DELETE FROM used_install_tokens WHERE expires_at < $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let first = sqlx::query(
+            "INSERT INTO used_install_tokens (digest, expires_at) VALUES ($1, $2)
+             ON CONFLICT (digest) DO NOTHING RETURNING digest",
+        )
+        .bind(&token.digest[..])
+        .bind(token.expires_at)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if !first {
+            return Ok(None);
+        }
+    }
     let applied = match (&change.install, change.state) {
         (Some(install), TenantState::Installed) => sqlx::query(
             "INSERT INTO tenants (client_key, product, base_url, display_url, shared_secret, state,
@@ -94,7 +118,7 @@ pub async fn apply_lifecycle(pool: &PgPool, change: &LifecycleChange) -> Result<
                  display_url = EXCLUDED.display_url, shared_secret = EXCLUDED.shared_secret,
                  state = 'installed', lifecycle_at = EXCLUDED.lifecycle_at,
                  installed_at = EXCLUDED.installed_at, updated_at = EXCLUDED.updated_at
-             WHERE tenants.lifecycle_at <= EXCLUDED.lifecycle_at
+             WHERE tenants.lifecycle_at < EXCLUDED.lifecycle_at
              RETURNING client_key",
         )
         .bind(&change.client_key.0)
@@ -104,7 +128,7 @@ pub async fn apply_lifecycle(pool: &PgPool, change: &LifecycleChange) -> Result<
         .bind(install.shared_secret.expose_secret())
         .bind(change.at)
         .bind(now)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await?
         .is_some(),
         _ => sqlx::query(
@@ -116,11 +140,12 @@ pub async fn apply_lifecycle(pool: &PgPool, change: &LifecycleChange) -> Result<
         .bind(change.state.as_str())
         .bind(change.at)
         .bind(now)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await?
         .is_some(),
     };
-    Ok(applied)
+    tx.commit().await?;
+    Ok(Some(applied))
 }
 
 /// Inserts the event and, in the same statement, its outbox row.

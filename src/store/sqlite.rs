@@ -97,12 +97,33 @@ pub async fn tenant(
         .transpose()
 }
 
+/// `None` when the change's token was accepted before (nothing is changed);
+/// otherwise whether the change was applied (not older than the newest one).
 pub async fn apply_lifecycle(
     pool: &SqlitePool,
     change: &LifecycleChange,
-) -> Result<bool, StoreError> {
+) -> Result<Option<bool>, StoreError> {
     let now = format_timestamp(crate::domain::now_millis());
     let at = format_timestamp(change.at);
+    let mut tx = pool.begin().await?;
+    if let Some(token) = &change.token {
+        sqlx::query("DELETE FROM used_install_tokens WHERE expires_at < ?1")
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        let first = sqlx::query(
+            "INSERT INTO used_install_tokens (digest, expires_at) VALUES (?1, ?2)
+             ON CONFLICT (digest) DO NOTHING RETURNING digest",
+        )
+        .bind(&token.digest[..])
+        .bind(format_timestamp(token.expires_at))
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if !first {
+            return Ok(None);
+        }
+    }
     let applied = match (&change.install, change.state) {
         (Some(install), TenantState::Installed) => sqlx::query(
             "INSERT INTO tenants (client_key, product, base_url, display_url, shared_secret, state,
@@ -113,7 +134,7 @@ pub async fn apply_lifecycle(
                  display_url = excluded.display_url, shared_secret = excluded.shared_secret,
                  state = 'installed', lifecycle_at = excluded.lifecycle_at,
                  installed_at = excluded.installed_at, updated_at = excluded.updated_at
-             WHERE tenants.lifecycle_at <= excluded.lifecycle_at
+             WHERE tenants.lifecycle_at < excluded.lifecycle_at
              RETURNING client_key",
         )
         .bind(&change.client_key.0)
@@ -123,7 +144,7 @@ pub async fn apply_lifecycle(
         .bind(install.shared_secret.expose_secret())
         .bind(&at)
         .bind(&now)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await?
         .is_some(),
         _ => sqlx::query(
@@ -135,11 +156,12 @@ pub async fn apply_lifecycle(
         .bind(change.state.as_str())
         .bind(&at)
         .bind(&now)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await?
         .is_some(),
     };
-    Ok(applied)
+    tx.commit().await?;
+    Ok(Some(applied))
 }
 
 /// Inserts the event and its outbox row in one transaction.

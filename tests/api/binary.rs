@@ -163,6 +163,20 @@ impl Served {
         }
     }
 
+    /// Every line the process wrote, once it has exited (within `timeout`).
+    pub fn all_lines(&mut self, timeout: Duration) -> Vec<String> {
+        self.wait_exit(timeout);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The reader thread ends when the pipe closes.
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])

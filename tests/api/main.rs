@@ -8,6 +8,7 @@ mod admin;
 mod binary;
 mod consuming;
 mod descriptor;
+mod hardening;
 mod lifecycle;
 mod ops;
 mod publishing;

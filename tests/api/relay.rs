@@ -112,7 +112,10 @@ async fn send_fixture(app: &TestApp, site: &Site, event: &str, payload: &str) ->
     accepted(app.webhook(site, event, fixture(payload), &[]).await).await
 }
 
-both_backends!(fan_out_delivers_signed_envelopes_to_matching_subscriptions);
+both_backends!(
+    fan_out_delivers_signed_envelopes_to_matching_subscriptions,
+    payloads_at_the_limits_are_relayed_byte_for_byte
+);
 
 /// Three subscriptions with different patterns, tenants and filters each get
 /// exactly the events they match, signed, with the envelope as the body.
@@ -831,4 +834,64 @@ fn worker_refuses_sqlite() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("needs PostgreSQL"), "{stderr}");
+}
+
+/// A payload at the nesting limit, with numbers and escapes a reparse would
+/// rewrite, reaches a subscriber and the admin API byte for byte, also through
+/// a filter that makes the relay read the whole envelope; one past the limit
+/// is refused at intake rather than dead-lettered by the relay.
+async fn payloads_at_the_limits_are_relayed_byte_for_byte(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(backend, relaying).await;
+    let admin = AdminApi::of(&app.address);
+    let site = Site::new("jira");
+    app.install(&site).await;
+    let (_, plain) = admin
+        .subscribe(json!({"url": receiver.url("/plain"), "events": ["*"]}))
+        .await;
+    let (_, filtered) = admin
+        .subscribe(json!({
+            "url": receiver.url("/filtered"),
+            "events": ["*"],
+            "filter": "$[?@.big > 1]",
+        }))
+        .await;
+
+    let deep = crate::webhooks::nested(63);
+    let payload = format!(
+        "{{ \"big\": 1e308, \"long\": 123456789012345678901234567890, \"zero\": -0, \
+         \"smile\": \"\\ud83d\\ude00\", \"deep\": {deep} }}"
+    );
+    let id = accepted(
+        app.webhook(&site, "jira:issue_created", payload.clone(), &[])
+            .await,
+    )
+    .await;
+    for path in ["/plain", "/filtered"] {
+        let secret = if path == "/plain" { &plain } else { &filtered };
+        let got = receiver.wait_for(path, 1, Duration::from_secs(15)).await;
+        assert_eq!(verified_ids(secret, &got), vec![id.clone()], "{path}");
+        let verbatim = format!("\"payload\":{payload}}}");
+        assert!(got[0].body.ends_with(&verbatim), "{path}: {}", got[0].body);
+    }
+    let detail = admin.get(&format!("/events/{id}")).await;
+    assert_eq!(
+        detail["payload"]["deep"],
+        serde_json::from_str::<Value>(&deep).unwrap()
+    );
+
+    let refused = app
+        .webhook(
+            &site,
+            "jira:issue_created",
+            crate::webhooks::nested(65),
+            &[],
+        )
+        .await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        app.events(&site).await.len(),
+        1,
+        "only the accepted event stored"
+    );
 }

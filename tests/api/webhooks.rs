@@ -78,7 +78,7 @@ async fn fixture_payloads_are_stored_verbatim_before_the_answer(backend: Backend
         assert_eq!(stored.webhook_flow.as_deref(), Some("Primary"));
         assert_eq!(stored.client_key.as_ref().unwrap().0, site.client_key);
 
-        let envelope: Value = serde_json::from_str(&stored.envelope_json().unwrap()).unwrap();
+        let envelope: Value = serde_json::from_str(&stored.envelope_json()).unwrap();
         assert_eq!(envelope["id"], answer["id"]);
         assert_eq!(envelope["source"], "connect");
         assert_eq!(envelope["event"], *event);
@@ -257,10 +257,24 @@ async fn bad_requests_are_refused_and_store_nothing(backend: Backend) {
         ("not JSON", "this is not json"),
         ("truncated JSON", r#"{"a": "#),
         ("empty", ""),
+        ("trailing data", "{} {}"),
+        // JSON a later reader could not carry: refused here, not dead-lettered later.
+        ("nested 65 deep", &nested(65)),
+        ("nested 127 deep", &nested(127)),
+        ("lone surrogate", r#"{"a":"\ud800"}"#),
+        ("lone surrogate key", r#"{"\udc00":1}"#),
+        ("number out of range", r#"{"a":1e400}"#),
     ] {
-        let response = app.webhook(&site, "jira:issue_created", body, &[]).await;
+        let response = app
+            .webhook(&site, "jira:issue_created", body.to_string(), &[])
+            .await;
         assert_eq!(response.status(), 400, "{case}");
-        assert_eq!(error_body(response).await["error"], "bad_request");
+        let body = error_body(response).await;
+        assert_eq!(body["error"], "bad_request", "{case}");
+        if case.starts_with("nested") {
+            let detail = body["detail"].as_str().unwrap();
+            assert!(detail.contains("64 levels"), "{case}: {detail}");
+        }
     }
     let response = app
         .webhook(&site, "jira:issue_created", vec![0xff, 0xfe, 0x7b], &[])
@@ -516,4 +530,9 @@ async fn garbage_never_panics_or_stores(backend: Backend) {
     );
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+}
+
+/// `depth` arrays nested in each other.
+pub fn nested(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
 }
