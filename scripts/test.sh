@@ -96,14 +96,31 @@ prune_test_databases() {
     done
 }
 
+# Databases this run left on the shared server: each test drops its own.
+leftover_databases() {
+  psql "$HOOKRELAY_TEST_POSTGRES_URL" -Atqc \
+    "SELECT count(*) FROM pg_database WHERE datname LIKE 'hookrelay\_t\_%\_${HOOKRELAY_TEST_RUN}\_%'"
+}
+
 ensure_postgres
 ensure_rabbitmq
 prune_test_databases
 
+export HOOKRELAY_TEST_RUN="r$(date +%s)$$"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
   say "running the test suite (cargo nextest)"
-  exec cargo nextest run --locked --no-fail-fast "$@"
+  cargo nextest run --locked --no-fail-fast "$@" || status=$?
 else
   say "running the test suite (cargo test)"
-  exec cargo test --locked --no-fail-fast -- "$@"
+  cargo test --locked --no-fail-fast -- "$@" || status=$?
 fi
+
+if command -v psql >/dev/null; then
+  left=$(leftover_databases 2>/dev/null || echo 0)
+  if [ "${left:-0}" -gt 0 ]; then
+    say "the tests left $left databases behind on the shared server"
+    status=1
+  fi
+fi
+exit "$status"

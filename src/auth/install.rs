@@ -2,15 +2,20 @@
 //!
 //! A key never changes under its `kid`, so found keys are cached for a day. A `kid`
 //! the server does not know is remembered for a short while, so that a flood of
-//! forged installs cannot turn into a flood of outgoing requests; and fetches of
-//! all kids together are rate-limited, since kids are attacker-chosen. Fetch
-//! failures other than "not found" are not cached: the next install tries again.
+//! forged installs cannot turn into a flood of outgoing requests. Fetches are
+//! rate-limited per source address and, less tightly, for all sources together,
+//! since kids are attacker-chosen: one address sending forged installs with
+//! fresh kids spends its own budget, not the one real installs need. A kid
+//! already fetched is always served from the cache, whatever the budgets.
+//! Fetch failures other than "not found" are not cached: the next install
+//! tries again.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::DefaultDirectRateLimiter;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::DecodingKey;
 use moka::future::Cache;
 use url::Url;
@@ -25,6 +30,11 @@ const MAX_KEY_BYTES: usize = 16 * 1024;
 /// Real installs need a fetch once per kid, and kids rotate rarely.
 const FETCHES_PER_SECOND: NonZeroU32 = NonZeroU32::new(5).unwrap();
 const FETCH_BURST: NonZeroU32 = NonZeroU32::new(20).unwrap();
+/// One source address's share: a few fetches at once, then one a second.
+const SOURCE_FETCHES_PER_SECOND: NonZeroU32 = NonZeroU32::new(1).unwrap();
+const SOURCE_FETCH_BURST: NonZeroU32 = NonZeroU32::new(4).unwrap();
+/// Source addresses remembered before the idle ones are forgotten.
+const MAX_SOURCES: usize = 10_000;
 
 pub struct InstallKeys {
     base: Url,
@@ -33,6 +43,7 @@ pub struct InstallKeys {
     found: Cache<String, Arc<DecodingKey>>,
     missing: Cache<String, ()>,
     fetches: DefaultDirectRateLimiter,
+    fetches_by_source: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 impl InstallKeys {
@@ -49,10 +60,19 @@ impl InstallKeys {
                 .time_to_live(NEGATIVE_TTL)
                 .build(),
             fetches: super::rate_limiter(FETCHES_PER_SECOND, FETCH_BURST),
+            fetches_by_source: RateLimiter::keyed(
+                Quota::per_second(SOURCE_FETCHES_PER_SECOND).allow_burst(SOURCE_FETCH_BURST),
+            ),
         }
     }
 
-    pub async fn get(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+    /// The key published under `kid`, for a request from `source` (the TCP
+    /// peer; `None` when unknown, which shares one budget).
+    pub async fn get(
+        &self,
+        kid: &str,
+        source: Option<IpAddr>,
+    ) -> Result<Arc<DecodingKey>, AuthError> {
         // A kid becomes a URL path segment: allow only what real kids contain.
         if kid.is_empty()
             || kid.len() > 128
@@ -68,7 +88,7 @@ impl InstallKeys {
         }
         let result = self
             .found
-            .try_get_with(kid.to_string(), self.fetch(kid))
+            .try_get_with(kid.to_string(), self.fetch(kid, source))
             .await
             .map_err(|e| match &*e {
                 FetchError::NotFound => AuthError::UnknownKid,
@@ -80,8 +100,23 @@ impl InstallKeys {
         result
     }
 
-    async fn fetch(&self, kid: &str) -> Result<Arc<DecodingKey>, FetchError> {
+    async fn fetch(
+        &self,
+        kid: &str,
+        source: Option<IpAddr>,
+    ) -> Result<Arc<DecodingKey>, FetchError> {
+        let source = source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        if self.fetches_by_source.len() > MAX_SOURCES {
+            self.fetches_by_source.retain_recent();
+        }
+        if self.fetches_by_source.check_key(&source).is_err() {
+            tracing::warn!(kid, %source, "install key fetches from this address are rate-limited");
+            return Err(FetchError::Unavailable(
+                "install key fetches from this address are rate-limited".into(),
+            ));
+        }
         if self.fetches.check().is_err() {
+            tracing::warn!(kid, %source, "install key fetches are rate-limited");
             return Err(FetchError::Unavailable(
                 "install key fetches are rate-limited".into(),
             ));

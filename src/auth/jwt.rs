@@ -27,6 +27,8 @@ pub struct SignedRequest<'a> {
     pub query: &'a str,
     /// The `Authorization` header, if any.
     pub authorization: Option<&'a str>,
+    /// The TCP peer the request came from, for per-source budgets.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl SignedRequest<'_> {
@@ -187,7 +189,7 @@ mod tests {
         #[test]
         fn reading_tokens_never_panics(token in ".{0,200}", header in ".{0,64}", query in ".{0,64}") {
             let _ = peek(&token);
-            let request = SignedRequest { method: "POST", path: "/x", query: &query, authorization: Some(&header) };
+            let request = SignedRequest { method: "POST", path: "/x", query: &query, authorization: Some(&header), peer: None };
             let _ = request.token();
             let claims = Claims { iss: token.clone(), sub: None, qsh: Some(token.clone()), exp: Some(i64::MAX), iat: Some(i64::MIN), nbf: None, aud: None };
             let _ = check_times(&claims, Utc::now(), Duration::from_secs(u64::MAX));

@@ -193,7 +193,7 @@ impl Authenticator {
         // The claims are checked before the key is fetched too: a token that fails
         // them anyway must not cost an outgoing request.
         self.check_install_claims(&peeked, request)?;
-        let key = self.install_keys.get(&kid).await?;
+        let key = self.install_keys.get(&kid, request.peer).await?;
         let claims = jwt::verify_signature(&token, &key, Algorithm::RS256)?;
         self.check_install_claims(&claims, request)?;
         let used = self.used_token(&token, &claims)?;

@@ -74,6 +74,10 @@ impl TenantCache {
     }
 
     async fn read(&self, client_key: &str) -> Result<Option<Tenant>, StoreError> {
+        // No stored key holds NUL (PostgreSQL text cannot), so no tenant has it.
+        if client_key.contains('\0') {
+            return Ok(None);
+        }
         let key = client_key.to_string();
         let tenant = self.store.tenant(&ClientKey(key.clone())).await?;
         match &tenant {

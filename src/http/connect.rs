@@ -39,6 +39,7 @@ fn signed_request(req: &HttpRequest) -> SignedRequest<'_> {
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
+        peer: req.peer_addr().map(|a| a.ip()),
     }
 }
 

@@ -90,6 +90,9 @@ impl From<StoreError> for ApiError {
         if e.is_unavailable() {
             tracing::error!(error = ?e, "store unavailable");
             ApiError::Unavailable("store unavailable, retry later".into())
+        } else if let StoreError::Invalid(reason) = &e {
+            tracing::warn!(%reason, "value refused by the store");
+            ApiError::BadRequest(e.to_string())
         } else {
             tracing::error!(error = ?e, "store error");
             ApiError::Internal

@@ -48,44 +48,63 @@ fn refused_v4(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// Only global unicast (2000::/3) may be reached, less its ranges that tunnel
+/// to IPv4 or are reserved; everything else is refused, with a label for the
+/// log.
 fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let segments = ip.segments();
     let first = segments[0];
-    if segments[..6] == [0; 6] {
-        // ::a.b.c.d, the deprecated IPv4-compatible form (and :: and ::1).
-        return refused_v4(Ipv4Addr::new(
-            (segments[6] >> 8) as u8,
-            segments[6] as u8,
-            (segments[7] >> 8) as u8,
-            segments[7] as u8,
-        ))
-        .or(Some("IPv4-compatible"));
-    }
     if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_unspecified() {
-        Some("unspecified")
-    } else if ip.is_unique_local() {
-        // fc00::/7, which includes AWS's metadata address fd00:ec2::254.
-        Some("private")
-    } else if ip.is_unicast_link_local() {
-        Some("link-local")
-    } else if ip.is_multicast() {
-        Some("multicast")
-    } else if first == 0x0064 && ip.segments()[1] == 0xff9b {
-        // 64:ff9b::/96 (NAT64) can reach any IPv4 address, private ones included.
-        Some("NAT64")
-    } else if first == 0x2002 {
-        // 6to4 embeds an IPv4 address the same way.
-        Some("6to4")
-    } else if first == 0x2001 && segments[1] == 0 {
-        // Teredo (2001::/32) tunnels to IPv4.
-        Some("Teredo")
-    } else if first & 0xffc0 == 0xfec0 {
-        Some("site-local")
-    } else {
-        None
+        return Some("loopback");
     }
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    if segments[..6] == [0; 6] {
+        // ::a.b.c.d, the deprecated IPv4-compatible form.
+        return Some("IPv4-compatible");
+    }
+    if segments[..4] == [0; 4] && segments[4] == 0xffff && segments[5] == 0 {
+        // ::ffff:0:a.b.c.d, IPv4-translated (SIIT).
+        return Some("IPv4-translated");
+    }
+    if ip.is_unique_local() {
+        // fc00::/7, which includes AWS's metadata address fd00:ec2::254.
+        return Some("private");
+    }
+    if ip.is_unicast_link_local() {
+        return Some("link-local");
+    }
+    if first & 0xffc0 == 0xfec0 {
+        return Some("site-local");
+    }
+    if ip.is_multicast() {
+        return Some("multicast");
+    }
+    if first == 0x0064 && segments[1] == 0xff9b {
+        // 64:ff9b::/96 and 64:ff9b:1::/48 (NAT64) reach any IPv4 address.
+        return Some("NAT64");
+    }
+    if first & 0xe000 != 0x2000 {
+        return Some("not global unicast");
+    }
+    if first == 0x2002 {
+        // 6to4 embeds an IPv4 address.
+        return Some("6to4");
+    }
+    if first == 0x2001 && segments[1] == 0 {
+        // Teredo (2001::/32) tunnels to IPv4.
+        return Some("Teredo");
+    }
+    if (first == 0x2001 && segments[1] == 0x0db8) || first & 0xfff0 == 0x3ff0 {
+        // 2001:db8::/32 and 3fff::/20.
+        return Some("documentation");
+    }
+    if first == 0x2001 && segments[1] < 0x0200 {
+        // 2001::/23: IETF protocol assignments (ORCHID, AMT, benchmarking ...).
+        return Some("reserved");
+    }
+    None
 }
 
 /// The error a refused destination surfaces as, inside reqwest's error chain.
@@ -173,10 +192,23 @@ mod tests {
             "2001:0:4136:e378::1",
             "fec0::1",
             "192.0.0.170",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b:1::a00:1",
+            "100::1",
+            "2001:db8::1",
+            "2001:10::1",
+            "3fff::1",
+            "ff02::1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(refused(ip).is_some(), "{ip} should be refused");
         }
+        let label = |ip: &str| refused(ip.parse().unwrap());
+        assert_eq!(label("::1"), Some("loopback"));
+        assert_eq!(label("::"), Some("unspecified"));
+        assert_eq!(label("::ffff:127.0.0.1"), Some("loopback"));
+        assert_eq!(label("::ffff:0:7f00:1"), Some("IPv4-translated"));
     }
 
     #[test]
@@ -197,6 +229,7 @@ mod tests {
         let url = |s: &str| url::Url::parse(s).unwrap();
         assert!(check_literal(&url("http://127.0.0.1:9/x")).is_err());
         assert!(check_literal(&url("http://[::1]/x")).is_err());
+        assert!(check_literal(&url("http://[::ffff:0:7f00:1]/x")).is_err());
         assert!(check_literal(&url("http://1.1.1.1/x")).is_ok());
         assert!(check_literal(&url("http://localhost/x")).is_ok());
     }

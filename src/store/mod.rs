@@ -32,6 +32,10 @@ pub enum StoreError {
     Unavailable(#[source] sqlx::Error),
     #[error("store query failed")]
     Query(#[source] sqlx::Error),
+    /// A value the database cannot hold (PostgreSQL's data exceptions, such as
+    /// a NUL character in text): the caller's input, answered 400.
+    #[error("value cannot be stored: {0}")]
+    Invalid(String),
     #[error("store migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored row is not valid: {0}")]
@@ -47,9 +51,19 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if is_unavailable(&e) {
-            StoreError::Unavailable(e)
-        } else {
-            StoreError::Query(e)
+            return StoreError::Unavailable(e);
+        }
+        match &e {
+            // Class 22, data exception: 22021 a NUL or invalid byte, 22001 too long, ...
+            sqlx::Error::Database(db)
+                if db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some()
+                    && db.code().is_some_and(|c| c.starts_with("22")) =>
+            {
+                StoreError::Invalid(db.message().to_string())
+            }
+            _ => StoreError::Query(e),
         }
     }
 }
@@ -64,18 +78,22 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            // PostgreSQL: connection exceptions (08), insufficient resources (53),
-            // operator intervention (57P: shutdown, cannot connect now), and a
-            // database that refuses connections (55000).
-            code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57P")
-                || code == "55000"
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                // PostgreSQL: connection exceptions (08), insufficient resources
+                // (53), operator intervention (57P: shutdown, cannot connect now),
+                // and a database that refuses connections (55000).
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || code == "55000"
+            } else {
                 // SQLite primary result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
-                || code
-                    .parse::<i32>()
-                    .map(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14))
-                    .unwrap_or(false)
+                code.parse::<i32>()
+                    .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14))
+            }
         }
         _ => false,
     }

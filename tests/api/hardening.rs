@@ -15,6 +15,8 @@ both_backends!(
     a_signed_install_token_is_accepted_once,
     lifecycle_bodies_are_read_only_after_the_token,
     a_stalled_body_times_out,
+    nul_characters_are_bad_input_not_an_outage,
+    forged_kids_from_one_address_do_not_starve_real_installs,
 );
 
 fn installed_path(site: &Site) -> String {
@@ -171,6 +173,105 @@ async fn a_stalled_body_times_out(backend: Backend) {
     assert!(status.contains(" 408 "), "{status}");
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(app.events(&site).await.is_empty());
+}
+
+/// A NUL character (which PostgreSQL text cannot hold) in a token's issuer, an
+/// install body, an admin filter or a subscription is the caller's mistake:
+/// never a 5xx, which would tell Atlassian to retry and page an operator.
+async fn nul_characters_are_bad_input_not_an_outage(backend: Backend) {
+    let token = "admin-token-nul-test";
+    let app = spawn_app_with(backend, |raw| raw.admin_token = Some(token.into())).await;
+    let site = Site::new("jira");
+    app.install(&site).await;
+    let path = "/jira/events/jira:issue_created";
+    let forged = hs256(
+        &site.secret,
+        json!({"iss": "jira:\u{0}x", "exp": now() + 60, "qsh": simple_qsh("POST", path)}),
+    );
+    let response = app.webhook_with_token(path, Some(&forged), "{}", &[]).await;
+    assert_eq!(response.status(), 401, "unknown issuer");
+
+    let mut odd = Site::new("jira");
+    odd.client_key = format!("{}\u{0}", odd.client_key);
+    let response = app.install(&odd).await;
+    let status = response.status().as_u16();
+    match backend {
+        Backend::Postgres => assert_eq!(status, 400, "{}", error_body(response).await),
+        Backend::Sqlite => assert_eq!(status, 204),
+    }
+
+    let api = format!("{}/admin/api/v1", app.address);
+    let response = app
+        .client
+        .get(format!("{api}/events?event=a%00b&tenant=%00"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert!(status == 200 || status == 400, "filter: {status}");
+    let response = app
+        .client
+        .post(format!("{api}/subscriptions"))
+        .bearer_auth(token)
+        .json(
+            &json!({"url": "https://example.com/hook", "events": ["*"], "description": "a\u{0}b"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    match backend {
+        Backend::Postgres => assert_eq!(status, 400, "{}", error_body(response).await),
+        Backend::Sqlite => assert_eq!(status, 201),
+    }
+}
+
+/// Forged installs with a fresh, well-formed `kid` each, flooding from one
+/// address, spend that address's fetch budget; real installs from another
+/// address, whose kids are not cached yet, are all verified.
+async fn forged_kids_from_one_address_do_not_starve_real_installs(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let attacker = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let forger = Site::new("jira");
+    let path = "/jira/lifecycle/installed";
+    let body = forger.lifecycle_body("installed");
+    let flood = (0..60).map(|i| {
+        let token = install_token(
+            &format!("forged-kid-{i}"),
+            "keys/install-a.pem",
+            install_claims(&forger, path, now()),
+        );
+        attacker
+            .post(app.url(path))
+            .header("Authorization", format!("JWT {token}"))
+            .json(&body)
+            .send()
+    });
+    let flooded = futures_util::future::join_all(flood).await;
+    let limited = flooded
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 503))
+        .count();
+    assert!(
+        limited > 40,
+        "the flood is held back: {limited} of 60 got 503"
+    );
+    let fetched = app.keys.hits();
+    assert!(fetched <= 6, "the flood cost {fetched} key fetches");
+
+    // Real installs, each kid fetched for the first time (kid-b, then kid-a).
+    for (kid, key) in [(KID_B, "keys/install-b.pem"), (KID_A, "keys/install-a.pem")] {
+        for _ in 0..3 {
+            let site = Site::new("jira");
+            let token = install_token(kid, key, install_claims(&site, path, now()));
+            let response = app.callback(&site, "installed", Some(token)).await;
+            assert_eq!(response.status(), 204, "{kid}");
+        }
+    }
 }
 
 /// A whole `serve` run at debug level, fed every credential the product sees:

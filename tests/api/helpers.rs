@@ -93,9 +93,14 @@ impl TestDb {
                          which starts (or installs) it, or set HOOKRELAY_TEST_POSTGRES_URL."
                     )
                 });
-                // The timestamp lets scripts/test.sh drop databases left by old runs.
+                // The timestamp lets scripts/test.sh drop databases left by old
+                // runs; the run id, check that this run left none.
+                let run = std::env::var("HOOKRELAY_TEST_RUN")
+                    .ok()
+                    .filter(|r| r.chars().all(|c| c.is_ascii_alphanumeric()))
+                    .unwrap_or_else(|| "x".into());
                 let name = format!(
-                    "hookrelay_t_{}_{}",
+                    "hookrelay_t_{}_{run}_{}",
                     unix_now(),
                     uuid::Uuid::now_v7().simple()
                 );
@@ -132,12 +137,46 @@ impl TestDb {
     }
 }
 
+/// The database goes when the test ends, passed or failed (this runs while a
+/// panic unwinds too), with any connection still open to it.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let TestDb::Postgres { name, .. } = self else {
+            return;
+        };
+        let name = name.clone();
+        // Its own thread and runtime: a drop cannot await, and the test's
+        // runtime may be the one this runs on.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))?;
+                Ok::<_, String>(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("test database not dropped: {e}");
+        }
+    }
+}
+
 /// Atlassian's install-key service, played on loopback: serves PEM public keys
 /// by kid and counts the requests it gets.
 pub struct KeyServer {
     pub url: String,
     pub hits: Arc<AtomicUsize>,
-    handle: actix_web::dev::ServerHandle,
+    /// While set, every request is answered 503, as a key server in trouble.
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KeyServer {
@@ -147,17 +186,21 @@ impl KeyServer {
             (KID_B.to_string(), fixture("keys/install-b.pub.pem")),
         ])));
         let hits = Arc::new(AtomicUsize::new(0));
-        let (k, h) = (keys.clone(), hits.clone());
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (k, h, d) = (keys.clone(), hits.clone(), down.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = HttpServer::new(move || {
-            let (k, h) = (k.clone(), h.clone());
+            let (k, h, d) = (k.clone(), h.clone(), d.clone());
             actix_web::App::new().route(
                 "/{kid}",
                 web::get().to(move |kid: web::Path<String>| {
-                    let (k, h) = (k.clone(), h.clone());
+                    let (k, h, d) = (k.clone(), h.clone(), d.clone());
                     async move {
                         h.fetch_add(1, Ordering::SeqCst);
+                        if d.load(Ordering::SeqCst) {
+                            return HttpResponse::ServiceUnavailable().finish();
+                        }
                         match k.lock().unwrap().get(kid.as_str()) {
                             Some(pem) => HttpResponse::Ok()
                                 .content_type("text/plain")
@@ -173,17 +216,18 @@ impl KeyServer {
         .unwrap()
         .disable_signals()
         .run();
-        let handle = server.handle();
         tokio::spawn(server);
         KeyServer {
             url: format!("http://127.0.0.1:{port}"),
             hits,
-            handle,
+            down,
         }
     }
 
-    pub async fn stop(&self) {
-        self.handle.stop(false).await;
+    /// Answers 503 from now on. (Stopping the server instead leaves whether a
+    /// kept-alive connection still gets an answer to timing.)
+    pub fn go_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
     }
 
     pub fn hits(&self) -> usize {

@@ -312,7 +312,7 @@ async fn install_keys_are_cached_per_kid(backend: Backend) {
     );
 
     // Key server down: the install cannot be verified now, so 503 (Atlassian retries).
-    app.keys.stop().await;
+    app.keys.go_down();
     let token = install_token(
         KID_B,
         "keys/install-b.pem",

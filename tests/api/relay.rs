@@ -501,6 +501,8 @@ async fn private_destinations_are_refused() {
         receiver.url("/x"),
         "http://169.254.169.254/latest/meta-data".to_string(),
         "http://[::1]:8080/".to_string(),
+        "http://[::ffff:0:7f00:1]/".to_string(),
+        "http://[::ffff:0:a9fe:a9fe]/latest/meta-data".to_string(),
         "http://10.1.2.3/".to_string(),
     ] {
         let (status, body) = admin
@@ -894,4 +896,53 @@ async fn payloads_at_the_limits_are_relayed_byte_for_byte(backend: Backend) {
         1,
         "only the accepted event stored"
     );
+}
+
+/// Deleting subscriptions while their deliveries are being attempted and
+/// recorded (an endpoint failing fast, so attempts are recorded all the time)
+/// answers 204 every time: the delete waits for the rows it needs instead of
+/// deadlocking with the attempt being recorded.
+#[tokio::test]
+async fn deleting_a_subscription_during_its_attempts_succeeds() {
+    let receiver = Receiver::start().await;
+    receiver.script("/failing", vec![Reply::Status(500)]);
+    let app = spawn_app_with(Backend::Postgres, |raw| {
+        relaying(raw);
+        raw.retry_schedule = vec!["10ms".into(); 20];
+        raw.relay_concurrency = 64;
+        raw.subscription_concurrency = 32;
+    })
+    .await;
+    let admin = AdminApi::of(&app.address);
+    let site = Site::new("jira");
+    app.install(&site).await;
+    for round in 0..4 {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let (id, _) = admin
+                .subscribe(json!({"url": receiver.url("/failing"), "events": ["*"]}))
+                .await;
+            ids.push(id);
+        }
+        let before = receiver.received("/failing").len();
+        let sends = (0..40).map(|_| app.webhook(&site, "jira:issue_created", "{}", &[]));
+        for response in futures_util::future::join_all(sends).await {
+            assert_eq!(response.status(), 200);
+        }
+        // Attempts are under way.
+        receiver
+            .wait_for("/failing", before + 60, Duration::from_secs(20))
+            .await;
+        let paths: Vec<String> = ids
+            .iter()
+            .map(|id| format!("/subscriptions/{id}"))
+            .collect();
+        let deletes = paths
+            .iter()
+            .map(|path| admin.call(reqwest::Method::DELETE, path, None));
+        for (status, body) in futures_util::future::join_all(deletes).await {
+            assert_eq!(status, 204, "round {round}: {body}");
+        }
+    }
+    receiver.stop().await;
 }

@@ -53,6 +53,7 @@ fn connect_interop_vectors() {
             path,
             query,
             authorization: None,
+            peer: None,
         };
 
         assert_eq!(

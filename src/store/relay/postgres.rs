@@ -86,11 +86,40 @@ pub async fn update_subscription(
     Ok(done.rows_affected() > 0)
 }
 
+/// Deletes a subscription with its deliveries and attempts. The deliveries go
+/// first, in the order an attempt being recorded locks rows (delivery, then
+/// subscription), so that deleting while deliveries are attempted waits rather
+/// than deadlocks; a deadlock that happens anyway (with a new delivery created
+/// meanwhile) is retried.
 pub async fn delete_subscription(pool: &PgPool, id: SubscriptionId) -> Result<bool, StoreError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match try_delete_subscription(pool, id).await {
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some("40P01") && tries < 5 =>
+            {
+                tracing::info!(subscription_id = %id, "deadlock deleting a subscription; retrying");
+            }
+            done => return Ok(done?),
+        }
+    }
+}
+
+async fn try_delete_subscription(pool: &PgPool, id: SubscriptionId) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "DELETE FROM deliveries WHERE id IN
+             (SELECT id FROM deliveries WHERE subscription_id = $1 ORDER BY id FOR UPDATE)",
+    )
+    .bind(id.0)
+    .execute(&mut *tx)
+    .await?;
     let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1")
         .bind(id.0)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(done.rows_affected() > 0)
 }
 
