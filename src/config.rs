@@ -187,6 +187,8 @@ pub struct RawConfig {
     /// Most events a publisher claims and publishes at once.
     pub publish_batch_size: u32,
     pub amqp_connect_timeout: String,
+    /// The AMQP heartbeat asked for (whole seconds; a `heartbeat` in the URL wins).
+    pub amqp_heartbeat: String,
     /// Queues declared on the broker for downstream services (`[[queues]]`).
     pub queues: Vec<QueueSettings>,
     /// The relay workers' own queue; its name defaults to `<exchange>.relay`.
@@ -238,6 +240,7 @@ impl Default for RawConfig {
             publish_timeout: "10s".into(),
             publish_batch_size: 256,
             amqp_connect_timeout: "10s".into(),
+            amqp_heartbeat: "5s".into(),
             queues: Vec::new(),
             relay_queue: QueueSettings::default(),
             relay_enabled: true,
@@ -296,6 +299,7 @@ pub struct Config {
     pub publish_timeout: Duration,
     pub publish_batch_size: u32,
     pub amqp_connect_timeout: Duration,
+    pub amqp_heartbeat: Duration,
     /// `[[queues]]`: declared on RabbitMQ for downstream services.
     pub queues: Vec<QueueSpec>,
     /// Bound to every routing key (`#`).
@@ -583,6 +587,12 @@ impl RawConfig {
                 &self.amqp_connect_timeout,
                 Duration::from_millis(100),
                 Duration::from_secs(300),
+            )?,
+            amqp_heartbeat: bounded(
+                "amqp_heartbeat",
+                &self.amqp_heartbeat,
+                Duration::from_secs(1),
+                Duration::from_secs(600),
             )?,
             queues,
             relay_queue,

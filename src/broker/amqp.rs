@@ -9,6 +9,18 @@
 //! half-open connection is dropped. Nothing here retries a message: a failed
 //! publish is reported to the publisher, which leaves the event in the outbox.
 //!
+//! Each event is published twice on the channel: to the topic exchange, for
+//! downstream consumers, and straight to the relay's queue through the default
+//! exchange, `mandatory`, so that an event is counted as published only once the
+//! relay queue holds it. A publish that comes back unroutable, or a consumer whose
+//! queue is gone, makes the task declare the topology again.
+//!
+//! Liveness: the connection asks for a short heartbeat
+//! (`HOOKRELAY_AMQP_HEARTBEAT`), so that both sides drop a silent link, and the
+//! broker hands a dead consumer's unacknowledged messages to another, within
+//! two heartbeats; and the task probes the broker every second, so that a
+//! stalled link is reported down within a few seconds.
+//!
 //! Consumers follow the connection: each has a task that opens a channel on
 //! whatever connection is current and moves to the next one when it is replaced.
 //! What a consumer held unacknowledged on a lost connection is handed out again
@@ -41,6 +53,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle connection's state is looked at.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the broker is asked a question it must answer, and how long it has.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a consumer waits before trying again on the same connection after
 /// its channel failed (a queue that does not exist closes the channel at once).
 const CONSUME_RETRY: Duration = Duration::from_secs(1);
@@ -63,6 +78,9 @@ struct Shared {
     status: watch::Sender<BrokerStatus>,
     /// A publish saw the channel fail: (generation, reason).
     broken: mpsc::Sender<(u64, String)>,
+    /// A publish came back unroutable or a consumer's queue went away: the
+    /// topology is declared again on the current connection.
+    redeclare: tokio::sync::Notify,
     stop: CancellationToken,
 }
 
@@ -81,6 +99,7 @@ impl AmqpBroker {
             link: watch::Sender::new(None),
             status: watch::Sender::new(BrokerStatus::Connecting),
             broken: broken_tx,
+            redeclare: tokio::sync::Notify::new(),
             stop: CancellationToken::new(),
         });
         let task = tokio::spawn(maintain(shared.clone(), broken_rx));
@@ -143,42 +162,60 @@ impl AmqpBroker {
                 .map(|_| Err(PublishError::Unavailable(reason.clone())))
                 .collect();
         };
-        let exchange = &self.shared.config.exchange;
+        let config = &self.shared.config;
         // Everything goes out before any confirm is awaited: one round trip for
         // the batch, not one per event.
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            pending.push(send(&link.channel, exchange, event).await);
+            let topic = send(&link.channel, Route::Exchange(config), event).await;
+            let relay = send(&link.channel, Route::RelayQueue(config), event).await;
+            pending.push((topic, relay));
         }
-        let deadline = tokio::time::Instant::now() + self.shared.config.publish_timeout;
+        let deadline = tokio::time::Instant::now() + config.publish_timeout;
         let mut results = Vec::with_capacity(events.len());
         let mut broken = None;
-        for sent in pending {
-            let result = match sent {
-                Err(e) => Err(e),
-                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
-                    Err(_) => Err(PublishError::Timeout),
-                    Ok(Err(e)) => Err(PublishError::Channel(e.to_string())),
-                    Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-                    Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Unroutable(
-                        returned.delivery.routing_key.to_string(),
-                    )),
-                    Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-                    Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Channel(
-                        "the channel is not in confirm mode".into(),
-                    )),
-                },
-            };
-            if let Err(e @ (PublishError::Timeout | PublishError::Channel(_))) = &result {
-                broken.get_or_insert_with(|| e.to_string());
+        let mut unroutable = false;
+        for (topic, relay) in pending {
+            let topic = confirmed(topic, deadline).await;
+            let relay = confirmed(relay, deadline).await;
+            // Both, or the event stays in the outbox (and its topic message may
+            // be published again: at least once).
+            let result = relay.and(topic);
+            match &result {
+                Err(e @ (PublishError::Timeout | PublishError::Channel(_))) => {
+                    broken.get_or_insert_with(|| e.to_string());
+                }
+                Err(PublishError::Unroutable(_)) => unroutable = true,
+                _ => {}
             }
             results.push(result);
         }
         if let Some(reason) = broken {
             // Full means a report is already waiting; one is enough.
             let _ = self.shared.broken.try_send((link.generation, reason));
+        } else if unroutable {
+            self.shared.redeclare.notify_one();
         }
         results
+    }
+}
+
+/// What became of one publish.
+async fn confirmed(
+    sent: Result<lapin::PublisherConfirm, PublishError>,
+    deadline: tokio::time::Instant,
+) -> Result<(), PublishError> {
+    match tokio::time::timeout_at(deadline, sent?).await {
+        Err(_) => Err(PublishError::Timeout),
+        Ok(Err(e)) => Err(PublishError::Channel(e.to_string())),
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Unroutable(
+            returned.delivery.routing_key.to_string(),
+        )),
+        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Channel(
+            "the channel is not in confirm mode".into(),
+        )),
     }
 }
 
@@ -392,7 +429,12 @@ impl Reader {
             _ = self.shared.stop.cancelled() => return Left::Stopped,
             opened = tokio::time::timeout(limit, open) => match opened {
                 Ok(Ok(opened)) => opened,
-                Ok(Err(e)) => return Left::Failed(e.to_string()),
+                Ok(Err(e)) => {
+                    if is_not_found(&e) {
+                        self.shared.redeclare.notify_one();
+                    }
+                    return Left::Failed(e.to_string());
+                }
                 Err(_) => return Left::Failed(format!(
                     "no answer within {}", humantime::format_duration(limit)
                 )),
@@ -419,7 +461,12 @@ impl Reader {
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => delivery,
                     Some(Err(e)) => return Left::Failed(e.to_string()),
-                    None => return Left::Failed("the broker cancelled the consumer".into()),
+                    None => {
+                        // The queue was deleted (or the broker cancelled us for
+                        // another reason): have it declared again.
+                        self.shared.redeclare.notify_one();
+                        return Left::Failed("the broker cancelled the consumer".into());
+                    }
                 },
             };
             let Some(delivery) = accept(delivery, &channel).await else {
@@ -454,7 +501,21 @@ async fn accept(mut delivery: lapin::message::Delivery, channel: &Channel) -> Op
         .and_then(|id| uuid::Uuid::parse_str(id).ok())
         .map(EventId);
     let body = String::from_utf8(std::mem::take(&mut delivery.data));
-    let routing_key = delivery.routing_key.to_string();
+    // Straight to a queue (the relay's copy), the routing key is the queue's
+    // name; the event's own key is in a header.
+    let header_key = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("routing_key"))
+        .and_then(|v| match v {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        });
+    let routing_key = match header_key {
+        Some(key) if delivery.exchange.as_str().is_empty() => key,
+        _ => delivery.routing_key.to_string(),
+    };
     let problem = match (event_id, body) {
         (Some(event_id), Ok(body)) => {
             return Some(AmqpDelivery {
@@ -488,14 +549,28 @@ async fn accept(mut delivery: lapin::message::Delivery, channel: &Channel) -> Op
     None
 }
 
-/// Puts one event on the wire; the returned future resolves to its confirm.
+/// Where one copy of an event goes.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    /// The topic exchange, under the event's routing key, for downstream
+    /// consumers. `mandatory` when hookrelay declares queues for them, so that
+    /// an event no declared queue took comes back.
+    Exchange(&'a Config),
+    /// The relay's queue, through the default exchange: always `mandatory`.
+    RelayQueue(&'a Config),
+}
+
+/// Puts one copy of an event on the wire; the returned future resolves to its
+/// confirm.
 async fn send(
     channel: &Channel,
-    exchange: &str,
+    route: Route<'_>,
     event: &Event,
 ) -> Result<lapin::PublisherConfirm, PublishError> {
     let body = event.envelope_json();
     let mut headers = FieldTable::default();
+    // The relay's copy travels under its queue's name: the key goes along.
+    headers.insert("routing_key".into(), text(&event.routing_key()));
     headers.insert("event".into(), text(&event.event));
     headers.insert("source".into(), text(event.source.as_str()));
     if let Some(product) = event.product {
@@ -512,13 +587,21 @@ async fn send(
         .with_type(ShortString::from(event.event.as_str()))
         .with_app_id("hookrelay".into())
         .with_headers(headers);
+    let (exchange, routing_key, mandatory) = match route {
+        Route::Exchange(config) => (
+            config.exchange.as_str(),
+            event.routing_key(),
+            !config.queues.is_empty(),
+        ),
+        Route::RelayQueue(config) => ("", config.relay_queue.name.clone(), true),
+    };
     channel
         .basic_publish(
             exchange.into(),
-            event.routing_key().into(),
+            routing_key.as_str().into(),
             // Unroutable messages come back instead of vanishing.
             BasicPublishOptions {
-                mandatory: true,
+                mandatory,
                 ..BasicPublishOptions::default()
             },
             body.as_bytes(),
@@ -526,6 +609,11 @@ async fn send(
         )
         .await
         .map_err(|e| PublishError::Channel(e.to_string()))
+}
+
+/// A channel closed because a queue or exchange does not exist (404).
+fn is_not_found(e: &lapin::Error) -> bool {
+    e.to_string().contains("NOT_FOUND")
 }
 
 fn text(s: &str) -> AMQPValue {
@@ -577,11 +665,15 @@ async fn maintain(shared: Arc<Shared>, mut broken: mpsc::Receiver<(u64, String)>
                 let failure =
                     watch_link(&shared, &connection, &channel, generation, &mut broken).await;
                 shared.link.send_replace(None);
+                if let Some(reason) = &failure {
+                    shared.set_status(BrokerStatus::Down(reason.clone()));
+                }
+                // On a dead link the close cannot complete; the heartbeat then
+                // ends the connection's socket on both sides.
                 let closing = connection.close(200, "hookrelay reconnecting or stopping".into());
                 let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
-                match failure {
-                    Some(reason) => shared.set_status(BrokerStatus::Down(reason)),
-                    None => return,
+                if failure.is_none() {
+                    return;
                 }
             }
             Ok(Err(e)) => shared.set_status(BrokerStatus::Down(e.to_string())),
@@ -610,9 +702,39 @@ async fn watch_link(
 ) -> Option<String> {
     let mut events = connection.events_listener();
     let mut check = tokio::time::interval(CHECK_INTERVAL);
+    let mut probe = tokio::time::interval(PROBE_INTERVAL);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => return None,
+            _ = shared.redeclare.notified() => {
+                let declared =
+                    tokio::time::timeout(PROBE_TIMEOUT * 2, declare_topology(channel, &shared.config)).await;
+                match declared {
+                    Ok(Ok(())) => tracing::warn!("a queue had gone: topology declared again"),
+                    Ok(Err(e)) => return Some(format!("declaring the topology again: {e}")),
+                    Err(_) => return Some("no answer while declaring the topology again".into()),
+                }
+            }
+            _ = probe.tick() => {
+                // A question the broker must answer: a silent link shows here
+                // within seconds, long before TCP or a heartbeat gives up.
+                let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
+                let asked = channel.exchange_declare(
+                    shared.config.exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    passive,
+                    FieldTable::default(),
+                );
+                match tokio::time::timeout(PROBE_TIMEOUT, asked).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Some(e.to_string()),
+                    Err(_) => return Some(format!(
+                        "the broker did not answer within {}",
+                        humantime::format_duration(PROBE_TIMEOUT)
+                    )),
+                }
+            }
             report = broken.recv() => match report {
                 Some((g, reason)) if g == generation => return Some(reason),
                 Some(_) => {} // about an earlier connection
@@ -649,7 +771,19 @@ async fn open(config: &Config) -> Result<(Connection, Channel), lapin::Error> {
         .unwrap_or_default();
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("hookrelay pid {}", std::process::id()).into());
-    let connection = Connection::connect(&url, properties).await?;
+    let connection = match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(mut uri) => {
+            // A heartbeat in the URL wins; otherwise ours (the broker's default,
+            // 60 s, holds a dead consumer's messages for two minutes).
+            if uri.query.heartbeat.is_none() {
+                let secs = config.amqp_heartbeat.as_secs().clamp(1, u16::MAX.into());
+                uri.query.heartbeat = Some(secs as u16);
+            }
+            Connection::connect_uri(uri, properties).await?
+        }
+        // lapin says what is wrong with the URL.
+        Err(_) => Connection::connect(&url, properties).await?,
+    };
     let ready = async {
         let channel = connection.create_channel().await?;
         declare_topology(&channel, config).await?;
@@ -697,8 +831,19 @@ async fn declare_topology(channel: &Channel, config: &Config) -> Result<(), lapi
             )
             .await?;
     }
-    for queue in std::iter::once(&config.relay_queue).chain(&config.queues) {
-        declare_queue(channel, queue, &config.exchange, &dead).await?;
+    // The relay's queue gets every event straight from the publisher, not
+    // through a binding; one left by an older version would double its messages.
+    declare_queue(channel, &config.relay_queue, &[], &config.exchange, &dead).await?;
+    channel
+        .queue_unbind(
+            config.relay_queue.name.as_str().into(),
+            config.exchange.as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        )
+        .await?;
+    for queue in &config.queues {
+        declare_queue(channel, queue, &queue.bindings, &config.exchange, &dead).await?;
     }
     Ok(())
 }
@@ -706,6 +851,7 @@ async fn declare_topology(channel: &Channel, config: &Config) -> Result<(), lapi
 async fn declare_queue(
     channel: &Channel,
     spec: &QueueSpec,
+    bindings: &[String],
     exchange: &str,
     dead_exchange: &str,
 ) -> Result<(), lapin::Error> {
@@ -736,7 +882,7 @@ async fn declare_queue(
     channel
         .queue_declare(spec.name.as_str().into(), durable, args)
         .await?;
-    for pattern in &spec.bindings {
+    for pattern in bindings {
         channel
             .queue_bind(
                 spec.name.as_str().into(),

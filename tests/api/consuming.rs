@@ -193,14 +193,15 @@ async fn rabbitmq_consumer_acks_requeues_and_rejects() {
         Some(rejected.id.to_string().as_str())
     );
 
-    // Someone else's message on the exchange: no event id, so never handed out.
+    // Someone else's message on the relay's queue: no event id, so never
+    // handed out.
     {
         let connection = rabbit::connect().await;
         let channel = connection.create_channel().await.unwrap();
         channel
             .basic_publish(
-                exchange.as_str().into(),
-                "jira.issue_created".into(),
+                "".into(),
+                relay.as_str().into(),
                 BasicPublishOptions::default(),
                 br#"{"not":"from hookrelay"}"#,
                 BasicProperties::default(),

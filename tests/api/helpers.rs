@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, HttpResponse, HttpServer};
 use hookrelay::broker::Broker;
@@ -588,6 +588,25 @@ impl TestApp {
                     .execute(&mut conn)
                     .await
                     .unwrap();
+                // Termination is a signal: wait until the backends are gone, or
+                // a pooled connection may still answer one more query.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let (left,): (i64,) =
+                        sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                            .bind(name)
+                            .fetch_one(&mut conn)
+                            .await
+                            .unwrap();
+                    if left == 0 {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{left} backends outlived termination"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 StoreBreak::Postgres { name: name.clone() }
             }
             TestDb::Sqlite { url, .. } => {

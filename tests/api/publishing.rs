@@ -360,19 +360,29 @@ async fn delete_topology_exchange_only(exchange: &str) {
     let _ = connection.close(200, "done".into()).await;
 }
 
-/// With no queue bound, a mandatory publish comes back: the event is not
-/// counted as published, stays in the outbox with the reason, and is published
-/// once a queue is bound.
+/// The relay's queue deleted while another queue is still bound to the
+/// exchange: every event still reaches the relay queue. Its copy comes back
+/// unroutable, the event stays in the outbox with that reason, the topology is
+/// declared again, and the event is published again; nothing is counted as
+/// published before the relay queue holds it.
 #[tokio::test]
-async fn unroutable_events_stay_in_the_outbox_until_a_queue_is_bound() {
+async fn a_deleted_relay_queue_is_declared_again_and_loses_nothing() {
     let exchange = test_exchange();
+    let all = format!("{exchange}.all");
+    let relay = format!("{exchange}.relay");
     let app = spawn_app_with(Backend::Postgres, |raw| {
-        on_rabbitmq(raw, &exchange, amqp_url())
+        on_rabbitmq(raw, &exchange, amqp_url());
+        // The test reads the relay queue itself.
+        raw.relay_enabled = false;
+        raw.queues = vec![QueueSettings {
+            name: all.clone(),
+            bindings: vec!["#".into()],
+            expires: Some("10m".into()),
+            ..QueueSettings::default()
+        }];
     })
     .await;
     wait_for_broker(&app.address, "up").await;
-    // Take away the relay's queue, the only binding.
-    let relay = format!("{exchange}.relay");
     {
         let connection = connect().await;
         let channel = connection.create_channel().await.unwrap();
@@ -384,35 +394,44 @@ async fn unroutable_events_stay_in_the_outbox_until_a_queue_is_bound() {
     }
     let site = Site::new("jira");
     app.install(&site).await;
-    let id = accepted(app.webhook(&site, "jira:issue_created", "{}", &[]).await).await;
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(accepted(app.webhook(&site, "jira:issue_created", "{}", &[]).await).await);
+    }
 
     let mut db = app.db.connect_pg().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let reason = loop {
         let row: Option<(Option<String>,)> =
             sqlx::query_as("SELECT last_error FROM outbox WHERE event_id = $1::uuid")
-                .bind(&id)
+                .bind(&ids[0])
                 .fetch_optional(&mut db)
                 .await
                 .unwrap();
         match row {
-            Some((Some(reason),)) => break reason,
+            Some((Some(reason),)) => break Some(reason),
             Some((None,)) => {}
-            None => panic!("the event left the outbox without a route"),
+            // Already published again, after the queue was declared again.
+            None => break None,
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "no failed publish recorded"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(reason.contains("unroutable"), "{reason}");
-
-    let mut consumer = Consumer::bind(&exchange, &["#"]).await;
-    consumer.take_ids(&[id], Duration::from_secs(20)).await;
+    if let Some(reason) = reason {
+        assert!(reason.contains("unroutable"), "{reason}");
+    }
     wait_outbox_empty(&app).await;
-    consumer.close().await;
-    delete_topology(&exchange, &[]).await;
+
+    let mut relayed = Consumer::read(&relay).await;
+    relayed.take_ids(&ids, Duration::from_secs(20)).await;
+    let mut downstream = Consumer::read(&all).await;
+    downstream.take_ids(&ids, Duration::from_secs(20)).await;
+    relayed.close().await;
+    downstream.close().await;
+    delete_topology(&exchange, &[&all]).await;
 }
 
 /// `serve` is killed with SIGKILL after the commit and before the broker's
@@ -626,4 +645,46 @@ async fn in_process_broker_delivers_at_least_once_across_a_restart(backend: Back
             .is_err(),
         "an acknowledged message was handed out again"
     );
+}
+
+/// The broker link goes silent (a partition: packets vanish, no reset). The
+/// probe reports the broker down in `/readyz` within seconds, events accepted
+/// meanwhile wait in the outbox, and once the link is back every one of them
+/// reaches a consumer.
+#[tokio::test]
+async fn a_black_holed_link_is_reported_down_within_seconds_and_recovers() {
+    let exchange = test_exchange();
+    let proxy = Proxy::start().await;
+    let app = spawn_app_with(Backend::Postgres, |raw| {
+        on_rabbitmq(raw, &exchange, amqp_url_via(&proxy));
+        raw.amqp_heartbeat = "2s".into();
+    })
+    .await;
+    wait_for_broker(&app.address, "up").await;
+    let mut consumer = Consumer::bind(&exchange, &["#"]).await;
+    let site = Site::new("jira");
+    app.install(&site).await;
+    let first = accepted(app.webhook(&site, "jira:issue_created", "{}", &[]).await).await;
+    consumer.take_ids(&[first], Duration::from_secs(10)).await;
+
+    proxy.blackhole();
+    let silent = tokio::time::Instant::now();
+    let down = wait_for_broker(&app.address, "down").await;
+    let noticed = silent.elapsed();
+    // Before the probe, a silent link was noticed after 10-12 s.
+    assert!(
+        noticed < Duration::from_secs(6),
+        "noticed after {noticed:?}: {down}"
+    );
+
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(accepted(app.webhook(&site, "jira:issue_created", "{}", &[]).await).await);
+    }
+    proxy.restore();
+    wait_for_broker(&app.address, "up").await;
+    consumer.take_ids(&ids, Duration::from_secs(20)).await;
+    wait_outbox_empty(&app).await;
+    consumer.close().await;
+    delete_topology(&exchange, &[]).await;
 }
