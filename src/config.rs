@@ -169,6 +169,13 @@ pub struct RawConfig {
     pub max_body_bytes: usize,
     /// Longest a request body may take to arrive, from its first byte to its last.
     pub body_timeout: String,
+    /// Bytes of request bodies held at once, over all requests being read.
+    pub intake_memory: usize,
+    /// Bytes of events the publisher holds at once: those handed over by intake
+    /// and waiting, and (separately) one batch claimed from the outbox.
+    pub publish_memory: usize,
+    /// Bytes of payloads of the deliveries a relay worker has in flight.
+    pub relay_memory: usize,
     /// Extra `aud` values accepted on signed installs, besides `base_url`.
     #[serde(deserialize_with = "list")]
     pub allowed_audiences: Vec<String>,
@@ -229,6 +236,9 @@ impl Default for RawConfig {
             log_format: LogFormat::Human,
             max_body_bytes: 10 * 1024 * 1024,
             body_timeout: "30s".into(),
+            intake_memory: 64 * 1024 * 1024,
+            publish_memory: 32 * 1024 * 1024,
+            relay_memory: 64 * 1024 * 1024,
             allowed_audiences: Vec::new(),
             database_max_connections: 10,
             database_acquire_timeout: "5s".into(),
@@ -287,6 +297,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    pub intake_memory: usize,
+    pub publish_memory: usize,
+    pub relay_memory: usize,
     /// Normalised (no trailing slash) audiences a signed install may name.
     pub audiences: Vec<String>,
     pub database_max_connections: u32,
@@ -440,6 +453,19 @@ impl RawConfig {
         if self.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
         }
+        // Each budget must admit the largest body, or that body could never pass.
+        for (setting, budget) in [
+            ("intake_memory", self.intake_memory),
+            ("publish_memory", self.publish_memory),
+            ("relay_memory", self.relay_memory),
+        ] {
+            if budget < self.max_body_bytes {
+                return Err(invalid(
+                    setting,
+                    format!("must be at least max_body_bytes ({})", self.max_body_bytes),
+                ));
+            }
+        }
         if self.database_max_connections == 0 {
             return Err(invalid("database_max_connections", "must be at least 1"));
         }
@@ -546,6 +572,9 @@ impl RawConfig {
             retry_schedule,
             log_format: self.log_format,
             max_body_bytes: self.max_body_bytes,
+            intake_memory: self.intake_memory,
+            publish_memory: self.publish_memory,
+            relay_memory: self.relay_memory,
             body_timeout: bounded(
                 "body_timeout",
                 &self.body_timeout,

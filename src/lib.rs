@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`budget`]: byte budgets, so that memory is bounded in bytes, not counts.
 //! - [`config`]: settings from defaults, a TOML file and `HOOKRELAY_*` variables,
 //!   validated once into [`config::Config`].
 //! - [`telemetry`]: tracing subscriber and the Prometheus recorder.
@@ -25,6 +26,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod budget;
 pub mod config;
 pub mod descriptor;
 pub mod domain;

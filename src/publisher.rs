@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerStatus};
+use crate::budget::{ByteBudget, Held};
 use crate::config::Config;
 use crate::domain::{now_millis, Event, EventId};
 use crate::store::Store;
@@ -35,20 +36,38 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Intake's handle on the publisher. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    fast: mpsc::Sender<Event>,
+    fast: mpsc::Sender<(Event, Held)>,
+    /// What events waiting on the fast path may take.
+    fast_bytes: ByteBudget,
     status: watch::Receiver<BrokerStatus>,
     lease: Duration,
 }
 
+/// A place on the fast path, with the bytes of its event.
+pub struct Slot {
+    place: mpsc::OwnedPermit<(Event, Held)>,
+    bytes: Held,
+}
+
+impl Slot {
+    /// Hands the committed event over.
+    pub fn send(self, event: Event) {
+        self.place.send((event, self.bytes));
+    }
+}
+
 impl Publisher {
-    /// A slot on the fast path, to be filled with the event once it is committed.
-    /// `None` when the broker is down or the publisher is busy: the event then
-    /// waits in the outbox for the sweeper.
-    pub fn reserve(&self) -> Option<mpsc::OwnedPermit<Event>> {
+    /// A slot on the fast path for an event of `bytes`, to be filled once it is
+    /// committed. `None` when the broker is down or the publisher is busy (no
+    /// place, or no room in its byte budget): the event then waits in the
+    /// outbox for the sweeper, which reads it back when it has room.
+    pub fn reserve(&self, bytes: usize) -> Option<Slot> {
         if !self.status.borrow().is_up() {
             return None;
         }
-        self.fast.clone().try_reserve_owned().ok()
+        let bytes = self.fast_bytes.try_take(bytes)?;
+        let place = self.fast.clone().try_reserve_owned().ok()?;
+        Some(Slot { place, bytes })
     }
 
     /// How long a claim on an outbox row lasts.
@@ -83,6 +102,7 @@ pub fn start(store: Store, broker: Arc<Broker>, config: &Config) -> (Publisher, 
         broker,
         status: status.clone(),
         batch,
+        batch_bytes: config.publish_memory as u64,
         lease: config.republish_after,
         store_failing: false,
     };
@@ -90,6 +110,7 @@ pub fn start(store: Store, broker: Arc<Broker>, config: &Config) -> (Publisher, 
     (
         Publisher {
             fast,
+            fast_bytes: ByteBudget::new(config.publish_memory),
             status,
             lease: config.republish_after,
         },
@@ -102,6 +123,8 @@ struct Worker {
     broker: Arc<Broker>,
     status: watch::Receiver<BrokerStatus>,
     batch: usize,
+    /// Most payload bytes one claim from the outbox may bring.
+    batch_bytes: u64,
     lease: Duration,
     /// Whether the last outbox read failed, so that a store outage is logged
     /// when it starts and ends rather than every second.
@@ -109,23 +132,28 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut fast: mpsc::Receiver<Event>, stop: CancellationToken) {
+    async fn run(mut self, mut fast: mpsc::Receiver<(Event, Held)>, stop: CancellationToken) {
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                Some(first) = fast.recv() => {
+                Some((first, held)) = fast.recv() => {
                     let mut events = vec![first];
+                    let mut held = vec![held];
                     while events.len() < self.batch {
                         match fast.try_recv() {
-                            Ok(event) => events.push(event),
+                            Ok((event, bytes)) => {
+                                events.push(event);
+                                held.push(bytes);
+                            }
                             Err(_) => break,
                         }
                     }
                     // Never claimed from the outbox, so never tried before.
                     self.publish(&events, &vec![0; events.len()]).await;
+                    drop(held);
                 }
                 changed = self.status.changed() => {
                     if changed.is_err() {
@@ -142,7 +170,7 @@ impl Worker {
         // the outbox for the next process.
         fast.close();
         let mut rest = Vec::new();
-        while let Ok(event) = fast.try_recv() {
+        while let Ok((event, _bytes)) = fast.try_recv() {
             rest.push(event);
         }
         if !rest.is_empty() {
@@ -154,7 +182,11 @@ impl Worker {
     /// or the publisher is stopped.
     async fn sweep(&mut self, stop: &CancellationToken) {
         while self.status.borrow().is_up() && !stop.is_cancelled() {
-            let claimed = match self.store.claim_outbox(self.batch as u32, self.lease).await {
+            let claimed = match self
+                .store
+                .claim_outbox(self.batch as u32, self.batch_bytes, self.lease)
+                .await
+            {
                 Ok(claimed) => {
                     if std::mem::replace(&mut self.store_failing, false) {
                         tracing::info!("the outbox is readable again");
@@ -168,7 +200,9 @@ impl Worker {
                     return;
                 }
             };
-            let full = claimed.len() == self.batch;
+            // A batch cut short by its byte budget is full too: more may be due.
+            let bytes: usize = claimed.iter().map(|c| c.event.payload.len()).sum();
+            let full = claimed.len() == self.batch || bytes as u64 * 2 > self.batch_bytes;
             if claimed.is_empty() {
                 return;
             }

@@ -72,6 +72,7 @@ impl Application {
             publisher,
             broker: broker.clone(),
             relay_wake,
+            bodies: crate::budget::ByteBudget::new(config.intake_memory),
         });
 
         let listener = TcpListener::bind(&config.listen)

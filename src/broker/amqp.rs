@@ -118,7 +118,7 @@ impl AmqpBroker {
     /// reachable and moves to each new connection; it ends when the broker is
     /// closed or the consumer is dropped. Spawns its task, so it must be called
     /// inside the Tokio runtime.
-    pub fn consume(&self, queue: &str, prefetch: u16) -> AmqpConsumer {
+    pub fn consume(&self, queue: &str, prefetch: u16, max_body: usize) -> AmqpConsumer {
         let prefetch = prefetch.max(1);
         let tag = format!(
             "hookrelay-{}-{}",
@@ -133,6 +133,7 @@ impl AmqpBroker {
             queue: queue.to_string(),
             tag,
             prefetch,
+            max_body,
             deliveries: tx,
         };
         tokio::spawn(reader.run().instrument(span));
@@ -332,6 +333,8 @@ struct Reader {
     /// RabbitMQ's management UI and in the log across reconnects.
     tag: String,
     prefetch: u16,
+    /// Longer bodies are dropped on arrival (see [`super::Message::body`]).
+    max_body: usize,
     deliveries: mpsc::Sender<AmqpDelivery>,
 }
 
@@ -469,7 +472,7 @@ impl Reader {
                     }
                 },
             };
-            let Some(delivery) = accept(delivery, &channel).await else {
+            let Some(delivery) = accept(delivery, &channel, self.max_body).await else {
                 continue;
             };
             tokio::select! {
@@ -490,7 +493,14 @@ fn current_generation(links: &watch::Receiver<Option<Link>>) -> Option<u64> {
 /// be one: hookrelay publishes every message with its event id and a JSON body,
 /// so anything else was put on the queue by someone else, and would only come
 /// back if requeued.
-async fn accept(mut delivery: lapin::message::Delivery, channel: &Channel) -> Option<AmqpDelivery> {
+async fn accept(
+    mut delivery: lapin::message::Delivery,
+    channel: &Channel,
+    max_body: usize,
+) -> Option<AmqpDelivery> {
+    if delivery.data.len() > max_body {
+        delivery.data = Vec::new();
+    }
     let raw_id = delivery
         .properties
         .message_id()

@@ -23,6 +23,8 @@ use crate::store::{Claimed, LocalRoute, Store, StoreError};
 /// How often an idle consumer looks for messages whose lease ran out, or that
 /// another process queued.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Most payload bytes one claim reads from the store (one message at least).
+const CLAIM_BYTES: u64 = 8 * 1024 * 1024;
 
 struct LocalQueue {
     name: String,
@@ -142,7 +144,12 @@ impl LocalBroker {
 
     /// A consumer of `queue` holding at most `prefetch` unsettled messages.
     /// `None` if the queue was never declared.
-    pub fn consume(self: &Arc<Self>, queue: &str, prefetch: u32) -> Option<LocalConsumer> {
+    pub fn consume(
+        self: &Arc<Self>,
+        queue: &str,
+        prefetch: u32,
+        max_body: usize,
+    ) -> Option<LocalConsumer> {
         let ready = self
             .queues
             .read()
@@ -157,6 +164,7 @@ impl LocalBroker {
             ready,
             permits: Arc::new(Semaphore::new(prefetch.max(1) as usize)),
             buffered: VecDeque::new(),
+            max_body,
         })
     }
 }
@@ -169,6 +177,8 @@ pub struct LocalConsumer {
     /// One permit per unsettled delivery: the prefetch bound.
     permits: Arc<Semaphore>,
     buffered: VecDeque<LocalDelivery>,
+    /// Longer envelopes are handed over with an empty body.
+    max_body: usize,
 }
 
 impl LocalConsumer {
@@ -188,14 +198,14 @@ impl LocalConsumer {
                 let claimed = self
                     .broker
                     .store
-                    .claim_local(&self.queue, free as u32, self.broker.lease)
+                    .claim_local(&self.queue, free as u32, CLAIM_BYTES, self.broker.lease)
                     .await?;
                 for row in claimed {
                     let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                         break;
                     };
                     self.buffered.push_back(LocalDelivery {
-                        message: delivery(row),
+                        message: delivery(row, self.max_body),
                         store: self.broker.store.clone(),
                         queue: self.queue.clone(),
                         ready: self.ready.clone(),
@@ -214,12 +224,17 @@ impl LocalConsumer {
     }
 }
 
-fn delivery(row: Claimed) -> Message {
+fn delivery(row: Claimed, max_body: usize) -> Message {
+    let body = if row.event.payload.len() > max_body {
+        String::new()
+    } else {
+        row.event.envelope_json()
+    };
     Message {
         event_id: row.event.id,
         // Routing keys follow from the event, so the queue does not keep them.
         routing_key: row.event.routing_key(),
-        body: row.event.envelope_json(),
+        body,
         redelivered: row.attempts > 1,
     }
 }

@@ -121,11 +121,18 @@ impl Broker {
     /// every second. On the in-process broker a queue that was never declared
     /// is logged as an error and the consumer yields nothing until closed.
     pub fn consume(&self, queue: &str, prefetch: u16) -> Consumer {
+        self.consume_with(queue, prefetch, usize::MAX)
+    }
+
+    /// As [`Broker::consume`], but a message whose body is longer than
+    /// `max_body` is handed over with an empty body (see [`Message::body`]), so
+    /// that prefetched messages hold at most `prefetch × max_body` bytes.
+    pub fn consume_with(&self, queue: &str, prefetch: u16, max_body: usize) -> Consumer {
         let inner = match self {
-            Broker::Amqp(b) => ConsumerInner::Amqp(b.consume(queue, prefetch)),
+            Broker::Amqp(b) => ConsumerInner::Amqp(b.consume(queue, prefetch, max_body)),
             Broker::Local(b) => {
                 let stop = b.stopped();
-                match b.consume(queue, prefetch.into()) {
+                match b.consume(queue, prefetch.into(), max_body) {
                     Some(consumer) => ConsumerInner::Local {
                         consumer,
                         stop,
@@ -301,7 +308,8 @@ pub enum ConsumeError {
 pub struct Message {
     pub event_id: EventId,
     pub routing_key: String,
-    /// The event envelope, as JSON.
+    /// The event envelope, as JSON; empty when the consumer asked for bodies
+    /// up to a size and this one was longer (the event is in the store).
     pub body: String,
     /// True when this message was handed out before and not acknowledged.
     pub redelivered: bool,

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{jwt, AuthError, SignedRequest};
+use crate::budget::Held;
 use crate::descriptor;
 use crate::domain::{
     Event, EventId, InstallData, LifecycleChange, LifecycleOutcome, Product, Source, TenantState,
@@ -90,15 +91,21 @@ fn auth_reason(e: &AuthError) -> &'static str {
 /// Lifecycle bodies are a few KiB; this is far more than any real one.
 const LIFECYCLE_MAX_BODY: usize = 64 * 1024;
 
+/// How long a body waits for room in the intake budget before the answer is
+/// 503 (retry later).
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reads the body, refusing more than `limit` bytes (by Content-Length up front,
 /// and while streaming for chunked bodies) and a body that has not wholly
-/// arrived within the body timeout (a client that stops sending).
+/// arrived within the body timeout (a client that stops sending). Its bytes are
+/// taken from the intake budget first, and held until the returned [`Held`]
+/// is dropped; with no room for them the answer is 503.
 pub(super) async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
-    timeout: std::time::Duration,
-) -> Result<web::Bytes, ApiError> {
+    state: &AppState,
+) -> Result<(web::Bytes, Held), ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -108,6 +115,26 @@ pub(super) async fn read_body(
         tracing::warn!(declared, limit, "body too large");
         return Err(ApiError::PayloadTooLarge(limit));
     }
+    let busy = || {
+        tracing::warn!(
+            budget = state.bodies.total(),
+            "request bodies in memory at their budget (HOOKRELAY_INTAKE_MEMORY); refused"
+        );
+        metrics::counter!("hookrelay_intake_busy_total").increment(1);
+        ApiError::Unavailable("too many request bodies in flight, retry later".into())
+    };
+    let mut held = Held::none();
+    // Declared: taken at once. Chunked: taken as it comes.
+    if let Some(len) = declared {
+        held.add(
+            state
+                .bodies
+                .take(len as usize, BUDGET_WAIT)
+                .await
+                .ok_or_else(busy)?,
+        );
+    }
+    let timeout = state.config.body_timeout;
     let read = async {
         let mut body = web::BytesMut::new();
         while let Some(chunk) = payload.next().await {
@@ -119,12 +146,21 @@ pub(super) async fn read_body(
                 tracing::warn!(limit, "body too large");
                 return Err(ApiError::PayloadTooLarge(limit));
             }
+            if declared.is_none() {
+                held.add(
+                    state
+                        .bodies
+                        .take(chunk.len(), BUDGET_WAIT)
+                        .await
+                        .ok_or_else(busy)?,
+                );
+            }
             body.extend_from_slice(&chunk);
         }
         Ok(body.freeze())
     };
     match tokio::time::timeout(timeout, read).await {
-        Ok(read) => read,
+        Ok(read) => Ok((read?, held)),
         Err(_) => {
             tracing::warn!(?timeout, declared, "body did not arrive in time");
             Err(ApiError::Timeout(timeout))
@@ -227,13 +263,7 @@ async fn intake(
     let webhook_id =
         webhook_id.inspect_err(|e| tracing::warn!(reason = %e, "bad webhook identifier"))?;
 
-    let body = read_body(
-        req,
-        payload,
-        state.config.max_body_bytes,
-        state.config.body_timeout,
-    )
-    .await?;
+    let (body, _held) = read_body(req, payload, state.config.max_body_bytes, state).await?;
     let body = json_text(body)?;
     let new_event = Event {
         id: EventId::new(),
@@ -254,7 +284,7 @@ async fn intake(
     // A fast-path slot is taken before the commit, so that the outbox row can be
     // claimed for this process in the same commit; without one, any publisher's
     // sweeper takes the row.
-    let slot = state.publisher.reserve();
+    let slot = state.publisher.reserve(new_event.payload.len());
     let publish_at = match slot {
         Some(_) => {
             new_event.received_at
@@ -347,7 +377,7 @@ async fn apply_callback(
     // Nothing unauthenticated is read beyond the headers, except the small body
     // of an unsigned `enabled`/`disabled` (see below).
     let body = |payload| async move {
-        let body = read_body(req, payload, LIFECYCLE_MAX_BODY, state.config.body_timeout).await?;
+        let (body, _held) = read_body(req, payload, LIFECYCLE_MAX_BODY, state).await?;
         let body = parse_lifecycle(body)?;
         tracing::Span::current().record("client_key", body.client_key.as_str());
         Ok::<_, ApiError>(body)

@@ -40,6 +40,8 @@ pub struct AppState {
     /// Rung when deliveries become due (a replay, a re-enabled subscription),
     /// so that this process's relay claims them at once.
     pub relay_wake: Arc<tokio::sync::Notify>,
+    /// What request bodies being read and handled may take, together.
+    pub bodies: crate::budget::ByteBudget,
 }
 
 /// The route table.

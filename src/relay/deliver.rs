@@ -22,6 +22,7 @@ use tracing::Instrument as _;
 use super::destination::{self, GuardedResolver, Refused};
 use super::retry::{self, Verdict};
 use super::signing;
+use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::domain::{now_millis, AttemptOutcome, SubscriptionId};
 use crate::store::{AttemptRecord, DueDelivery, Store, StoreError};
@@ -113,6 +114,8 @@ pub struct Dispatcher {
     pub(super) wake: Arc<Notify>,
     /// The process's in-flight bound.
     slots: Arc<Semaphore>,
+    /// What the payloads of deliveries in flight may take.
+    bytes: ByteBudget,
     busy: Mutex<Busy>,
     /// Per-subscription rate limiters, rebuilt when the rate changes.
     limiters: Mutex<HashMap<SubscriptionId, (u32, Arc<DefaultDirectRateLimiter>)>>,
@@ -128,6 +131,7 @@ impl Dispatcher {
         Ok(Self {
             client: client(&config)?,
             slots: Arc::new(Semaphore::new(config.relay_concurrency as usize)),
+            bytes: ByteBudget::new(config.relay_memory),
             store,
             config,
             wake,
@@ -179,13 +183,16 @@ impl Dispatcher {
     async fn dispatch_due(self: &Arc<Self>) -> Result<(), StoreError> {
         loop {
             let free = self.slots.available_permits();
-            if free == 0 {
+            // Claimed only with room for the largest payload, so that whatever
+            // is claimed fits (the claim stays within `room`).
+            let room = self.bytes.room();
+            if free == 0 || room < self.config.max_body_bytes as u64 {
                 return Ok(()); // a finished attempt rings `wake`
             }
             let skip = self.skipped();
             let claimed = self
                 .store
-                .claim_deliveries(free as u32, self.lease(), &skip)
+                .claim_deliveries(free as u32, room, self.lease(), &skip)
                 .await?;
             let got = claimed.len();
             let mut back = Vec::new();
@@ -200,8 +207,12 @@ impl Dispatcher {
                     later.insert(subscription, (wait, vec![due]));
                     continue;
                 }
-                match self.slot(&due) {
-                    Some(slot) => {
+                let slot = self.slot(&due);
+                let held = slot
+                    .as_ref()
+                    .and_then(|_| self.bytes.try_take(due.event.payload.len()));
+                match slot.zip(held) {
+                    Some((slot, held)) => {
                         let this = self.clone();
                         let span = tracing::info_span!(
                             "delivery",
@@ -213,6 +224,8 @@ impl Dispatcher {
                         self.attempts.spawn(
                             async move {
                                 this.attempt(due).await;
+                                // The bytes first: the slot's drop wakes the dispatcher.
+                                drop(held);
                                 drop(slot);
                             }
                             .instrument(span),

@@ -59,7 +59,9 @@ pub fn start(
         wake.clone(),
     )?);
     let stop = CancellationToken::new();
-    let consumer = broker.consume(&config.relay_queue.name, config.relay_prefetch);
+    // Bodies of prefetched messages beyond a few KiB are not kept: the relay
+    // reads such an event from the store when it gets to it.
+    let consumer = broker.consume_with(&config.relay_queue.name, config.relay_prefetch, KEEP_BODY);
     let attempts = dispatcher.attempts.clone();
     Ok(Relay {
         consumer: tokio::spawn(consume(consumer, store, wake, stop.clone())),
@@ -146,7 +148,30 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
     for delivery in batch {
         let message = delivery.message();
         let event_id = message.event_id;
-        let matched: Vec<SubscriptionId> = match Candidate::new(&message.body) {
+        // A body dropped on arrival (a large event) is read back from the store.
+        let stored;
+        let body = if message.body.is_empty() {
+            match with_store(stop, || store.event(event_id)).await {
+                None => return false,
+                Some(Ok(Some(event))) => {
+                    stored = event.envelope_json();
+                    &stored
+                }
+                Some(Ok(None)) => {
+                    tracing::error!(%event_id, "relay message for an event this store does not hold; rejected");
+                    settle(event_id, delivery.reject().await);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::error!(%event_id, error = %deliver::chain(&e), "cannot read the event; message requeued");
+                    settle(event_id, delivery.requeue().await);
+                    continue;
+                }
+            }
+        } else {
+            &message.body
+        };
+        let matched: Vec<SubscriptionId> = match Candidate::new(body) {
             Ok(envelope) => matchers
                 .iter()
                 .filter(|m| m.matches(&envelope))
@@ -187,6 +212,10 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
     }
     true
 }
+
+/// Largest message body the relay keeps from its queue; larger events are read
+/// from the store when their turn comes.
+const KEEP_BODY: usize = 64 * 1024;
 
 /// Runs a store call until it succeeds, fails for a reason other than an
 /// outage, or `stop` comes (`None`). Outages are waited out.

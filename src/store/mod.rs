@@ -99,6 +99,11 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A byte budget as SQL takes it.
+fn clamp_bytes(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 /// Which events [`Store::list_events`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -287,19 +292,24 @@ impl Store {
         })
     }
 
-    /// Claims up to `limit` outbox rows that are due, for `lease` (after which
+    /// Claims up to `limit` outbox rows that are due, whose payloads come to at
+    /// most `max_bytes` (one at least, if any is due), for `lease` (after which
     /// another publisher may claim them again). Two concurrent callers never get
     /// the same row.
     pub async fn claim_outbox(
         &self,
         limit: u32,
+        max_bytes: u64,
         lease: std::time::Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let (now, until) = lease_window(lease);
+        let max_bytes = clamp_bytes(max_bytes);
         match self {
-            Store::Postgres(pool) => postgres::claim_outbox(pool, limit.into(), now, until).await,
+            Store::Postgres(pool) => {
+                postgres::claim_outbox(pool, limit.into(), max_bytes, now, until).await
+            }
             Store::Sqlite(pools) => {
-                sqlite::claim_outbox(&pools.writer, limit.into(), now, until).await
+                sqlite::claim_outbox(&pools.writer, limit.into(), max_bytes, now, until).await
             }
         }
     }
@@ -365,20 +375,23 @@ impl Store {
         }
     }
 
-    /// Claims up to `limit` due messages of an in-process queue, for `lease`.
+    /// Claims up to `limit` due messages of an in-process queue, for `lease`,
+    /// whose payloads come to at most `max_bytes` (one at least, if any is due).
     pub async fn claim_local(
         &self,
         queue: &str,
         limit: u32,
+        max_bytes: u64,
         lease: std::time::Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let (now, until) = lease_window(lease);
+        let max_bytes = clamp_bytes(max_bytes);
         match self {
             Store::Postgres(pool) => {
-                postgres::claim_local(pool, queue, limit.into(), now, until).await
+                postgres::claim_local(pool, queue, limit.into(), max_bytes, now, until).await
             }
             Store::Sqlite(pools) => {
-                sqlite::claim_local(&pools.writer, queue, limit.into(), now, until).await
+                sqlite::claim_local(&pools.writer, queue, limit.into(), max_bytes, now, until).await
             }
         }
     }

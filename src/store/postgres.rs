@@ -211,14 +211,27 @@ pub(in crate::store) fn uuids<T>(ids: &[T], uuid: impl Fn(&T) -> uuid::Uuid) -> 
 pub async fn claim_outbox(
     pool: &PgPool,
     limit: i64,
+    max_bytes: i64,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, StoreError> {
+    // Rows are locked first (no window functions beside FOR UPDATE), then cut
+    // to the byte budget by a running sum: the first row always fits.
     sqlx::query_as::<_, ClaimedRow>(
-        "WITH claimed AS (
+        "WITH candidates AS (
+             SELECT o.event_id, o.available_at, octet_length(e.payload) AS size
+             FROM outbox o JOIN events e ON e.id = o.event_id
+             WHERE o.available_at <= $1
+             ORDER BY o.available_at LIMIT $3 FOR UPDATE OF o SKIP LOCKED
+         ), within AS (
+             SELECT event_id FROM (
+                 SELECT event_id, size,
+                        sum(size) OVER (ORDER BY available_at, event_id) - size AS before
+                 FROM candidates) c
+             WHERE before = 0 OR before + size <= $4
+         ), claimed AS (
              UPDATE outbox SET available_at = $2, attempts = attempts + 1
-             WHERE event_id IN (SELECT event_id FROM outbox WHERE available_at <= $1
-                                ORDER BY available_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+             WHERE event_id IN (SELECT event_id FROM within)
              RETURNING event_id, attempts
          )
          SELECT e.*, c.attempts
@@ -227,6 +240,7 @@ pub async fn claim_outbox(
     .bind(now)
     .bind(lease_until)
     .bind(limit)
+    .bind(max_bytes)
     .fetch_all(pool)
     .await?
     .into_iter()
@@ -289,16 +303,25 @@ pub async fn claim_local(
     pool: &PgPool,
     queue: &str,
     limit: i64,
+    max_bytes: i64,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, StoreError> {
     sqlx::query_as::<_, ClaimedRow>(
-        "WITH claimed AS (
+        "WITH candidates AS (
+             SELECT m.event_id, m.available_at, octet_length(e.payload) AS size
+             FROM local_queue_messages m JOIN events e ON e.id = m.event_id
+             WHERE m.queue = $1 AND m.available_at <= $2
+             ORDER BY m.available_at LIMIT $4 FOR UPDATE OF m SKIP LOCKED
+         ), within AS (
+             SELECT event_id FROM (
+                 SELECT event_id, size,
+                        sum(size) OVER (ORDER BY available_at, event_id) - size AS before
+                 FROM candidates) c
+             WHERE before = 0 OR before + size <= $5
+         ), claimed AS (
              UPDATE local_queue_messages SET available_at = $3, deliveries = deliveries + 1
-             WHERE queue = $1 AND event_id IN (
-                 SELECT event_id FROM local_queue_messages
-                 WHERE queue = $1 AND available_at <= $2
-                 ORDER BY available_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+             WHERE queue = $1 AND event_id IN (SELECT event_id FROM within)
              RETURNING event_id, deliveries
          )
          SELECT e.*, c.deliveries AS attempts
@@ -308,6 +331,7 @@ pub async fn claim_local(
     .bind(now)
     .bind(lease_until)
     .bind(limit)
+    .bind(max_bytes)
     .fetch_all(pool)
     .await?
     .into_iter()

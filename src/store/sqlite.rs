@@ -255,19 +255,30 @@ async fn claimed_events(
 pub async fn claim_outbox(
     pool: &SqlitePool,
     limit: i64,
+    max_bytes: i64,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, StoreError> {
     let mut tx = pool.begin().await?;
+    // Cut to the byte budget by a running sum: the first row always fits.
     let rows = sqlx::query_as::<_, ClaimRow>(
         "UPDATE outbox SET available_at = ?2, attempts = attempts + 1
-         WHERE event_id IN (SELECT event_id FROM outbox WHERE available_at <= ?1
-                            ORDER BY available_at LIMIT ?3)
+         WHERE event_id IN (
+             SELECT event_id FROM (
+                 SELECT o.event_id, length(CAST(e.payload AS BLOB)) AS size,
+                        sum(length(CAST(e.payload AS BLOB)))
+                            OVER (ORDER BY o.available_at, o.event_id)
+                            - length(CAST(e.payload AS BLOB)) AS before
+                 FROM outbox o JOIN events e ON e.id = o.event_id
+                 WHERE o.available_at <= ?1
+                 ORDER BY o.available_at, o.event_id LIMIT ?3)
+             WHERE before = 0 OR before + size <= ?4)
          RETURNING event_id, attempts",
     )
     .bind(format_timestamp(now))
     .bind(format_timestamp(lease_until))
     .bind(limit)
+    .bind(max_bytes)
     .fetch_all(&mut *tx)
     .await?;
     let claimed = claimed_events(&mut tx, rows).await?;
@@ -360,6 +371,7 @@ pub async fn claim_local(
     pool: &SqlitePool,
     queue: &str,
     limit: i64,
+    max_bytes: i64,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, StoreError> {
@@ -367,14 +379,22 @@ pub async fn claim_local(
     let rows = sqlx::query_as::<_, ClaimRow>(
         "UPDATE local_queue_messages SET available_at = ?3, deliveries = deliveries + 1
          WHERE queue = ?1 AND event_id IN (
-             SELECT event_id FROM local_queue_messages WHERE queue = ?1 AND available_at <= ?2
-             ORDER BY available_at LIMIT ?4)
+             SELECT event_id FROM (
+                 SELECT m.event_id, length(CAST(e.payload AS BLOB)) AS size,
+                        sum(length(CAST(e.payload AS BLOB)))
+                            OVER (ORDER BY m.available_at, m.event_id)
+                            - length(CAST(e.payload AS BLOB)) AS before
+                 FROM local_queue_messages m JOIN events e ON e.id = m.event_id
+                 WHERE m.queue = ?1 AND m.available_at <= ?2
+                 ORDER BY m.available_at, m.event_id LIMIT ?4)
+             WHERE before = 0 OR before + size <= ?5)
          RETURNING event_id, deliveries AS attempts",
     )
     .bind(queue)
     .bind(format_timestamp(now))
     .bind(format_timestamp(lease_until))
     .bind(limit)
+    .bind(max_bytes)
     .fetch_all(&mut *tx)
     .await?;
     let claimed = claimed_events(&mut tx, rows).await?;

@@ -583,29 +583,26 @@ impl TestApp {
                 .execute(&mut conn)
                 .await
                 .unwrap();
-                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                // Termination is a signal, and a connection that was being
+                // opened as connections were disallowed may still arrive:
+                // terminate until none has been seen for a while.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut quiet = 0;
+                while quiet < 5 {
+                    let (left,): (i64,) = sqlx::query_as(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                         WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    )
                     .bind(name)
-                    .execute(&mut conn)
+                    .fetch_one(&mut conn)
                     .await
                     .unwrap();
-                // Termination is a signal: wait until the backends are gone, or
-                // a pooled connection may still answer one more query.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    let (left,): (i64,) =
-                        sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
-                            .bind(name)
-                            .fetch_one(&mut conn)
-                            .await
-                            .unwrap();
-                    if left == 0 {
-                        break;
-                    }
+                    quiet = if left == 0 { quiet + 1 } else { 0 };
                     assert!(
                         Instant::now() < deadline,
                         "{left} backends outlived termination"
                     );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
                 }
                 StoreBreak::Postgres { name: name.clone() }
             }

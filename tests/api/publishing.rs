@@ -534,7 +534,7 @@ async fn in_process_broker_delivers_at_least_once_across_a_restart(backend: Back
         panic!("no AMQP URL, so the in-process broker")
     };
     broker.declare("downstream", &["jira.*".into()]);
-    let mut consumer = broker.consume("downstream", 10).unwrap();
+    let mut consumer = broker.consume("downstream", 10, usize::MAX).unwrap();
 
     let jira = Site::new("jira");
     let confluence = Site::new("confluence");
@@ -591,7 +591,9 @@ async fn in_process_broker_delivers_at_least_once_across_a_restart(backend: Back
         assert_eq!(body["payload"]["webhookEvent"], "jira:issue_created");
     }
     // The relay's queue is bound to everything.
-    let mut relay = broker.consume(&app.config.relay_queue.name, 100).unwrap();
+    let mut relay = broker
+        .consume(&app.config.relay_queue.name, 100, usize::MAX)
+        .unwrap();
     let mut relayed = Vec::new();
     for _ in 0..4 {
         let d = tokio::time::timeout(Duration::from_secs(10), relay.next())
@@ -615,7 +617,7 @@ async fn in_process_broker_delivers_at_least_once_across_a_restart(backend: Back
         panic!("in-process broker")
     };
     broker.declare("downstream", &["jira.*".into()]);
-    let mut consumer = broker.consume("downstream", 10).unwrap();
+    let mut consumer = broker.consume("downstream", 10, usize::MAX).unwrap();
     let mut again = Vec::new();
     for _ in 0..2 {
         let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())

@@ -215,26 +215,24 @@ impl Consumer {
     pub async fn take_ids(&mut self, ids: &[String], timeout: Duration) -> Vec<Received> {
         let mut got: Vec<Received> = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
-        let missing = |got: &Vec<Received>| -> Vec<String> {
-            ids.iter()
-                .filter(|id| !got.iter().any(|m| m.message_id.as_ref() == Some(id)))
-                .cloned()
-                .collect()
-        };
-        loop {
-            let left = missing(&got);
-            if left.is_empty() {
-                return got;
-            }
+        let mut missing: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        while !missing.is_empty() {
             match tokio::time::timeout_at(deadline, self.messages.recv()).await {
-                Ok(Some(m)) => got.push(m),
+                Ok(Some(m)) => {
+                    if let Some(id) = m.message_id.as_deref() {
+                        missing.remove(id);
+                    }
+                    got.push(m);
+                }
                 _ => panic!(
-                    "{} of {} events never arrived within {timeout:?}: {left:?}",
-                    left.len(),
-                    ids.len()
+                    "{} of {} events never arrived within {timeout:?}: {:?}",
+                    missing.len(),
+                    ids.len(),
+                    missing.iter().take(10).collect::<Vec<_>>()
                 ),
             }
         }
+        got
     }
 
     /// Whatever else arrives within `window`.

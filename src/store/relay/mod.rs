@@ -165,21 +165,27 @@ impl Store {
     /// Claims up to `limit` due deliveries of enabled subscriptions, skipping the
     /// subscriptions in `skip` (those this worker has no room for), for `lease`.
     /// Each claim counts as an attempt, so a delivery that kills its worker
-    /// still runs out of attempts.
+    /// still runs out of attempts. The payloads of what is claimed come to at
+    /// most `max_bytes` (one delivery at least, if any is due).
     pub async fn claim_deliveries(
         &self,
         limit: u32,
+        max_bytes: u64,
         lease: std::time::Duration,
         skip: &[SubscriptionId],
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let (now, until) = lease_window(lease);
         let claim = Uuid::now_v7();
+        let limits = (
+            i64::from(limit),
+            i64::try_from(max_bytes).unwrap_or(i64::MAX),
+        );
         match self {
             Store::Postgres(pool) => {
-                postgres::claim_deliveries(pool, limit.into(), now, until, skip, claim).await
+                postgres::claim_deliveries(pool, limits, now, until, skip, claim).await
             }
             Store::Sqlite(pools) => {
-                sqlite::claim_deliveries(&pools.writer, limit.into(), now, until, skip, claim).await
+                sqlite::claim_deliveries(&pools.writer, limits, now, until, skip, claim).await
             }
         }
     }

@@ -172,9 +172,11 @@ pub async fn create_deliveries(
     Ok(())
 }
 
+/// `(rows, bytes)`: at most that many deliveries, whose payloads come to at
+/// most that many bytes (the first always fits).
 pub async fn claim_deliveries(
     pool: &PgPool,
-    limit: i64,
+    (limit, max_bytes): (i64, i64),
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
     skip: &[SubscriptionId],
@@ -182,13 +184,22 @@ pub async fn claim_deliveries(
 ) -> Result<Vec<DueDelivery>, StoreError> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query_as::<_, ClaimRow<Uuid>>(
-        "UPDATE deliveries SET next_attempt_at = $2, claim = $5, attempts = attempts + 1,
-             updated_at = $1
-         WHERE id IN (
-             SELECT d.id FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+        "WITH candidates AS (
+             SELECT d.id, d.next_attempt_at, octet_length(e.payload) AS size
+             FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+                  JOIN events e ON e.id = d.event_id
              WHERE d.state = 'pending' AND d.next_attempt_at <= $1 AND s.enabled
                AND NOT (d.subscription_id = ANY($4))
-             ORDER BY d.next_attempt_at LIMIT $3 FOR UPDATE OF d SKIP LOCKED)
+             ORDER BY d.next_attempt_at LIMIT $3 FOR UPDATE OF d SKIP LOCKED
+         ), within AS (
+             SELECT id FROM (
+                 SELECT id, size, sum(size) OVER (ORDER BY next_attempt_at, id) - size AS before
+                 FROM candidates) c
+             WHERE before = 0 OR before + size <= $6
+         )
+         UPDATE deliveries SET next_attempt_at = $2, claim = $5, attempts = attempts + 1,
+             updated_at = $1
+         WHERE id IN (SELECT id FROM within)
          RETURNING id, event_id, subscription_id, attempts",
     )
     .bind(now)
@@ -196,6 +207,7 @@ pub async fn claim_deliveries(
     .bind(limit)
     .bind(uuids(skip, |s| s.0))
     .bind(claim)
+    .bind(max_bytes)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {

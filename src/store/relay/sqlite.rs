@@ -154,9 +154,11 @@ pub async fn create_deliveries(
     Ok(())
 }
 
+/// `(rows, bytes)`: at most that many deliveries, whose payloads come to at
+/// most that many bytes (the first always fits).
 pub async fn claim_deliveries(
     pool: &SqlitePool,
-    limit: i64,
+    (limit, max_bytes): (i64, i64),
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
     skip: &[SubscriptionId],
@@ -167,10 +169,17 @@ pub async fn claim_deliveries(
         "UPDATE deliveries SET next_attempt_at = ?2, claim = ?5, attempts = attempts + 1,
              updated_at = ?1
          WHERE id IN (
-             SELECT d.id FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
-             WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND s.enabled
-               AND d.subscription_id NOT IN (SELECT value FROM json_each(?4))
-             ORDER BY d.next_attempt_at LIMIT ?3)
+             SELECT id FROM (
+                 SELECT d.id, length(CAST(e.payload AS BLOB)) AS size,
+                        sum(length(CAST(e.payload AS BLOB)))
+                            OVER (ORDER BY d.next_attempt_at, d.id)
+                            - length(CAST(e.payload AS BLOB)) AS before
+                 FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+                      JOIN events e ON e.id = d.event_id
+                 WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND s.enabled
+                   AND d.subscription_id NOT IN (SELECT value FROM json_each(?4))
+                 ORDER BY d.next_attempt_at, d.id LIMIT ?3)
+             WHERE before = 0 OR before + size <= ?6)
          RETURNING id, event_id, subscription_id, attempts",
     )
     .bind(format_timestamp(now))
@@ -178,6 +187,7 @@ pub async fn claim_deliveries(
     .bind(limit)
     .bind(id_list(skip))
     .bind(claim.to_string())
+    .bind(max_bytes)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
