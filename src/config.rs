@@ -215,6 +215,13 @@ pub struct RawConfig {
     pub disable_failing_after: String,
     /// How often a worker looks for deliveries due, besides its own wake-ups.
     pub relay_poll_interval: String,
+    /// Keys that encrypt secrets at rest: base64 of 32 bytes each, comma-separated;
+    /// the first encrypts new writes, all decrypt. Never serialized.
+    #[serde(skip_serializing, deserialize_with = "opt_secret_list")]
+    pub encryption_key: Option<SecretString>,
+    /// A file holding the same list (one key per line, or comma-separated).
+    #[serde(deserialize_with = "opt_text")]
+    pub encryption_key_file: Option<String>,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -261,6 +268,8 @@ impl Default for RawConfig {
             delivery_connect_timeout: "5s".into(),
             disable_failing_after: "5days".into(),
             relay_poll_interval: "1s".into(),
+            encryption_key: None,
+            encryption_key_file: None,
             jira: ProductSettings::default(),
             confluence: ProductSettings::default(),
         }
@@ -325,6 +334,9 @@ pub struct Config {
     pub delivery_connect_timeout: Duration,
     pub disable_failing_after: Duration,
     pub relay_poll_interval: Duration,
+    /// Keys for secrets at rest (each the base64 of 32 bytes), the one that
+    /// encrypts first; empty when none is configured.
+    pub encryption_keys: Vec<SecretString>,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -557,6 +569,8 @@ impl RawConfig {
             ));
         }
 
+        let encryption_keys = encryption_keys(self.encryption_key, self.encryption_key_file)?;
+
         Ok(Config {
             listen,
             base_url,
@@ -646,10 +660,48 @@ impl RawConfig {
                 Duration::from_millis(50),
                 Duration::from_secs(60),
             )?,
+            encryption_keys,
             jira: self.jira,
             confluence: self.confluence,
         })
     }
+}
+
+/// The keys of `HOOKRELAY_ENCRYPTION_KEY` or of the file
+/// `HOOKRELAY_ENCRYPTION_KEY_FILE`, each checked to be the base64 of 32 bytes.
+/// Errors name the setting and the key's position, never the key.
+fn encryption_keys(
+    key: Option<SecretString>,
+    file: Option<String>,
+) -> Result<Vec<SecretString>, ConfigError> {
+    use secrecy::ExposeSecret;
+    let file = file.map(|f| f.trim().to_string()).filter(|f| !f.is_empty());
+    let key = key.filter(|k| !k.expose_secret().trim().is_empty());
+    let (setting, text) =
+        match (key, file) {
+            (None, None) => return Ok(Vec::new()),
+            (Some(_), Some(_)) => return Err(invalid(
+                "encryption_key",
+                "set either HOOKRELAY_ENCRYPTION_KEY or HOOKRELAY_ENCRYPTION_KEY_FILE, not both",
+            )),
+            (Some(key), None) => ("encryption_key", key),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid("encryption_key_file", format!("cannot read `{path}`: {e}"))
+                })?;
+                ("encryption_key_file", SecretString::from(text))
+            }
+        };
+    let mut keys = Vec::new();
+    for (n, key) in crate::store::crypt::split_keys(text.expose_secret()).enumerate() {
+        crate::store::crypt::parse_key(key)
+            .map_err(|reason| invalid(setting, format!("key {} of the list {reason}", n + 1)))?;
+        keys.push(SecretString::from(key.to_string()));
+    }
+    if keys.is_empty() {
+        return Err(invalid(setting, "holds no key"));
+    }
+    Ok(keys)
 }
 
 /// Checks a queue declaration: a usable name, topic patterns RabbitMQ accepts.
@@ -799,6 +851,24 @@ fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     })
 }
 
+/// A secret list given as one string or as a TOML array, kept as one
+/// comma-separated [`SecretString`].
+fn opt_secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Option::<OneOrMany>::deserialize(d)?.map(|keys| match keys {
+        OneOrMany::One(s) => SecretString::from(s),
+        OneOrMany::Many(v) => {
+            let v = secrecy::zeroize::Zeroizing::new(v);
+            SecretString::from(v.join(","))
+        }
+    }))
+}
+
 fn opt_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
     list(d).map(Some)
 }
@@ -906,6 +976,59 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("HOOKRELAY_PUBLISH_TIMEOUT"), "{err}");
+    }
+
+    #[test]
+    fn encryption_keys_are_checked_and_never_shown() {
+        use base64::Engine;
+        use secrecy::ExposeSecret;
+        let good = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
+        let short = base64::engine::general_purpose::STANDARD.encode([2u8; 31]);
+        let other = base64::engine::general_purpose::STANDARD.encode([3u8; 32]);
+        let config = RawConfig {
+            encryption_key: Some(SecretString::from(format!(" {good} , {other}"))),
+            ..RawConfig::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(config.encryption_keys.len(), 2);
+        assert_eq!(config.encryption_keys[0].expose_secret(), good);
+        assert_eq!(config.encryption_keys[1].expose_secret(), other);
+        assert!(!format!("{config:?}").contains(&good));
+
+        let err = RawConfig {
+            encryption_key: Some(SecretString::from(format!("{good},{short}"))),
+            ..RawConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("HOOKRELAY_ENCRYPTION_KEY")
+                && err.contains("key 2")
+                && err.contains("31 bytes"),
+            "{err}"
+        );
+        assert!(!err.contains(&good) && !err.contains(&short), "{err}");
+
+        let err = RawConfig {
+            encryption_key: Some(SecretString::from(good.clone())),
+            encryption_key_file: Some("/some/file".into()),
+            ..RawConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not both"), "{err}");
+
+        let err = RawConfig {
+            encryption_key_file: Some("/nonexistent/hookrelay.keys".into()),
+            ..RawConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("HOOKRELAY_ENCRYPTION_KEY_FILE"), "{err}");
     }
 
     #[test]

@@ -35,11 +35,24 @@ enum Command {
     Worker,
     /// Apply database migrations and exit.
     Migrate,
+    /// Manage the secrets stored at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Print the rendered app descriptor.
     Descriptor {
         #[arg(long, value_enum)]
         product: ProductArg,
     },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Encrypt every stored secret with the first key of HOOKRELAY_ENCRYPTION_KEY
+    /// (plaintext ones included), row by row; safe while `serve` runs, and
+    /// idempotent. Afterwards the older keys can be removed.
+    Reencrypt,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -75,16 +88,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Migrate => {
-            telemetry::init_tracing(config.log_format);
-            let store = Store::connect(&config)
-                .await
-                .context("cannot open the store")?;
-            store
-                .migrate()
-                .await
-                .context("cannot apply database migrations")?;
+            let store = migrated_store(&config).await?;
             tracing::info!(store = store.backend(), "migrations applied");
             store.close().await;
+        }
+        Command::Secrets {
+            command: SecretsCommand::Reencrypt,
+        } => {
+            let store = migrated_store(&config).await?;
+            store.check_secret_keys().await.context(
+                "cannot read the secrets in the store with the configured encryption keys",
+            )?;
+            let report = store
+                .reencrypt_secrets()
+                .await
+                .context("cannot re-encrypt the stored secrets")?;
+            store.close().await;
+            for column in &report {
+                println!(
+                    "{}: {} re-encrypted, {} encrypted from plaintext, {} already current, \
+                     {} changed meanwhile",
+                    column.column,
+                    column.reencrypted,
+                    column.encrypted,
+                    column.current,
+                    column.changed_meanwhile
+                );
+            }
+            if report.iter().any(|c| c.changed_meanwhile > 0) {
+                println!("some secrets changed while this ran: run it again to be sure");
+            }
         }
         Command::Serve => {
             telemetry::init_tracing(config.log_format);
@@ -102,6 +135,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts logging and opens and migrates the store, for the one-off commands.
+async fn migrated_store(config: &Config) -> anyhow::Result<Store> {
+    telemetry::init_tracing(config.log_format);
+    let store = Store::connect(config)
+        .await
+        .context("cannot open the store")?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply database migrations")?;
+    Ok(store)
 }
 
 /// SIGINT or SIGTERM starts a graceful shutdown.

@@ -167,6 +167,10 @@ async fn open(config: &Arc<Config>) -> anyhow::Result<(Store, Arc<Broker>)> {
         .await
         .context("cannot apply database migrations")?;
     store
+        .check_secret_keys()
+        .await
+        .context("cannot read the secrets in the store with the configured encryption keys")?;
+    store
         .release_stale_claims()
         .await
         .context("cannot release the claims of an earlier run")?;

@@ -5,7 +5,11 @@
 //! All SQL lives in `postgres.rs` and `sqlite.rs`, one file per backend; this file
 //! picks the backend and classifies errors. A write returns only after its commit,
 //! which is what lets intake answer 2xx. Nothing here knows about HTTP.
+//!
+//! Secret columns are sealed on the way in and opened on the way out by the
+//! methods here (see `crypt.rs`), so callers only ever see plaintext secrets.
 
+pub mod crypt;
 mod postgres;
 mod relay;
 mod sqlite;
@@ -13,15 +17,17 @@ mod sqlite;
 pub use relay::{AttemptFilter, AttemptRecord, DeliveryFilter, DueDelivery, Recorded};
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
 use crate::config::Config;
 use chrono::{DateTime, Utc};
+use crypt::{Crypt, SecretColumn, SECRET_COLUMNS, TENANT_SECRET};
 
 use crate::domain::{ClientKey, Event, EventId, LifecycleChange, LifecycleOutcome, Stored, Tenant};
 
@@ -40,6 +46,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored row is not valid: {0}")]
     Corrupt(String),
+    /// A secret that cannot be sealed or opened (its key is not configured, or it
+    /// was altered or copied from another row), or a key that cannot be loaded.
+    #[error("{0}")]
+    Secret(String),
 }
 
 impl StoreError {
@@ -139,13 +149,45 @@ pub struct LocalRoute<'a> {
 pub struct SqlitePools {
     reader: SqlitePool,
     writer: SqlitePool,
+    crypt: Arc<Crypt>,
+}
+
+/// The PostgreSQL pool, with the keys secrets are sealed with.
+#[derive(Clone, Debug)]
+pub struct PgPools {
+    pool: PgPool,
+    crypt: Arc<Crypt>,
+}
+
+impl std::ops::Deref for PgPools {
+    type Target = PgPool;
+
+    fn deref(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 /// The store: a connection pool to one of the two backends. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Postgres(PgPool),
+    Postgres(PgPools),
     Sqlite(SqlitePools),
+}
+
+/// What `hookrelay secrets reencrypt` did to one secret column.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reencrypted {
+    /// `table.column`.
+    pub column: String,
+    /// Sealed with an older key, now with the current one.
+    pub reencrypted: u64,
+    /// Plaintext before, sealed now.
+    pub encrypted: u64,
+    /// Already sealed with the current key.
+    pub current: u64,
+    /// Changed by someone else between the read and the write (and so written
+    /// with that writer's key): run the command again to be sure.
+    pub changed_meanwhile: u64,
 }
 
 impl Store {
@@ -159,7 +201,19 @@ impl Store {
                 .acquire_timeout(config.database_acquire_timeout)
                 .connect_with(options)
                 .await?;
-            Ok(Store::Postgres(pool))
+            let crypt = if config.encryption_keys.is_empty() {
+                tracing::warn!(
+                    "secrets are stored unencrypted: set HOOKRELAY_ENCRYPTION_KEY \
+                     (or HOOKRELAY_ENCRYPTION_KEY_FILE) to encrypt them at rest"
+                );
+                Crypt::plaintext()
+            } else {
+                Crypt::new(&config.encryption_keys)?
+            };
+            Ok(Store::Postgres(PgPools {
+                pool,
+                crypt: Arc::new(crypt),
+            }))
         } else {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(StoreError::Query)?
@@ -173,14 +227,20 @@ impl Store {
                     .acquire_timeout(config.database_acquire_timeout)
                     .connect_with(options.clone())
             };
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let crypt = Arc::new(sqlite_crypt(config, &options, in_memory)?);
             let writer = pool(1).await?;
             // An in-memory database exists once per connection: share the one.
-            let reader = if url.contains(":memory:") || url.contains("mode=memory") {
+            let reader = if in_memory {
                 writer.clone()
             } else {
                 pool(config.database_max_connections).await?
             };
-            Ok(Store::Sqlite(SqlitePools { reader, writer }))
+            Ok(Store::Sqlite(SqlitePools {
+                reader,
+                writer,
+                crypt,
+            }))
         }
     }
 
@@ -188,7 +248,11 @@ impl Store {
     /// takes an advisory lock, so several processes may start at once).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
-            Store::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Store::Postgres(pg) => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&pg.pool)
+                    .await?
+            }
             Store::Sqlite(pools) => {
                 sqlx::migrate!("./migrations/sqlite")
                     .run(&pools.writer)
@@ -209,7 +273,7 @@ impl Store {
     pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
         let query = async {
             match self {
-                Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+                Store::Postgres(pg) => sqlx::query("SELECT 1").execute(&pg.pool).await.map(drop),
                 Store::Sqlite(pools) => sqlx::query("SELECT 1")
                     .execute(&pools.reader)
                     .await
@@ -223,10 +287,17 @@ impl Store {
     }
 
     pub async fn tenant(&self, client_key: &ClientKey) -> Result<Option<Tenant>, StoreError> {
-        match self {
-            Store::Postgres(pool) => postgres::tenant(pool, client_key).await,
-            Store::Sqlite(pools) => sqlite::tenant(&pools.reader, client_key).await,
-        }
+        let tenant = match self {
+            Store::Postgres(pool) => postgres::tenant(pool, client_key).await?,
+            Store::Sqlite(pools) => sqlite::tenant(&pools.reader, client_key).await?,
+        };
+        tenant
+            .map(|mut tenant| {
+                tenant.shared_secret =
+                    self.open(TENANT_SECRET, &tenant.client_key.0, &tenant.shared_secret)?;
+                Ok(tenant)
+            })
+            .transpose()
     }
 
     /// Applies a verified lifecycle callback unless a newer one was already applied,
@@ -237,6 +308,12 @@ impl Store {
         &self,
         change: &LifecycleChange,
     ) -> Result<LifecycleOutcome, StoreError> {
+        let mut sealed = change.clone();
+        if let Some(install) = &mut sealed.install {
+            install.shared_secret =
+                self.seal(TENANT_SECRET, &change.client_key.0, &install.shared_secret)?;
+        }
+        let change = &sealed;
         let applied = match self {
             Store::Postgres(pool) => postgres::apply_lifecycle(pool, change).await?,
             Store::Sqlite(pools) => sqlite::apply_lifecycle(&pools.writer, change).await?,
@@ -426,6 +503,100 @@ impl Store {
         }
     }
 
+    fn crypt(&self) -> &Crypt {
+        match self {
+            Store::Postgres(pg) => &pg.crypt,
+            Store::Sqlite(pools) => &pools.crypt,
+        }
+    }
+
+    /// The form a secret is stored in, in `column` of the row `row`.
+    fn seal(
+        &self,
+        column: SecretColumn,
+        row: &str,
+        secret: &SecretString,
+    ) -> Result<SecretString, StoreError> {
+        self.crypt().seal(column, row, secret)
+    }
+
+    /// The secret a stored value (read into a `SecretString` as it is) stands for.
+    fn open(
+        &self,
+        column: SecretColumn,
+        row: &str,
+        stored: &SecretString,
+    ) -> Result<SecretString, StoreError> {
+        self.crypt().open(column, row, stored.expose_secret())
+    }
+
+    /// At start: refuses a store holding secrets sealed with a key that is not
+    /// configured (it reads only the distinct key ids).
+    pub async fn check_secret_keys(&self) -> Result<(), StoreError> {
+        let mut prefixes = Vec::new();
+        for column in SECRET_COLUMNS {
+            let sql = column.sealed_prefixes_sql();
+            let found: Vec<String> = match self {
+                Store::Postgres(pg) => sqlx::query_scalar(&sql).fetch_all(&pg.pool).await?,
+                Store::Sqlite(pools) => sqlx::query_scalar(&sql).fetch_all(&pools.reader).await?,
+            };
+            prefixes.extend(found);
+        }
+        self.crypt().check_prefixes(&prefixes)
+    }
+
+    /// Seals every secret with the current key (plaintext ones included), row by
+    /// row, each write conditional on the value read, so it is safe while other
+    /// processes run. Idempotent.
+    pub async fn reencrypt_secrets(&self) -> Result<Vec<Reencrypted>, StoreError> {
+        let crypt = self.crypt();
+        if !crypt.is_enabled() {
+            return Err(StoreError::Secret(
+                "no encryption key is configured: set HOOKRELAY_ENCRYPTION_KEY".into(),
+            ));
+        }
+        let mut report = Vec::new();
+        for column in SECRET_COLUMNS {
+            let mut done = Reencrypted {
+                column: column.name(),
+                ..Reencrypted::default()
+            };
+            let sql = column.rows_sql();
+            let rows: Vec<(String, String)> = match self {
+                Store::Postgres(pg) => sqlx::query_as(&sql).fetch_all(&pg.pool).await?,
+                Store::Sqlite(pools) => sqlx::query_as(&sql).fetch_all(&pools.reader).await?,
+            };
+            for (row, stored) in rows {
+                let stored = SecretString::from(stored);
+                if crypt.is_current(stored.expose_secret()) {
+                    done.current += 1;
+                    continue;
+                }
+                let plain = self.open(column, &row, &stored)?;
+                let sealed = self.seal(column, &row, &plain)?;
+                let (old, new) = (stored.expose_secret(), sealed.expose_secret());
+                let sql = column.swap_sql();
+                let swapped = match self {
+                    Store::Postgres(pg) => {
+                        let query = sqlx::query(&sql).bind(&row).bind(old).bind(new);
+                        query.execute(&pg.pool).await?.rows_affected()
+                    }
+                    Store::Sqlite(pools) => {
+                        let query = sqlx::query(&sql).bind(&row).bind(old).bind(new);
+                        query.execute(&pools.writer).await?.rows_affected()
+                    }
+                } > 0;
+                match (swapped, old.starts_with(crypt::SEALED)) {
+                    (false, _) => done.changed_meanwhile += 1,
+                    (true, true) => done.reencrypted += 1,
+                    (true, false) => done.encrypted += 1,
+                }
+            }
+            report.push(done);
+        }
+        Ok(report)
+    }
+
     pub async fn close(&self) {
         match self {
             Store::Postgres(pool) => pool.close().await,
@@ -435,6 +606,30 @@ impl Store {
             }
         }
     }
+}
+
+/// The keys of a SQLite store: the configured ones, or else the key file
+/// beside the database (made at the first start), or for an in-memory database
+/// a key of its own.
+fn sqlite_crypt(
+    config: &Config,
+    options: &SqliteConnectOptions,
+    in_memory: bool,
+) -> Result<Crypt, StoreError> {
+    if !config.encryption_keys.is_empty() {
+        return Crypt::new(&config.encryption_keys);
+    }
+    if in_memory {
+        return Ok(Crypt::ephemeral());
+    }
+    let path = crypt::key_file_for(options.get_filename());
+    let (key, created) = crypt::load_or_create_key_file(&path)?;
+    if created {
+        tracing::info!(key_file = %path.display(), "generated the key that encrypts secrets at rest; keep it with the database");
+    } else {
+        tracing::info!(key_file = %path.display(), "secrets at rest are encrypted with this key file");
+    }
+    Crypt::new(&[key])
 }
 
 /// Now, and the end of a lease taken now.

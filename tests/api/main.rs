@@ -17,5 +17,6 @@ mod publishing;
 mod rabbit;
 mod receiver;
 mod relay;
+mod secrets;
 mod vectors;
 mod webhooks;

@@ -16,10 +16,10 @@ use crate::publishing::{accepted, installed_then_stopped_on, serve, serve_env, s
 use crate::rabbit::{amqp_url, delete_topology, test_exchange};
 use crate::receiver::{verify, Receiver, Reply};
 
-const TOKEN: &str = "admin-token-0123456789";
+pub(crate) const TOKEN: &str = "admin-token-0123456789";
 
 /// Relay settings for tests: loopback receivers allowed, short waits.
-fn relaying(raw: &mut RawConfig) {
+pub(crate) fn relaying(raw: &mut RawConfig) {
     raw.admin_token = Some(TOKEN.into());
     raw.allow_private_destinations = true;
     raw.retry_schedule = vec!["300ms".into(), "300ms".into()];
@@ -29,13 +29,13 @@ fn relaying(raw: &mut RawConfig) {
 }
 
 /// The admin API of one hookrelay.
-struct AdminApi {
+pub(crate) struct AdminApi {
     base: String,
     client: reqwest::Client,
 }
 
 impl AdminApi {
-    fn of(address: &str) -> Self {
+    pub(crate) fn of(address: &str) -> Self {
         Self {
             base: format!("{address}/admin/api/v1"),
             client: reqwest::Client::new(),
@@ -56,7 +56,7 @@ impl AdminApi {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub(crate) async fn get(&self, path: &str) -> Value {
         let (status, body) = self.call(reqwest::Method::GET, path, None).await;
         assert_eq!(status, 200, "GET {path}: {body}");
         body
@@ -67,7 +67,7 @@ impl AdminApi {
     }
 
     /// Creates a subscription; returns (id, secret).
-    async fn subscribe(&self, body: Value) -> (String, String) {
+    pub(crate) async fn subscribe(&self, body: Value) -> (String, String) {
         let (status, created) = self.post("/subscriptions", body).await;
         assert_eq!(status, 201, "{created}");
         (

@@ -12,6 +12,7 @@ mod sqlite;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::crypt::SUBSCRIPTION_SECRET;
 use super::{lease_window, Store, StoreError};
 use crate::domain::{
     Attempt, AttemptOutcome, Delivery, DeliveryId, DeliveryState, Event, EventId, Subscription,
@@ -96,10 +97,24 @@ pub struct AttemptFilter {
 
 impl Store {
     pub async fn insert_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        let sub = &self.sealed(sub)?;
         match self {
             Store::Postgres(pool) => postgres::insert_subscription(pool, sub).await,
             Store::Sqlite(pools) => sqlite::insert_subscription(&pools.writer, sub).await,
         }
+    }
+
+    /// The subscription as it is written: its secret sealed.
+    fn sealed(&self, sub: &Subscription) -> Result<Subscription, StoreError> {
+        let mut sealed = sub.clone();
+        sealed.secret = self.seal(SUBSCRIPTION_SECRET, &sub.id.to_string(), &sub.secret)?;
+        Ok(sealed)
+    }
+
+    /// The subscription as it was read, its secret opened.
+    fn opened(&self, mut sub: Subscription) -> Result<Subscription, StoreError> {
+        sub.secret = self.open(SUBSCRIPTION_SECRET, &sub.id.to_string(), &sub.secret)?;
+        Ok(sub)
     }
 
     /// Writes every field but the id and creation time, if the stored row was
@@ -109,6 +124,7 @@ impl Store {
         sub: &Subscription,
         read_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let sub = &self.sealed(sub)?;
         match self {
             Store::Postgres(pool) => postgres::update_subscription(pool, sub, read_at).await,
             Store::Sqlite(pools) => sqlite::update_subscription(&pools.writer, sub, read_at).await,
@@ -127,18 +143,20 @@ impl Store {
         &self,
         id: SubscriptionId,
     ) -> Result<Option<Subscription>, StoreError> {
-        match self {
-            Store::Postgres(pool) => postgres::subscription(pool, id).await,
-            Store::Sqlite(pools) => sqlite::subscription(&pools.reader, id).await,
-        }
+        let sub = match self {
+            Store::Postgres(pool) => postgres::subscription(pool, id).await?,
+            Store::Sqlite(pools) => sqlite::subscription(&pools.reader, id).await?,
+        };
+        sub.map(|sub| self.opened(sub)).transpose()
     }
 
     /// Every subscription (`enabled_only`: those that get new deliveries), oldest first.
     pub async fn subscriptions(&self, enabled_only: bool) -> Result<Vec<Subscription>, StoreError> {
-        match self {
-            Store::Postgres(pool) => postgres::subscriptions(pool, enabled_only).await,
-            Store::Sqlite(pools) => sqlite::subscriptions(&pools.reader, enabled_only).await,
-        }
+        let subs = match self {
+            Store::Postgres(pool) => postgres::subscriptions(pool, enabled_only).await?,
+            Store::Sqlite(pools) => sqlite::subscriptions(&pools.reader, enabled_only).await?,
+        };
+        subs.into_iter().map(|sub| self.opened(sub)).collect()
     }
 
     /// Creates a pending delivery of the event to each subscription, due now.
@@ -180,14 +198,20 @@ impl Store {
             i64::from(limit),
             i64::try_from(max_bytes).unwrap_or(i64::MAX),
         );
-        match self {
+        let due = match self {
             Store::Postgres(pool) => {
-                postgres::claim_deliveries(pool, limits, now, until, skip, claim).await
+                postgres::claim_deliveries(pool, limits, now, until, skip, claim).await?
             }
             Store::Sqlite(pools) => {
-                sqlite::claim_deliveries(&pools.writer, limits, now, until, skip, claim).await
+                sqlite::claim_deliveries(&pools.writer, limits, now, until, skip, claim).await?
             }
-        }
+        };
+        due.into_iter()
+            .map(|mut due| {
+                due.subscription = self.opened(due.subscription)?;
+                Ok(due)
+            })
+            .collect()
     }
 
     /// Hands claimed deliveries back untried: due at `at`, the claim's attempt undone.
