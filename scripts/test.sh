@@ -4,7 +4,9 @@
 # The tests talk to a real PostgreSQL and a real RabbitMQ on their standard ports.
 # This script makes sure both are running first: it starts them when they are
 # installed but stopped, and installs them from the OS packages (apt) when they are
-# missing. Then it runs every test, on PostgreSQL and on SQLite.
+# missing. Then it runs every test, on PostgreSQL and on SQLite (the fault suite
+# included), checks the dependencies against the vendored advisory database
+# (scripts/supply-chain.sh) and fuzzes each target briefly (scripts/fuzz.sh).
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh lifecycle       # extra arguments go to the test runner (a filter)
@@ -122,5 +124,14 @@ if command -v psql >/dev/null; then
     say "the tests left $left databases behind on the shared server"
     status=1
   fi
+fi
+
+# A filtered run (arguments given) is for one test; the checks below are for
+# the whole suite.
+if [ $# -eq 0 ]; then
+  say "checking dependencies against the advisory database (cargo deny, offline)"
+  bash scripts/supply-chain.sh || status=1
+  say "fuzzing each target for ${FUZZ_SECONDS:-15} s"
+  bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}" || status=1
 fi
 exit "$status"
