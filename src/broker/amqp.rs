@@ -56,6 +56,8 @@ const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How often the broker is asked a question it must answer, and how long it has.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest payload whose envelope the relay queue's copy carries.
+const RELAY_INLINE: usize = 64 * 1024;
 /// How long a consumer waits before trying again on the same connection after
 /// its channel failed (a queue that does not exist closes the channel at once).
 const CONSUME_RETRY: Duration = Duration::from_secs(1);
@@ -577,7 +579,13 @@ async fn send(
     route: Route<'_>,
     event: &Event,
 ) -> Result<lapin::PublisherConfirm, PublishError> {
-    let body = event.envelope_json();
+    // The relay reads a large event from the store when its turn comes, so its
+    // copy carries the envelope only when it is small: a backlog of large
+    // events does not pass through the relay's prefetch.
+    let body = match route {
+        Route::RelayQueue(_) if event.payload.len() > RELAY_INLINE => String::new(),
+        _ => event.envelope_json(),
+    };
     let mut headers = FieldTable::default();
     // The relay's copy travels under its queue's name: the key goes along.
     headers.insert("routing_key".into(), text(&event.routing_key()));

@@ -235,12 +235,12 @@ async fn memory_figures() {
                     .header("Authorization", format!("JWT {}", site.token("POST", path)))
                     .body(body.clone())
                     .send()
-                    .await
-                    .unwrap();
-                match response.status().as_u16() {
-                    200 => return refused,
-                    503 => refused += 1,
-                    other => panic!("status {other}"),
+                    .await;
+                // A refusal or a timeout is retried, as Atlassian does.
+                match response.map(|r| r.status().as_u16()) {
+                    Ok(200) => return refused,
+                    Ok(503) | Err(_) => refused += 1,
+                    Ok(other) => panic!("status {other}"),
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
