@@ -71,6 +71,34 @@ fn check_admin(req: &HttpRequest) -> Result<Admin, ApiError> {
     }
 }
 
+/// Largest admin request body: a subscription is a few KiB.
+const ADMIN_MAX_BODY: usize = 256 * 1024;
+
+/// An admin request's body, read like intake's: within the body timeout and
+/// the intake budget, at most 256 KiB. Taken after [`Admin`] in a handler's
+/// arguments, so an unauthenticated request's body is never read.
+pub struct AdminBody(pub web::Bytes);
+
+impl FromRequest for AdminBody {
+    type Error = ApiError;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        let payload = web::Payload::from_request(&req, payload).into_inner();
+        Box::pin(async move {
+            let payload = payload.map_err(|_| ApiError::BadRequest("no body".into()))?;
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or(ApiError::Internal)?
+                .clone();
+            let (body, _held) =
+                super::connect::read_body(&req, payload, ADMIN_MAX_BODY, &state).await?;
+            Ok(AdminBody(body))
+        })
+    }
+}
+
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::admin::{cursor, limit, page, Admin};
+use super::admin::{cursor, limit, page, Admin, AdminBody};
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{
@@ -271,7 +271,7 @@ async fn load(state: &AppState, id: &str) -> Result<Subscription, ApiError> {
 async fn create(
     _: Admin,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    AdminBody(body): AdminBody,
 ) -> Result<HttpResponse, ApiError> {
     let changes: Changes = json_body(&body)?;
     if changes.url.is_none() || changes.events.is_none() {
@@ -332,7 +332,7 @@ async fn update(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Bytes,
+    AdminBody(body): AdminBody,
 ) -> Result<HttpResponse, ApiError> {
     let changes: Changes = json_body(&body)?;
     let mut sub = load(&state, &id).await?;
@@ -434,7 +434,7 @@ async fn replay_subscription(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Bytes,
+    AdminBody(body): AdminBody,
 ) -> Result<HttpResponse, ApiError> {
     let request: ReplaySubscription = optional_body(&body)?;
     let states = request.states.unwrap_or_else(|| vec![DeliveryState::Dead]);
@@ -466,7 +466,7 @@ async fn replay_event(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Bytes,
+    AdminBody(body): AdminBody,
 ) -> Result<HttpResponse, ApiError> {
     let request: ReplayEvent = optional_body(&body)?;
     let event_id = uuid::Uuid::parse_str(&id)

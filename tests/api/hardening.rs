@@ -408,3 +408,44 @@ async fn no_credential_reaches_the_log() {
         "the refused targets are logged, redacted"
     );
 }
+
+/// Admin request bodies: an unauthenticated one is answered from its headers,
+/// an authenticated one over 256 KiB is 413 and one that stops arriving is 408.
+#[tokio::test]
+async fn admin_bodies_are_bounded_and_timed() {
+    let token = "admin-token-body-test";
+    let app = spawn_app_with(Backend::Sqlite, |raw| {
+        raw.admin_token = Some(token.into());
+        raw.body_timeout = "1s".into();
+    })
+    .await;
+    let path = "/admin/api/v1/subscriptions";
+    for (case, authorization, expected) in [
+        ("unauthenticated", String::new(), " 401 "),
+        (
+            "stalled",
+            format!("Authorization: Bearer {token}\r\n"),
+            " 408 ",
+        ),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{authorization}\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"url\":"
+        );
+        let address = app.address.clone();
+        let (status, _) = tokio::task::spawn_blocking(move || status_without_body(&address, &head))
+            .await
+            .unwrap();
+        assert!(status.contains(expected), "{case}: {status}");
+    }
+    let big = json!({"url": "https://example.com/x", "events": ["*"], "description": "d".repeat(300 * 1024)});
+    let response = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(token)
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+}
