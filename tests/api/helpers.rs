@@ -584,11 +584,12 @@ impl TestApp {
                 .await
                 .unwrap();
                 // Termination is a signal, and a connection that was being
-                // opened as connections were disallowed may still arrive:
-                // terminate until none has been seen for a while.
+                // opened as connections were disallowed may still arrive (a
+                // backend's start-up can take a while on a busy machine):
+                // terminate until none has been seen for 1.5 s.
                 let deadline = Instant::now() + Duration::from_secs(10);
                 let mut quiet = 0;
-                while quiet < 5 {
+                while quiet < 50 {
                     let (left,): (i64,) = sqlx::query_as(
                         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                          WHERE datname = $1 AND pid <> pg_backend_pid()",
