@@ -56,6 +56,8 @@ const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How often the broker is asked a question it must answer, and how long it has.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an acknowledgement may take to be written.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest payload whose envelope the relay queue's copy carries.
 const RELAY_INLINE: usize = 64 * 1024;
 /// How long a consumer waits before trying again on the same connection after
@@ -276,26 +278,18 @@ pub struct AmqpDelivery {
 impl AmqpDelivery {
     /// Done with: the message leaves the queue.
     pub async fn ack(self) -> Result<(), ConsumeError> {
-        settled(self.acker.ack(Default::default()).await)
+        settle_within(self.acker.ack(Default::default())).await
     }
 
     /// Not done with: the queue hands it out again.
     pub async fn requeue(self) -> Result<(), ConsumeError> {
-        settled(
-            self.acker
-                .reject(BasicRejectOptions { requeue: true })
-                .await,
-        )
+        settle_within(self.acker.reject(BasicRejectOptions { requeue: true })).await
     }
 
     /// Unprocessable: the queue's dead-letter exchange takes it, into
     /// `<queue>.dead`.
     pub async fn reject(self) -> Result<(), ConsumeError> {
-        settled(
-            self.acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await,
-        )
+        settle_within(self.acker.reject(BasicRejectOptions { requeue: false })).await
     }
 }
 
@@ -313,6 +307,17 @@ impl Drop for AmqpDelivery {
         runtime.spawn(async move {
             let _ = acker.reject(BasicRejectOptions { requeue: true }).await;
         });
+    }
+}
+
+/// Settles with a deadline: on a silent link the write may never complete, and
+/// a consumer waiting on it would stop consuming for good.
+async fn settle_within(
+    settling: impl std::future::Future<Output = Result<bool, lapin::Error>>,
+) -> Result<(), ConsumeError> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
+        Ok(result) => settled(result),
+        Err(_) => Err(ConsumeError::Timeout),
     }
 }
 
@@ -549,12 +554,9 @@ async fn accept(
         routing_key = %routing_key,
         "unusable message dead-lettered: {problem}"
     );
-    if let Err(e) = settled(
-        delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
-            .await,
-    ) {
+    if let Err(e) =
+        settle_within(delivery.acker.reject(BasicRejectOptions { requeue: false })).await
+    {
         // It comes back on the next channel, and is rejected there.
         tracing::warn!(error = ?e, "cannot reject an unusable message");
     }

@@ -301,6 +301,10 @@ pub enum ConsumeError {
     /// put the message back.
     #[error("the message's channel is closed")]
     ChannelClosed,
+    /// The broker did not take the acknowledgement in time (a silent link);
+    /// the message comes back once the broker drops the connection.
+    #[error("the broker did not take the acknowledgement in time")]
+    Timeout,
 }
 
 /// A message as a consumer receives it.
