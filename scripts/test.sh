@@ -108,7 +108,9 @@ ensure_postgres
 ensure_rabbitmq
 prune_test_databases
 
-export HOOKRELAY_TEST_RUN="r$(date +%s)$$"
+# Short (test database names must fit PostgreSQL's 63 bytes) and unique
+# among runs going on at once: this shell's pid and the second.
+export HOOKRELAY_TEST_RUN="r$$$(date +%S)"
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   say "running the test suite (cargo nextest)"
