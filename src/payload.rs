@@ -5,7 +5,10 @@
 //! - nests arrays and objects at most [`MAX_DEPTH`] levels deep,
 //! - has no string escape that is not a Unicode scalar value (a lone surrogate
 //!   such as `"\ud800"`), and
-//! - has no number outside the range of a 64-bit float (such as `1e400`).
+//! - has no number outside the range of a 64-bit float (such as `1e400`), and
+//! - has no object key `$serde_json::private::RawValue`: serde_json (and so the
+//!   relay's filters) reads an object with that key as something else, or not
+//!   at all. (Found by the `body` fuzz target.)
 //!
 //! Anything else is refused at intake, so a stored payload can always be read
 //! back by the relay, by the admin API and by any JSON library a consumer uses.
@@ -19,12 +22,17 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 /// Deepest nesting of arrays and objects accepted: `[[1]]` is two levels.
 pub const MAX_DEPTH: usize = 64;
 
+/// The key serde_json's `raw_value` feature reserves for itself.
+pub const RESERVED_KEY: &str = "$serde_json::private::RawValue";
+
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
     #[error("body is not UTF-8 JSON")]
     NotUtf8,
     #[error("body nests arrays or objects deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    #[error("body uses the object key `{RESERVED_KEY}`, which JSON readers treat specially")]
+    ReservedKey,
     #[error("body is not JSON: {0}")]
     NotJson(String),
 }
@@ -40,15 +48,18 @@ pub fn accept(body: &[u8]) -> Result<&str, PayloadError> {
 pub fn check(text: &str) -> Result<(), PayloadError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let too_deep = Cell::new(false);
+    let reserved = Cell::new(false);
     let result = Depth {
         left: MAX_DEPTH,
         too_deep: &too_deep,
+        reserved: &reserved,
     }
     .deserialize(&mut de)
     .and_then(|()| de.end());
     match result {
         Ok(()) => Ok(()),
         Err(_) if too_deep.get() => Err(PayloadError::TooDeep),
+        Err(_) if reserved.get() => Err(PayloadError::ReservedKey),
         Err(e) => Err(PayloadError::NotJson(e.to_string())),
     }
 }
@@ -60,6 +71,7 @@ pub fn check(text: &str) -> Result<(), PayloadError> {
 struct Depth<'a> {
     left: usize,
     too_deep: &'a Cell<bool>,
+    reserved: &'a Cell<bool>,
 }
 
 impl Depth<'_> {
@@ -119,15 +131,20 @@ impl<'de> Visitor<'de> for Depth<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.enter()?;
         // Keys are strings, read (and validated) like any other string.
-        while map.next_key::<KeyText>()?.is_some() {
+        while let Some(KeyText(reserved)) = map.next_key::<KeyText>()? {
+            if reserved {
+                inner.reserved.set(true);
+                return Err(serde::de::Error::custom("reserved key"));
+            }
             map.next_value_seed(inner)?;
         }
         Ok(())
     }
 }
 
-/// An object key, read through the validating string reader and dropped.
-struct KeyText;
+/// An object key, read through the validating string reader: whether it is
+/// the reserved one.
+struct KeyText(bool);
 
 impl<'de> serde::Deserialize<'de> for KeyText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -137,8 +154,8 @@ impl<'de> serde::Deserialize<'de> for KeyText {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_str<E>(self, _: &str) -> Result<KeyText, E> {
-                Ok(KeyText)
+            fn visit_str<E>(self, key: &str) -> Result<KeyText, E> {
+                Ok(KeyText(key == RESERVED_KEY))
             }
         }
         deserializer.deserialize_str(V)
@@ -213,6 +230,16 @@ mod tests {
             );
         }
         assert!(matches!(accept(b"\"\xff\""), Err(PayloadError::NotUtf8)));
+        // The fuzzer's find: accepted, then unreadable by serde_json as a value.
+        for reserved in [
+            r#"{"$serde_json::private::RawValue":1}"#,
+            r#"[{"a":{"$serde_json::private::RawValue":"[1]"}}]"#,
+        ] {
+            assert!(
+                matches!(check(reserved), Err(PayloadError::ReservedKey)),
+                "{reserved}"
+            );
+        }
     }
 
     /// Whatever `check` accepts, serde_json reads back as a value, also when

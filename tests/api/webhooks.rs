@@ -264,6 +264,7 @@ async fn bad_requests_are_refused_and_store_nothing(backend: Backend) {
         ("lone surrogate", r#"{"a":"\ud800"}"#),
         ("lone surrogate key", r#"{"\udc00":1}"#),
         ("number out of range", r#"{"a":1e400}"#),
+        ("reserved key", r#"{"$serde_json::private::RawValue":1}"#),
     ] {
         let response = app
             .webhook(&site, "jira:issue_created", body.to_string(), &[])
