@@ -35,7 +35,9 @@ fuzz_target!(|bytes: &[u8]| {
         }
         // serde_json reads such an object as something else: refused on purpose.
         (Err(payload::PayloadError::ReservedKey), _) => {
-            assert!(std::str::from_utf8(bytes).unwrap().contains(payload::RESERVED_KEY))
+            assert!(std::str::from_utf8(bytes)
+                .unwrap()
+                .contains(payload::RESERVED_KEY))
         }
         (Err(e), Some(value)) => {
             panic!("refused ({e}) but readable at depth {}", depth(value))

@@ -5,15 +5,15 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/payload.rs"]
-#[allow(dead_code)]
-mod payload;
 #[path = "../../src/domain.rs"]
 #[allow(dead_code)]
 mod domain;
 #[path = "../../src/relay/matching.rs"]
 #[allow(dead_code)]
 mod matching;
+#[path = "../../src/payload.rs"]
+#[allow(dead_code)]
+mod payload;
 
 use domain::{ClientKey, Event, EventId, Product, Source};
 

@@ -28,12 +28,12 @@ pub enum AuthError {
     QshMismatch { canonical: String },
 }
 
-#[path = "../../src/auth/qsh.rs"]
-#[allow(dead_code)]
-mod qsh;
 #[path = "../../src/auth/jwt.rs"]
 #[allow(dead_code)]
 mod jwt;
+#[path = "../../src/auth/qsh.rs"]
+#[allow(dead_code)]
+mod qsh;
 
 use jwt::SignedRequest;
 
@@ -48,12 +48,19 @@ fuzz_target!(|input: &str| {
     };
     let Ok(token) = request.token() else { return };
     if let Ok((_, claims)) = jwt::peek(&token) {
-        let _ = jwt::check_times(&claims, chrono::Utc::now(), std::time::Duration::from_secs(30));
+        let _ = jwt::check_times(
+            &claims,
+            chrono::Utc::now(),
+            std::time::Duration::from_secs(30),
+        );
         let _ = jwt::check_qsh(&claims, &request, "");
         let _ = claims.audiences();
     }
     let key = jsonwebtoken::DecodingKey::from_secret(b"fuzzing-secret-fuzzing-secret");
-    for algorithm in [jsonwebtoken::Algorithm::HS256, jsonwebtoken::Algorithm::RS256] {
+    for algorithm in [
+        jsonwebtoken::Algorithm::HS256,
+        jsonwebtoken::Algorithm::RS256,
+    ] {
         if let Ok(claims) = jwt::verify_signature(&token, &key, algorithm) {
             // Only a token really signed with the key can get here, which a
             // fuzzer will not forge; if it does, that is the finding.
