@@ -222,6 +222,21 @@ pub struct RawConfig {
     /// A file holding the same list (one key per line, or comma-separated).
     #[serde(deserialize_with = "opt_text")]
     pub encryption_key_file: Option<String>,
+    /// Forge app ids (`ari:cloud:ecosystem::app/<uuid>`) whose invocation
+    /// tokens `/forge/events` accepts; none: Forge Remote is off.
+    #[serde(deserialize_with = "list")]
+    pub forge_app_ids: Vec<String>,
+    /// Where the keys that sign Forge Invocation Tokens are published.
+    pub forge_jwks_url: String,
+    /// The JWKS URL of an Isolated Cloud, with `{icLabel}` standing for the
+    /// token's label; unset: Isolated Cloud tokens are refused.
+    #[serde(deserialize_with = "opt_text")]
+    pub forge_ic_jwks_template: Option<String>,
+    /// How long a fetched JWKS is used before it is fetched again.
+    pub forge_jwks_ttl: String,
+    /// Least time between two fetches of one JWKS for a `kid` it lacked: a
+    /// flood of tokens with unknown `kid`s costs at most one fetch per interval.
+    pub forge_jwks_refetch_interval: String,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -270,6 +285,11 @@ impl Default for RawConfig {
             relay_poll_interval: "1s".into(),
             encryption_key: None,
             encryption_key_file: None,
+            forge_app_ids: Vec::new(),
+            forge_jwks_url: "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json".into(),
+            forge_ic_jwks_template: None,
+            forge_jwks_ttl: "1h".into(),
+            forge_jwks_refetch_interval: "10s".into(),
             jira: ProductSettings::default(),
             confluence: ProductSettings::default(),
         }
@@ -284,6 +304,19 @@ fn default_retry_schedule() -> Vec<String> {
         .collect();
     schedule.extend(std::iter::repeat_n("2h".to_string(), 11));
     schedule
+}
+
+/// Forge Remote: which apps' invocation tokens are accepted, and where their
+/// signing keys come from.
+#[derive(Debug, Clone)]
+pub struct ForgeSettings {
+    /// App ids (`ari:cloud:ecosystem::app/<uuid>`); empty: Forge Remote is off.
+    pub app_ids: Vec<String>,
+    pub jwks_url: Url,
+    /// `{icLabel}` is replaced by the token's label.
+    pub ic_jwks_template: Option<String>,
+    pub jwks_ttl: Duration,
+    pub jwks_refetch_interval: Duration,
 }
 
 /// The validated configuration.
@@ -337,6 +370,7 @@ pub struct Config {
     /// Keys for secrets at rest (each the base64 of 32 bytes), the one that
     /// encrypts first; empty when none is configured.
     pub encryption_keys: Vec<SecretString>,
+    pub forge: ForgeSettings,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -571,6 +605,43 @@ impl RawConfig {
 
         let encryption_keys = encryption_keys(self.encryption_key, self.encryption_key_file)?;
 
+        let forge_app_ids = self
+            .forge_app_ids
+            .iter()
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty())
+            .map(|id| {
+                let uuid = id
+                    .strip_prefix("ari:cloud:ecosystem::app/")
+                    .ok_or_else(|| {
+                        invalid(
+                            "forge_app_ids",
+                            format!("`{id}` is not an app id (ari:cloud:ecosystem::app/<uuid>)"),
+                        )
+                    })?;
+                if uuid.is_empty() || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                    return Err(invalid(
+                        "forge_app_ids",
+                        format!("`{id}` is not an app id (ari:cloud:ecosystem::app/<uuid>)"),
+                    ));
+                }
+                Ok(id)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ic_jwks_template = match self.forge_ic_jwks_template.map(|t| t.trim().to_string()) {
+            Some(t) if t.is_empty() => None,
+            Some(t) => {
+                if !t.contains("{icLabel}") {
+                    return Err(invalid(
+                        "forge_ic_jwks_template",
+                        "must contain {icLabel}, where the token's label goes",
+                    ));
+                }
+                http_url("forge_ic_jwks_template", &t.replace("{icLabel}", "label"))?;
+                Some(t)
+            }
+            None => None,
+        };
         Ok(Config {
             listen,
             base_url,
@@ -661,6 +732,23 @@ impl RawConfig {
                 Duration::from_secs(60),
             )?,
             encryption_keys,
+            forge: ForgeSettings {
+                app_ids: forge_app_ids,
+                jwks_url: http_url("forge_jwks_url", &self.forge_jwks_url)?,
+                ic_jwks_template,
+                jwks_ttl: bounded(
+                    "forge_jwks_ttl",
+                    &self.forge_jwks_ttl,
+                    Duration::from_secs(1),
+                    Duration::from_secs(7 * 24 * 3600),
+                )?,
+                jwks_refetch_interval: bounded(
+                    "forge_jwks_refetch_interval",
+                    &self.forge_jwks_refetch_interval,
+                    Duration::from_millis(10),
+                    Duration::from_secs(3600),
+                )?,
+            },
             jira: self.jira,
             confluence: self.confluence,
         })

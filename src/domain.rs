@@ -119,7 +119,38 @@ impl Source {
     }
 }
 
-/// The lifecycle state of a Connect installation.
+/// What a tenant is: a Connect installation, a Forge installation, or a Jira
+/// admin webhook source an admin created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TenantKind {
+    Connect,
+    Forge,
+    JiraAdmin,
+}
+
+impl TenantKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantKind::Connect => "connect",
+            TenantKind::Forge => "forge",
+            TenantKind::JiraAdmin => "jira-admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "connect" => Some(TenantKind::Connect),
+            "forge" => Some(TenantKind::Forge),
+            "jira-admin" => Some(TenantKind::JiraAdmin),
+            _ => None,
+        }
+    }
+}
+
+/// The lifecycle state of a tenant: Connect installations move through all
+/// four, Forge installations between installed and uninstalled, admin-webhook
+/// sources are enabled or disabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TenantState {
@@ -150,15 +181,28 @@ impl TenantState {
     }
 }
 
-/// One Connect installation, as stored.
+/// One tenant, as stored: a Connect installation (by `clientKey`), a Forge
+/// installation (by `app.installationId`) or an admin-webhook source (by its id).
 #[derive(Clone)]
 pub struct Tenant {
     pub client_key: ClientKey,
+    pub kind: TenantKind,
     pub product: Product,
+    /// The site: `https://acme.atlassian.net` (with `/wiki` for Confluence).
     pub base_url: String,
     pub display_url: Option<String>,
-    /// HS256 key for everything the site signs after install. Never logged.
+    /// Connect only: the HS256 key for everything the site signs after install.
+    /// Empty for other kinds. Never logged.
     pub shared_secret: secrecy::SecretString,
+    /// Admin-webhook sources: the name the admin gave it.
+    pub name: Option<String>,
+    /// Forge: the site's cloud id.
+    pub cloud_id: Option<String>,
+    /// Forge: where the product's REST API is called
+    /// (`https://api.atlassian.com/ex/jira/<cloudId>`).
+    pub api_base_url: Option<String>,
+    /// Forge: the app environment (`DEVELOPMENT`, `STAGING`, `PRODUCTION`).
+    pub environment: Option<String>,
     pub state: TenantState,
     /// `iat` of the newest lifecycle callback applied, so that an older callback
     /// arriving late cannot undo a newer one.
@@ -171,6 +215,7 @@ impl fmt::Debug for Tenant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tenant")
             .field("client_key", &self.client_key)
+            .field("kind", &self.kind)
             .field("product", &self.product)
             .field("base_url", &self.base_url)
             .field("state", &self.state)
@@ -235,6 +280,9 @@ pub struct Event {
     pub source: Source,
     pub product: Option<Product>,
     pub event: String,
+    /// The name the source gave the event, where it differs from `event`
+    /// (Forge's `avi:jira:created:issue` for `jira:issue_created`).
+    pub source_event: Option<String>,
     pub client_key: Option<ClientKey>,
     pub tenant_base_url: Option<String>,
     pub webhook_id: Option<String>,
@@ -260,6 +308,8 @@ pub struct Envelope<'a> {
     pub source: &'static str,
     pub product: Option<Product>,
     pub event: &'a str,
+    /// The source's own name for the event; `event` unless the source is Forge.
+    pub source_event: &'a str,
     pub tenant: Option<EnvelopeTenant<'a>>,
     pub webhook_id: Option<&'a str>,
     pub received_at: String,
@@ -282,6 +332,7 @@ impl Event {
             source: self.source.as_str(),
             product: self.product,
             event: &self.event,
+            source_event: self.source_event.as_deref().unwrap_or(&self.event),
             tenant: self.client_key.as_ref().map(|key| EnvelopeTenant {
                 client_key: &key.0,
                 base_url: self.tenant_base_url.as_deref(),
@@ -304,6 +355,10 @@ impl Event {
     /// The broker routing key (DESIGN.md, "Broker"): `<product>.<event>` with the
     /// product's own prefix taken off the name, so `jira:issue_created` becomes
     /// `jira.issue_created`; web triggers use `webtrigger.<name>`.
+    ///
+    /// A Forge event with no Connect name keeps its Forge name without the
+    /// `avi:<product>:` prefix: `avi:jira:mentioned:comment` becomes
+    /// `jira.mentioned:comment`.
     pub fn routing_key(&self) -> String {
         let prefix = match (self.source, self.product) {
             (Source::Webtrigger, _) | (_, None) => self.source.as_str(),
@@ -311,9 +366,13 @@ impl Event {
         };
         let name = self
             .event
+            .strip_prefix("avi:")
+            .filter(|_| self.source == Source::Forge)
+            .unwrap_or(&self.event);
+        let name = name
             .strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix(':'))
-            .unwrap_or(&self.event);
+            .unwrap_or(name);
         format!("{prefix}.{name}")
     }
 
@@ -529,6 +588,7 @@ mod tests {
             source: Source::Connect,
             product: Some(Product::Confluence),
             event: "page_updated".into(),
+            source_event: None,
             client_key: Some(ClientKey("ck".into())),
             tenant_base_url: Some("https://example.atlassian.net/wiki".into()),
             webhook_id: Some("wh-1".into()),
@@ -543,6 +603,7 @@ mod tests {
         assert_eq!(value["source"], "connect");
         assert_eq!(value["product"], "confluence");
         assert_eq!(value["tenant"]["client_key"], "ck");
+        assert_eq!(value["source_event"], "page_updated");
         assert_eq!(value["received_at"], "2026-11-18T11:06:40.123Z");
         assert_eq!(event.routing_key(), "confluence.page_updated");
     }
@@ -554,6 +615,7 @@ mod tests {
             source: Source::Connect,
             product: Some(Product::Jira),
             event: "jira:issue_created".into(),
+            source_event: None,
             client_key: None,
             tenant_base_url: None,
             webhook_id: None,
@@ -567,6 +629,11 @@ mod tests {
         assert_eq!(event.routing_key(), "jira.comment_created");
         event.event = "jira-software:sprint".into();
         assert_eq!(event.routing_key(), "jira.jira-software:sprint");
+        event.source = Source::Forge;
+        event.event = "avi:jira:mentioned:comment".into();
+        assert_eq!(event.routing_key(), "jira.mentioned:comment");
+        event.event = "avi:forge:installed:app".into();
+        assert_eq!(event.routing_key(), "jira.forge:installed:app");
         event.source = Source::Webtrigger;
         event.product = None;
         event.event = "deploy-hook".into();

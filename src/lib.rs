@@ -18,6 +18,11 @@
 //! - [`publisher`]: moves committed events from the outbox to the broker.
 //! - [`relay`]: consumes the relay queue and delivers events to subscriptions
 //!   over HTTP, signed, with retries.
+//! - [`sources`]: the sources besides Connect (Forge Remote, Jira admin
+//!   webhooks): each proves who sent a request and builds the event.
+//! - [`intake`]: the one step every source ends in: store the event with its
+//!   outbox row, answer after the commit, hand it to the publisher.
+//! - [`forge_app`]: the Forge app that connects a site (`hookrelay forge`).
 //! - [`descriptor`]: the app descriptor per product, from `descriptor/`.
 //! - [`http`]: routes, handlers and the one place errors become answers.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it.
@@ -30,10 +35,13 @@ pub mod budget;
 pub mod config;
 pub mod descriptor;
 pub mod domain;
+pub mod forge_app;
 pub mod http;
+pub mod intake;
 pub mod payload;
 pub mod publisher;
 pub mod relay;
+pub mod sources;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

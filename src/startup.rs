@@ -63,6 +63,11 @@ impl Application {
             .build()
             .context("cannot build the HTTP client")?;
         let tenants = Arc::new(TenantCache::new(store.clone(), config.tenant_cache_ttl));
+        let forge = crate::sources::forge::ForgeVerifier::new(
+            config.forge.clone(),
+            config.jwt_leeway,
+            http_client.clone(),
+        );
         let auth = Authenticator::new(&config, tenants, http_client);
         let state = web::Data::new(AppState {
             config: config.clone(),
@@ -73,6 +78,9 @@ impl Application {
             broker: broker.clone(),
             relay_wake,
             bodies: crate::budget::ByteBudget::new(config.intake_memory),
+            forge,
+            source_secrets: http::source_secret_cache(),
+            forge_tokens: http::forge_token_cache(),
         });
 
         let listener = TcpListener::bind(&config.listen)

@@ -22,7 +22,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
 use crate::config::{normalise_audience, Config};
-use crate::domain::{ClientKey, Product, Tenant, TenantState, UsedToken};
+use crate::domain::{ClientKey, Product, Tenant, TenantKind, TenantState, UsedToken};
 use crate::store::StoreError;
 use install::InstallKeys;
 pub use jwt::{Claims, SignedRequest};
@@ -262,7 +262,11 @@ fn check_tenant_token(
     tenant: Option<Tenant>,
     product: Product,
 ) -> Result<(Tenant, Claims), AuthError> {
-    let tenant = tenant.ok_or(AuthError::UnknownTenant)?;
+    // Only a Connect installation has a shared secret; the other kinds have
+    // none (an empty one), and must never verify an HS256 token.
+    let tenant = tenant
+        .filter(|t| t.kind == TenantKind::Connect && !t.shared_secret.expose_secret().is_empty())
+        .ok_or(AuthError::UnknownTenant)?;
     let key = DecodingKey::from_secret(tenant.shared_secret.expose_secret().as_bytes());
     let claims = jwt::verify_signature(token, &key, Algorithm::HS256)?;
     if tenant.state == TenantState::Uninstalled {

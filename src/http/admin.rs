@@ -22,12 +22,12 @@ const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::subscriptions::routes(
+    cfg.service(super::subscriptions::routes(super::sources::admin_routes(
         web::scope("/admin/api/v1")
             .route("/openapi.json", web::get().to(openapi))
             .route("/events", web::get().to(list_events))
             .route("/events/{id}", web::get().to(get_event)),
-    ));
+    )));
 }
 
 /// Proof that the request carried the admin bearer token.

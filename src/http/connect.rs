@@ -31,7 +31,7 @@ pub async fn default_descriptor(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(descriptor::render(&state.config, Product::Jira))
 }
 
-fn signed_request(req: &HttpRequest) -> SignedRequest<'_> {
+pub(super) fn signed_request(req: &HttpRequest) -> SignedRequest<'_> {
     SignedRequest {
         method: req.method().as_str(),
         path: req.uri().path(),
@@ -170,7 +170,7 @@ pub(super) async fn read_body(
 
 /// The body as text, if it is a payload (see [`crate::payload`]), or 400. The
 /// text is stored as is.
-fn json_text(body: web::Bytes) -> Result<String, ApiError> {
+pub(super) fn json_text(body: web::Bytes) -> Result<String, ApiError> {
     match crate::payload::accept(&body) {
         Ok(text) => Ok(text.to_string()),
         Err(e) => {
@@ -180,7 +180,7 @@ fn json_text(body: web::Bytes) -> Result<String, ApiError> {
     }
 }
 
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+pub(super) fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -227,7 +227,7 @@ pub async fn webhook(
 
 /// `X-Atlassian-Webhook-Identifier`, if sent. One that is not a short visible
 /// ASCII string is refused rather than dropped, since it is what deduplicates.
-fn webhook_identifier(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+pub(super) fn webhook_identifier(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(value) = req.headers().get("X-Atlassian-Webhook-Identifier") else {
         return Ok(None);
     };
@@ -270,6 +270,7 @@ async fn intake(
         source: Source::Connect,
         product: Some(product),
         event,
+        source_event: None,
         client_key: Some(tenant.client_key.clone()),
         tenant_base_url: Some(tenant.base_url.clone()),
         webhook_id,
@@ -281,31 +282,8 @@ async fn intake(
         received_at: crate::domain::now_millis(),
         payload: body,
     };
-    // A fast-path slot is taken before the commit, so that the outbox row can be
-    // claimed for this process in the same commit; without one, any publisher's
-    // sweeper takes the row.
-    let slot = state.publisher.reserve(new_event.payload.len());
-    let publish_at = match slot {
-        Some(_) => {
-            new_event.received_at
-                + chrono::Duration::from_std(state.publisher.lease()).unwrap_or_default()
-        }
-        None => new_event.received_at,
-    };
-    let stored = state.store.insert_event(&new_event, publish_at).await?;
-    tracing::Span::current().record("event_id", tracing::field::display(stored.id));
-    if stored.duplicate {
-        tracing::info!("duplicate webhook identifier, already stored");
-    } else {
-        tracing::info!(retry = new_event.webhook_retry, "event stored");
-        if let Some(slot) = slot {
-            slot.send(new_event);
-        }
-    }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "id": stored.id,
-        "duplicate": stored.duplicate,
-    })))
+    let stored = crate::intake::accept(&state.store, &state.publisher, new_event).await?;
+    Ok(HttpResponse::Ok().json(crate::intake::answer(stored)))
 }
 
 /// The body Atlassian posts to every lifecycle URL. Only the fields we use.

@@ -8,6 +8,7 @@ mod admin;
 mod connect;
 pub mod error;
 mod ops;
+mod sources;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -42,7 +43,16 @@ pub struct AppState {
     pub relay_wake: Arc<tokio::sync::Notify>,
     /// What request bodies being read and handled may take, together.
     pub bodies: crate::budget::ByteBudget,
+    /// Verifies Forge Invocation Tokens.
+    pub forge: crate::sources::forge::ForgeVerifier,
+    /// Admin-webhook sources' secrets, by source id, for a few seconds.
+    pub source_secrets: sources::SecretCache,
+    /// The expiry of the app system token last kept per Forge installation, so
+    /// that each event does not write it again.
+    pub forge_tokens: sources::TokenCache,
 }
+
+pub use sources::{forge_token_cache, source_secret_cache};
 
 /// The route table.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -65,6 +75,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/{product}/events/{event}",
             web::post().to(connect::webhook),
         )
+        .route("/forge/events", web::post().to(sources::forge_events))
+        .route("/in/{id}", web::post().to(sources::admin_webhook))
         .configure(admin::routes);
 }
 

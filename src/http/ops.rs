@@ -33,10 +33,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         }
     };
     let ready = store["status"] == "up" && broker_status.is_up();
+    // Forge keys are reported, not required: Forge Remote is one source of
+    // several, and a JWKS that cannot be fetched answers Forge 503 on its own.
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "store": store,
         "broker": broker,
+        "forge": state.forge.status().await,
     });
     if ready {
         HttpResponse::Ok().json(body)

@@ -62,8 +62,27 @@ pub const SUBSCRIPTION_SECRET: SecretColumn = SecretColumn {
     column: "secret",
 };
 
+/// An admin-webhook source's secrets; a row is `<source id>:<prefix>`.
+pub const SOURCE_SECRET: SecretColumn = SecretColumn {
+    table: "source_secrets",
+    key: "source_id || ':' || prefix",
+    column: "secret",
+};
+
+/// Forge app system tokens, by installation.
+pub const FORGE_TOKEN: SecretColumn = SecretColumn {
+    table: "forge_tokens",
+    key: "installation_id",
+    column: "token",
+};
+
 /// Every secret column of the store. A new secret column goes here.
-pub const SECRET_COLUMNS: [SecretColumn; 2] = [TENANT_SECRET, SUBSCRIPTION_SECRET];
+pub const SECRET_COLUMNS: [SecretColumn; 4] = [
+    TENANT_SECRET,
+    SUBSCRIPTION_SECRET,
+    SOURCE_SECRET,
+    FORGE_TOKEN,
+];
 
 impl SecretColumn {
     /// The associated data that binds a value to its row: `table.column:row`.

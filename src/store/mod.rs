@@ -13,8 +13,10 @@ pub mod crypt;
 mod postgres;
 mod relay;
 mod sqlite;
+mod tenants;
 
 pub use relay::{AttemptFilter, AttemptRecord, DeliveryFilter, DueDelivery, Recorded};
+pub use tenants::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret};
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -645,12 +647,17 @@ fn lease_window(lease: std::time::Duration) -> (DateTime<Utc>, DateTime<Utc>) {
 
 /// Row decoding shared by both backends: text columns into domain types.
 mod decode {
-    use crate::domain::{ClientKey, EventId, Product, Source, TenantState};
+    use crate::domain::{ClientKey, EventId, Product, Source, TenantKind, TenantState};
 
     use super::StoreError;
 
     pub fn product(s: &str) -> Result<Product, StoreError> {
         Product::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown product `{s}`")))
+    }
+
+    pub fn kind(s: &str) -> Result<TenantKind, StoreError> {
+        TenantKind::parse(s)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown tenant kind `{s}`")))
     }
 
     pub fn state(s: &str) -> Result<TenantState, StoreError> {

@@ -15,6 +15,11 @@ struct TenantRow {
     display_url: Option<String>,
     shared_secret: String,
     state: String,
+    kind: String,
+    name: Option<String>,
+    cloud_id: Option<String>,
+    api_base_url: Option<String>,
+    environment: Option<String>,
     lifecycle_at: DateTime<Utc>,
     installed_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -26,10 +31,15 @@ impl TryFrom<TenantRow> for Tenant {
     fn try_from(row: TenantRow) -> Result<Self, StoreError> {
         Ok(Tenant {
             client_key: ClientKey(row.client_key),
+            kind: decode::kind(&row.kind)?,
             product: decode::product(&row.product)?,
             base_url: row.base_url,
             display_url: row.display_url,
             shared_secret: SecretString::from(row.shared_secret),
+            name: row.name,
+            cloud_id: row.cloud_id,
+            api_base_url: row.api_base_url,
+            environment: row.environment,
             state: decode::state(&row.state)?,
             lifecycle_at: row.lifecycle_at,
             installed_at: row.installed_at,
@@ -44,6 +54,7 @@ pub(in crate::store) struct EventRow {
     source: String,
     product: Option<String>,
     event: String,
+    source_event: Option<String>,
     tenant_client_key: Option<String>,
     tenant_base_url: Option<String>,
     webhook_id: Option<String>,
@@ -62,6 +73,7 @@ impl TryFrom<EventRow> for Event {
             source: decode::source(&row.source)?,
             product: row.product.as_deref().map(decode::product).transpose()?,
             event: row.event,
+            source_event: row.source_event,
             client_key: decode::client_key(row.tenant_client_key),
             tenant_base_url: row.tenant_base_url,
             webhook_id: row.webhook_id,
@@ -80,6 +92,20 @@ pub async fn tenant(pool: &PgPool, client_key: &ClientKey) -> Result<Option<Tena
         .await?
         .map(Tenant::try_from)
         .transpose()
+}
+
+/// Tenants, of one kind or all, newest install first.
+pub async fn list_tenants(pool: &PgPool, kind: Option<&str>) -> Result<Vec<Tenant>, StoreError> {
+    sqlx::query_as::<_, TenantRow>(
+        "SELECT * FROM tenants WHERE ($1::text IS NULL OR kind = $1)
+         ORDER BY installed_at DESC, client_key LIMIT 1000",
+    )
+    .bind(kind)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(Tenant::try_from)
+    .collect()
 }
 
 /// `None` when the change's token was accepted before (nothing is changed);
@@ -118,7 +144,7 @@ pub async fn apply_lifecycle(
                  display_url = EXCLUDED.display_url, shared_secret = EXCLUDED.shared_secret,
                  state = 'installed', lifecycle_at = EXCLUDED.lifecycle_at,
                  installed_at = EXCLUDED.installed_at, updated_at = EXCLUDED.updated_at
-             WHERE tenants.lifecycle_at < EXCLUDED.lifecycle_at
+             WHERE tenants.lifecycle_at < EXCLUDED.lifecycle_at AND tenants.kind = 'connect'
              RETURNING client_key",
         )
         .bind(&change.client_key.0)
@@ -133,7 +159,7 @@ pub async fn apply_lifecycle(
         .is_some(),
         _ => sqlx::query(
             "UPDATE tenants SET state = $2, lifecycle_at = $3, updated_at = $4
-             WHERE client_key = $1 AND lifecycle_at <= $3
+             WHERE client_key = $1 AND lifecycle_at <= $3 AND kind = 'connect'
              RETURNING client_key",
         )
         .bind(&change.client_key.0)
@@ -157,8 +183,9 @@ pub async fn insert_event(
     let inserted = sqlx::query(
         "WITH inserted AS (
              INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
-                                 webhook_id, webhook_retry, webhook_flow, received_at, payload)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                 webhook_id, webhook_retry, webhook_flow, received_at, payload,
+                                 source_event)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13)
              ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
              RETURNING id
          ), queued AS (
@@ -178,6 +205,7 @@ pub async fn insert_event(
     .bind(event.received_at)
     .bind(&event.payload)
     .bind(publish_at)
+    .bind(&event.source_event)
     .fetch_optional(pool)
     .await?;
     Ok(inserted.is_some())

@@ -27,6 +27,11 @@ struct TenantRow {
     display_url: Option<String>,
     shared_secret: String,
     state: String,
+    kind: String,
+    name: Option<String>,
+    cloud_id: Option<String>,
+    api_base_url: Option<String>,
+    environment: Option<String>,
     lifecycle_at: String,
     installed_at: String,
     updated_at: String,
@@ -38,10 +43,15 @@ impl TryFrom<TenantRow> for Tenant {
     fn try_from(row: TenantRow) -> Result<Self, StoreError> {
         Ok(Tenant {
             client_key: ClientKey(row.client_key),
+            kind: decode::kind(&row.kind)?,
             product: decode::product(&row.product)?,
             base_url: row.base_url,
             display_url: row.display_url,
             shared_secret: SecretString::from(row.shared_secret),
+            name: row.name,
+            cloud_id: row.cloud_id,
+            api_base_url: row.api_base_url,
+            environment: row.environment,
             state: decode::state(&row.state)?,
             lifecycle_at: time(&row.lifecycle_at)?,
             installed_at: time(&row.installed_at)?,
@@ -56,6 +66,7 @@ pub(in crate::store) struct EventRow {
     source: String,
     product: Option<String>,
     event: String,
+    source_event: Option<String>,
     tenant_client_key: Option<String>,
     tenant_base_url: Option<String>,
     webhook_id: Option<String>,
@@ -74,6 +85,7 @@ impl TryFrom<EventRow> for Event {
             source: decode::source(&row.source)?,
             product: row.product.as_deref().map(decode::product).transpose()?,
             event: row.event,
+            source_event: row.source_event,
             client_key: decode::client_key(row.tenant_client_key),
             tenant_base_url: row.tenant_base_url,
             webhook_id: row.webhook_id,
@@ -95,6 +107,23 @@ pub async fn tenant(
         .await?
         .map(Tenant::try_from)
         .transpose()
+}
+
+/// Tenants, of one kind or all, newest install first.
+pub async fn list_tenants(
+    pool: &SqlitePool,
+    kind: Option<&str>,
+) -> Result<Vec<Tenant>, StoreError> {
+    sqlx::query_as::<_, TenantRow>(
+        "SELECT * FROM tenants WHERE ($1 IS NULL OR kind = $1)
+         ORDER BY installed_at DESC, client_key LIMIT 1000",
+    )
+    .bind(kind)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(Tenant::try_from)
+    .collect()
 }
 
 /// `None` when the change's token was accepted before (nothing is changed);
@@ -134,7 +163,7 @@ pub async fn apply_lifecycle(
                  display_url = excluded.display_url, shared_secret = excluded.shared_secret,
                  state = 'installed', lifecycle_at = excluded.lifecycle_at,
                  installed_at = excluded.installed_at, updated_at = excluded.updated_at
-             WHERE tenants.lifecycle_at < excluded.lifecycle_at
+             WHERE tenants.lifecycle_at < excluded.lifecycle_at AND tenants.kind = 'connect'
              RETURNING client_key",
         )
         .bind(&change.client_key.0)
@@ -149,7 +178,7 @@ pub async fn apply_lifecycle(
         .is_some(),
         _ => sqlx::query(
             "UPDATE tenants SET state = ?2, lifecycle_at = ?3, updated_at = ?4
-             WHERE client_key = ?1 AND lifecycle_at <= ?3
+             WHERE client_key = ?1 AND lifecycle_at <= ?3 AND kind = 'connect'
              RETURNING client_key",
         )
         .bind(&change.client_key.0)
@@ -173,8 +202,9 @@ pub async fn insert_event(
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
-                             webhook_id, webhook_retry, webhook_flow, received_at, payload)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                             webhook_id, webhook_retry, webhook_flow, received_at, payload,
+                                 source_event)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
          RETURNING id",
     )
@@ -189,6 +219,7 @@ pub async fn insert_event(
     .bind(&event.webhook_flow)
     .bind(format_timestamp(event.received_at))
     .bind(&event.payload)
+    .bind(&event.source_event)
     .fetch_optional(&mut *tx)
     .await?
     .is_some();

@@ -66,6 +66,7 @@ fn event(name: &str) -> Event {
         source: Source::Connect,
         product: Some(Product::Jira),
         event: name.to_string(),
+        source_event: None,
         client_key: Some(ClientKey("jira:consuming-test".into())),
         tenant_base_url: Some("https://consuming.atlassian.net".into()),
         webhook_id: None,

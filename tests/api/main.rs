@@ -18,5 +18,6 @@ mod rabbit;
 mod receiver;
 mod relay;
 mod secrets;
+mod sources;
 mod vectors;
 mod webhooks;

@@ -24,6 +24,7 @@ fn big_event(kib: usize) -> Event {
         source: Source::Connect,
         product: Some(Product::Jira),
         event: "jira:issue_created".into(),
+        source_event: None,
         client_key: Some(ClientKey("jira:memory-test".into())),
         tenant_base_url: None,
         webhook_id: None,

@@ -1,0 +1,658 @@
+//! The sources beside Connect: Forge Remote at `POST /forge/events`, Jira admin
+//! webhooks at `POST /in/{id}`, and the admin API that manages admin-webhook
+//! sources and lists tenants of every kind.
+//!
+//! Each handler only proves who sent the request and builds the event;
+//! [`crate::intake::accept`] stores and publishes it. Refusals are 401 with
+//! the JSON error shape and a log line naming the reason (never a token or a
+//! secret), and store nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use super::admin::{Admin, AdminBody};
+use super::connect::{header, json_text, read_body, webhook_identifier};
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::{format_timestamp, ClientKey, Event, EventId, Source, Tenant, TenantKind};
+use crate::domain::{Product, TenantState};
+use crate::sources::admin_webhook::{self, SignatureError, PREFIX_LEN};
+use crate::sources::forge::{self, ForgeError};
+use crate::sources::forge_events;
+use crate::store::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret};
+
+/// Admin-webhook secrets by source id. Changes made by this process clear
+/// their entry; other processes' changes show within the TTL.
+pub type SecretCache = moka::future::Cache<String, Arc<Vec<SecretString>>>;
+/// The expiry of the app system token last kept, by installation.
+pub type TokenCache = moka::future::Cache<String, Option<DateTime<Utc>>>;
+
+const SECRET_TTL: Duration = Duration::from_secs(5);
+
+pub fn source_secret_cache() -> SecretCache {
+    moka::future::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(SECRET_TTL)
+        .build()
+}
+
+pub fn forge_token_cache() -> TokenCache {
+    moka::future::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(Duration::from_secs(300))
+        .build()
+}
+
+/// Counts a request of `source` by its result: `verified`, or the reason it
+/// was refused.
+fn count(source: &'static str, result: &'static str) {
+    metrics::counter!("hookrelay_source_requests_total", "source" => source, "result" => result)
+        .increment(1);
+}
+
+// ---------------------------------------------------------------- Forge Remote
+
+pub async fn forge_events(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let span = tracing::info_span!(
+        "forge_event",
+        installation = tracing::field::Empty,
+        forge_event = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+    );
+    forge_event(&req, payload, &state).instrument(span).await
+}
+
+async fn forge_event(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let authorization = header(req, "authorization");
+    let invocation = match state.forge.verify(authorization).await {
+        Ok(invocation) => invocation,
+        Err(e) => return Err(forge_refused(e)),
+    };
+    let span = tracing::Span::current();
+    span.record("installation", invocation.installation_id.as_str());
+
+    let (body, _held) = read_body(req, payload, state.config.max_body_bytes, state).await?;
+    let body = json_text(body)?;
+    let event = forge::read_event(&body).map_err(|e| {
+        tracing::warn!(reason = %e, "Forge event body refused");
+        count("forge", "bad_body");
+        ApiError::BadRequest(e)
+    })?;
+    span.record("forge_event", event.event_type.as_str());
+
+    let product = forge_events::product_of(&event.event_type)
+        .or_else(|| invocation.product())
+        .unwrap_or(Product::Jira);
+    let site_url = invocation
+        .site_url
+        .clone()
+        .or_else(|| event.site_url.clone())
+        .or_else(|| invocation.api_base_url.clone())
+        .unwrap_or_default();
+    let installation = ForgeInstallation {
+        installation_id: ClientKey(invocation.installation_id.clone()),
+        product,
+        site_url: site_url.clone(),
+        cloud_id: invocation
+            .cloud_id
+            .clone()
+            .or_else(|| event.cloud_id.clone()),
+        api_base_url: invocation.api_base_url.clone(),
+        environment: invocation.environment.clone(),
+    };
+    let lifecycle = match event.event_type.as_str() {
+        "avi:forge:installed:app" => Some(TenantState::Installed),
+        "avi:forge:uninstalled:app" => Some(TenantState::Uninstalled),
+        _ => None,
+    }
+    .map(|state| ForgeLifecycle {
+        state,
+        at: invocation.issued_at,
+    });
+    record_installation(state, &installation, lifecycle).await?;
+    if let Some(token) = header(req, "x-forge-oauth-system") {
+        keep_system_token(state, &installation.installation_id, token).await?;
+    }
+
+    let connect = forge_events::connect_name(&event.event_type);
+    let new_event = Event {
+        id: EventId::new(),
+        source: Source::Forge,
+        product: Some(product),
+        event: connect.unwrap_or(&event.event_type).to_string(),
+        source_event: Some(event.event_type.clone()),
+        client_key: Some(installation.installation_id.clone()),
+        tenant_base_url: Some(site_url).filter(|s| !s.is_empty()),
+        webhook_id: Some(event.dedupe_key.clone()),
+        webhook_retry: event.retry,
+        webhook_flow: None,
+        received_at: crate::domain::now_millis(),
+        payload: event.payload.to_string(),
+    };
+    count("forge", "verified");
+    let stored = crate::intake::accept(&state.store, &state.publisher, new_event).await?;
+    Ok(HttpResponse::Ok().json(crate::intake::answer(stored)))
+}
+
+fn forge_refused(e: ForgeError) -> ApiError {
+    count("forge", e.reason());
+    if e.is_unavailable() {
+        tracing::error!(reason = %e, "cannot verify Forge invocation tokens now");
+        ApiError::Unavailable("cannot verify the request now, retry later".into())
+    } else {
+        tracing::warn!(reason = %e, "Forge request not authenticated");
+        ApiError::Unauthorized(e.to_string())
+    }
+}
+
+/// Creates or updates the installation's tenant when something changed: a
+/// lifecycle event, or site details the cached tenant does not have.
+async fn record_installation(
+    state: &AppState,
+    installation: &ForgeInstallation,
+    lifecycle: Option<ForgeLifecycle>,
+) -> Result<(), ApiError> {
+    let key = &installation.installation_id.0;
+    let (current, _) = state.auth.tenants().get(key).await?;
+    let unchanged = current.as_ref().is_some_and(|t| {
+        t.kind == TenantKind::Forge
+            && t.base_url == installation.site_url
+            && (installation.api_base_url.is_none() || t.api_base_url == installation.api_base_url)
+    });
+    if unchanged && lifecycle.is_none() {
+        return Ok(());
+    }
+    let recorded = state
+        .store
+        .upsert_forge_installation(installation, lifecycle)
+        .await?;
+    state.auth.tenants().invalidate(key).await;
+    if !recorded {
+        count("forge", "tenant_kind");
+        tracing::warn!("installation id names a tenant of another kind; refused");
+        return Err(ApiError::Unauthorized(
+            "this installation id belongs to another kind of tenant".into(),
+        ));
+    }
+    if let Some(l) = lifecycle {
+        tracing::info!(
+            state = l.state.as_str(),
+            "Forge installation lifecycle event"
+        );
+    }
+    Ok(())
+}
+
+/// Keeps the app system token for the bridge, unless one expiring no sooner
+/// was already kept by this process.
+async fn keep_system_token(
+    state: &AppState,
+    installation: &ClientKey,
+    token: &str,
+) -> Result<(), ApiError> {
+    if token.len() > 16 * 1024 {
+        tracing::warn!("x-forge-oauth-system header too long; not kept");
+        return Ok(());
+    }
+    let expires_at = forge::token_expiry(token);
+    let kept = state.forge_tokens.get(&installation.0).await;
+    let newer = match (kept, expires_at) {
+        (None, _) => true,
+        (Some(Some(old)), Some(new)) => new > old,
+        (Some(_), _) => false,
+    };
+    if newer {
+        state
+            .store
+            .save_forge_token(
+                installation,
+                &SecretString::from(token.to_string()),
+                expires_at,
+            )
+            .await?;
+        state
+            .forge_tokens
+            .insert(installation.0.clone(), expires_at)
+            .await;
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------- Jira admin webhooks
+
+pub async fn admin_webhook(
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let webhook_id = webhook_identifier(&req);
+    let span = tracing::info_span!(
+        "admin_webhook",
+        source_id = %id,
+        webhook_id = webhook_id.as_ref().ok().and_then(Option::as_deref).unwrap_or(""),
+        event = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+    );
+    admin_event(&req, &id, webhook_id, payload, &state)
+        .instrument(span)
+        .await
+}
+
+async fn admin_event(
+    req: &HttpRequest,
+    id: &str,
+    webhook_id: Result<Option<String>, ApiError>,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let source = match state.auth.tenants().get(id).await?.0 {
+        Some(t) if t.kind == TenantKind::JiraAdmin => t,
+        _ => {
+            count("jira-admin", "unknown_source");
+            tracing::warn!("no such admin-webhook source");
+            return Err(ApiError::NotFound);
+        }
+    };
+    // The header's form is checked before the body is read.
+    let digest = admin_webhook::parse_signature(header(req, "x-hub-signature"))
+        .map_err(signature_refused)?;
+    let webhook_id =
+        webhook_id.inspect_err(|e| tracing::warn!(reason = %e, "bad webhook identifier"))?;
+    let (body, _held) = read_body(req, payload, state.config.max_body_bytes, state).await?;
+    let secrets = secrets(state, &source.client_key).await?;
+    admin_webhook::verify(&digest, &body, secrets.iter()).map_err(signature_refused)?;
+    count("jira-admin", "verified");
+
+    let body = json_text(body)?;
+    let event = webhook_event(&body)?;
+    tracing::Span::current().record("event", event.as_str());
+    let new_event = Event {
+        id: EventId::new(),
+        source: Source::JiraAdmin,
+        product: Some(Product::Jira),
+        event,
+        source_event: None,
+        client_key: Some(source.client_key.clone()),
+        tenant_base_url: Some(source.base_url.clone()),
+        webhook_id,
+        webhook_retry: header(req, "X-Atlassian-Webhook-Retry").and_then(|v| v.parse().ok()),
+        webhook_flow: header(req, "X-Atlassian-Webhook-Flow")
+            .filter(|v| v.len() <= 64)
+            .map(str::to_string),
+        received_at: crate::domain::now_millis(),
+        payload: body,
+    };
+    let stored = crate::intake::accept(&state.store, &state.publisher, new_event).await?;
+    Ok(HttpResponse::Ok().json(crate::intake::answer(stored)))
+}
+
+fn signature_refused(e: SignatureError) -> ApiError {
+    count("jira-admin", e.reason());
+    tracing::warn!(reason = %e, "admin webhook not authenticated");
+    ApiError::Unauthorized(e.to_string())
+}
+
+/// `webhookEvent`, the event's name in every Jira admin webhook payload.
+fn webhook_event(body: &str) -> Result<String, ApiError> {
+    #[derive(Deserialize)]
+    struct Named {
+        #[serde(rename = "webhookEvent")]
+        webhook_event: Option<serde_json::Value>,
+    }
+    let named: Named = serde_json::from_str(body).map_err(|_| {
+        ApiError::BadRequest("body is not a JSON object with `webhookEvent`".into())
+    })?;
+    named
+        .webhook_event
+        .as_ref()
+        .and_then(|v| v.as_str())
+        .filter(|name| crate::descriptor::valid_event_name(name))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            tracing::warn!("admin webhook without a usable webhookEvent");
+            ApiError::BadRequest("`webhookEvent` is missing or not an event name".into())
+        })
+}
+
+async fn secrets(state: &AppState, source: &ClientKey) -> Result<Arc<Vec<SecretString>>, ApiError> {
+    if let Some(secrets) = state.source_secrets.get(&source.0).await {
+        return Ok(secrets);
+    }
+    let secrets: Vec<SecretString> = state
+        .store
+        .source_secrets(source)
+        .await?
+        .into_iter()
+        .map(|s| s.secret)
+        .collect();
+    let secrets = Arc::new(secrets);
+    state
+        .source_secrets
+        .insert(source.0.clone(), secrets.clone())
+        .await;
+    Ok(secrets)
+}
+
+// -------------------------------------------------------------- the admin API
+
+pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
+    scope
+        .route("/sources", web::post().to(create_source))
+        .route("/sources", web::get().to(list_sources))
+        .route("/sources/{id}", web::get().to(get_source))
+        .route("/sources/{id}", web::patch().to(update_source))
+        .route("/sources/{id}", web::delete().to(delete_source))
+        .route("/tenants", web::get().to(list_tenants))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSource {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    base_url: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeSource {
+    name: Option<String>,
+    base_url: Option<String>,
+    #[serde(default)]
+    add_secret: bool,
+    remove_secret: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SecretView {
+    prefix: String,
+    created_at: String,
+}
+
+#[derive(Serialize)]
+struct SourceView {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: Option<String>,
+    base_url: String,
+    url: String,
+    product: Product,
+    secrets: Vec<SecretView>,
+    created_at: String,
+    updated_at: String,
+    /// Only when a secret was just made: shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+fn source_url(state: &AppState, id: &str) -> String {
+    format!(
+        "{}/in/{}",
+        state.config.base_url.as_str().trim_end_matches('/'),
+        id
+    )
+}
+
+async fn source_view(
+    state: &AppState,
+    tenant: Tenant,
+    secret: Option<String>,
+) -> Result<SourceView, ApiError> {
+    let secrets = state
+        .store
+        .source_secrets(&tenant.client_key)
+        .await?
+        .into_iter()
+        .map(|s| SecretView {
+            prefix: s.prefix,
+            created_at: format_timestamp(s.created_at),
+        })
+        .collect();
+    Ok(SourceView {
+        url: source_url(state, &tenant.client_key.0),
+        id: tenant.client_key.0,
+        kind: TenantKind::JiraAdmin.as_str(),
+        name: tenant.name,
+        base_url: tenant.base_url,
+        product: tenant.product,
+        secrets,
+        created_at: format_timestamp(tenant.installed_at),
+        updated_at: format_timestamp(tenant.updated_at),
+        secret,
+    })
+}
+
+fn bad(detail: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(detail.into())
+}
+
+fn check_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(bad(
+            "`name` must be 1 to 200 characters, without control characters",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn check_base_url(url: &str) -> Result<String, ApiError> {
+    let parsed =
+        url::Url::parse(url.trim()).map_err(|e| bad(format!("`base_url` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host_str().is_none()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+        || url.len() > 2048
+    {
+        return Err(bad(
+            "`base_url` must be an http(s) URL of the site, without query or fragment",
+        ));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
+fn new_secret() -> (SourceSecret, String) {
+    let secret = admin_webhook::generate_secret();
+    (
+        SourceSecret {
+            prefix: secret[..PREFIX_LEN].to_string(),
+            secret: SecretString::from(secret.clone()),
+            created_at: crate::domain::now_millis(),
+        },
+        secret,
+    )
+}
+
+fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("invalid body: {e}")))
+}
+
+async fn create_source(
+    _: Admin,
+    state: web::Data<AppState>,
+    AdminBody(body): AdminBody,
+) -> Result<HttpResponse, ApiError> {
+    let request: CreateSource = json(&body)?;
+    if request.kind != TenantKind::JiraAdmin.as_str() {
+        return Err(bad("`type` must be \"jira-admin\""));
+    }
+    let source = NewSource {
+        id: ClientKey(uuid::Uuid::new_v4().to_string()),
+        name: check_name(&request.name)?,
+        base_url: check_base_url(&request.base_url)?,
+    };
+    let (secret, shown) = new_secret();
+    state.store.create_source(&source, &secret).await?;
+    tracing::info!(source_id = %source.id, name = %source.name, "admin-webhook source created");
+    let tenant = state
+        .store
+        .source(&source.id)
+        .await?
+        .ok_or(ApiError::Internal)?;
+    let view = source_view(&state, tenant, Some(shown)).await?;
+    Ok(HttpResponse::Created().json(view))
+}
+
+async fn list_sources(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut views = Vec::new();
+    for tenant in state
+        .store
+        .list_tenants(Some(TenantKind::JiraAdmin))
+        .await?
+    {
+        views.push(source_view(&state, tenant, None).await?);
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": views })))
+}
+
+async fn get_source(
+    _: Admin,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = state
+        .store
+        .source(&ClientKey(id.into_inner()))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(source_view(&state, tenant, None).await?))
+}
+
+async fn update_source(
+    _: Admin,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+    AdminBody(body): AdminBody,
+) -> Result<HttpResponse, ApiError> {
+    let id = ClientKey(id.into_inner());
+    let change: ChangeSource = json(&body)?;
+    if change.add_secret && change.remove_secret.is_some() {
+        return Err(bad("add a secret and remove one in two requests"));
+    }
+    let name = change.name.as_deref().map(check_name).transpose()?;
+    let base_url = change.base_url.as_deref().map(check_base_url).transpose()?;
+    if !state
+        .store
+        .update_source(&id, name.as_deref(), base_url.as_deref())
+        .await?
+    {
+        return Err(ApiError::NotFound);
+    }
+    let mut shown = None;
+    if change.add_secret {
+        let (secret, plain) = new_secret();
+        state.store.add_source_secret(&id, &secret).await?;
+        tracing::info!(source_id = %id, prefix = %secret.prefix, "secret added");
+        shown = Some(plain);
+    }
+    if let Some(prefix) = &change.remove_secret {
+        match state.store.remove_source_secret(&id, prefix).await? {
+            Some(true) => tracing::info!(source_id = %id, prefix = %prefix, "secret retired"),
+            Some(false) => {
+                return Err(ApiError::Conflict(
+                    "this is the source's last secret: add another one first".into(),
+                ))
+            }
+            None => return Err(bad(format!("no secret has the prefix `{prefix}`"))),
+        }
+    }
+    state.source_secrets.invalidate(&id.0).await;
+    state.auth.tenants().invalidate(&id.0).await;
+    let tenant = state.store.source(&id).await?.ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(source_view(&state, tenant, shown).await?))
+}
+
+async fn delete_source(
+    _: Admin,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = ClientKey(id.into_inner());
+    if !state.store.delete_source(&id).await? {
+        return Err(ApiError::NotFound);
+    }
+    state.source_secrets.invalidate(&id.0).await;
+    state.auth.tenants().invalidate(&id.0).await;
+    tracing::info!(source_id = %id, "admin-webhook source deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Deserialize)]
+struct TenantQuery {
+    kind: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TenantView {
+    client_key: String,
+    kind: &'static str,
+    product: Product,
+    base_url: String,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cloud_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<String>,
+    installed_at: String,
+    updated_at: String,
+}
+
+async fn list_tenants(
+    _: Admin,
+    query: web::Query<TenantQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let kind = match query.kind.as_deref() {
+        None | Some("") => None,
+        Some(k) => Some(
+            TenantKind::parse(k)
+                .ok_or_else(|| bad("`kind` must be connect, forge or jira-admin"))?,
+        ),
+    };
+    let tenants: Vec<TenantView> = state
+        .store
+        .list_tenants(kind)
+        .await?
+        .into_iter()
+        .map(|t| TenantView {
+            client_key: t.client_key.0,
+            kind: t.kind.as_str(),
+            product: t.product,
+            base_url: t.base_url,
+            state: t.state.as_str(),
+            name: t.name,
+            display_url: t.display_url,
+            cloud_id: t.cloud_id,
+            api_base_url: t.api_base_url,
+            environment: t.environment,
+            installed_at: format_timestamp(t.installed_at),
+            updated_at: format_timestamp(t.updated_at),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": tenants })))
+}

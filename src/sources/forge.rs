@@ -1,0 +1,630 @@
+//! Forge Remote: verifying the Forge Invocation Token (FIT) a Forge app's
+//! trigger sends with each product event, and reading the event it carries.
+//!
+//! A token is accepted only when all of these hold (checked in this order, so
+//! that a token failing the cheap checks never costs a key fetch):
+//! - header `alg` is `RS256` and `kid` is present;
+//! - `iss` is `forge/invocation-token`; `aud` (string or array) contains a
+//!   configured app id, and `app.id` equals it; `app.installationId` is present;
+//! - `iat`, `nbf`, `exp` and `jti` are present; `exp` and `nbf` hold within the
+//!   leeway;
+//! - `icLabel`, when present, matches `^[a-z0-9_-]{1,50}$` and an Isolated
+//!   Cloud JWKS template is configured (its keys then come from there);
+//! - the signature verifies with the JWKS key named by `kid`.
+//!
+//! Keys are cached per JWKS URL for `HOOKRELAY_FORGE_JWKS_TTL`. An unknown
+//! `kid` refetches the JWKS, at most once per
+//! `HOOKRELAY_FORGE_JWKS_REFETCH_INTERVAL` for all URLs together, so a flood
+//! of made-up `kid`s (or Isolated Cloud labels) costs at most that. A JWKS that
+//! cannot be fetched, with no key for the `kid`, fails closed: 503, so that
+//! Forge retries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::ForgeSettings;
+use crate::domain::Product;
+
+/// The FIT issuer.
+pub const ISSUER: &str = "forge/invocation-token";
+/// Most bytes of JWKS read: Atlassian's is a few KiB.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Most Isolated Cloud JWKS URLs cached at once.
+const MAX_JWKS_URLS: usize = 64;
+
+/// Why a Forge request was refused. Everything but [`ForgeError::Jwks`] is
+/// the caller's fault and answers 401.
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    #[error("Forge Remote is not configured (HOOKRELAY_FORGE_APP_IDS is empty)")]
+    NotConfigured,
+    #[error("no Forge Invocation Token (Authorization: Bearer <token>)")]
+    MissingToken,
+    #[error("malformed Forge Invocation Token: {0}")]
+    Malformed(&'static str),
+    #[error("token algorithm must be RS256")]
+    Algorithm,
+    #[error("token header has no `kid`")]
+    MissingKid,
+    #[error("token lacks the `{0}` claim")]
+    MissingClaim(&'static str),
+    #[error("token `iss` is not forge/invocation-token")]
+    Issuer,
+    #[error("token `aud` names no app configured in HOOKRELAY_FORGE_APP_IDS")]
+    Audience,
+    #[error("token `app.id` does not equal its `aud`")]
+    AppId,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet (`nbf`)")]
+    NotYetValid,
+    #[error("token `icLabel` is not a valid Isolated Cloud label")]
+    BadIcLabel,
+    #[error("Isolated Cloud tokens are not accepted (HOOKRELAY_FORGE_IC_JWKS_TEMPLATE is unset)")]
+    IsolatedCloud,
+    #[error("no key in the JWKS has this token's `kid`")]
+    UnknownKid,
+    #[error("token signature does not verify")]
+    Signature,
+    #[error("the Forge JWKS cannot be fetched: {0}")]
+    Jwks(String),
+}
+
+impl ForgeError {
+    /// True when the failure is ours (the keys cannot be had): answer 503.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ForgeError::Jwks(_))
+    }
+
+    /// A short label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ForgeError::NotConfigured => "not_configured",
+            ForgeError::MissingToken => "missing_token",
+            ForgeError::Malformed(_) => "malformed",
+            ForgeError::Algorithm => "algorithm",
+            ForgeError::MissingKid => "kid",
+            ForgeError::MissingClaim(_) => "missing_claim",
+            ForgeError::Issuer => "issuer",
+            ForgeError::Audience => "audience",
+            ForgeError::AppId => "app_id",
+            ForgeError::Expired => "expired",
+            ForgeError::NotYetValid => "not_yet_valid",
+            ForgeError::BadIcLabel => "ic_label",
+            ForgeError::IsolatedCloud => "isolated_cloud",
+            ForgeError::UnknownKid => "unknown_kid",
+            ForgeError::Signature => "signature",
+            ForgeError::Jwks(_) => "jwks",
+        }
+    }
+}
+
+/// `aud`: a string or an array of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, id: &str) -> bool {
+        match self {
+            Audience::One(a) => a == id,
+            Audience::Many(all) => all.iter().any(|a| a == id),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct FitClaims {
+    iss: Option<String>,
+    aud: Option<Audience>,
+    iat: Option<i64>,
+    nbf: Option<i64>,
+    exp: Option<i64>,
+    jti: Option<String>,
+    app: Option<FitApp>,
+    #[serde(default)]
+    context: Option<FitContext>,
+    #[serde(rename = "icLabel")]
+    ic_label: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FitApp {
+    id: Option<String>,
+    installation_id: Option<String>,
+    api_base_url: Option<String>,
+    #[serde(default)]
+    environment: Option<FitEnvironment>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct FitEnvironment {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FitContext {
+    cloud_id: Option<String>,
+    site_url: Option<String>,
+}
+
+/// A verified invocation: who sent it, for which installation.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub app_id: String,
+    /// `app.installationId`: the tenant.
+    pub installation_id: String,
+    pub api_base_url: Option<String>,
+    pub cloud_id: Option<String>,
+    pub site_url: Option<String>,
+    /// `app.environment.type`: DEVELOPMENT, STAGING or PRODUCTION.
+    pub environment: Option<String>,
+    /// `iat`: orders lifecycle events.
+    pub issued_at: DateTime<Utc>,
+}
+
+impl Invocation {
+    /// The product the installation belongs to, from its API base URL
+    /// (`…/ex/jira/<cloudId>`, `…/ex/confluence/<cloudId>`).
+    pub fn product(&self) -> Option<Product> {
+        let url = self.api_base_url.as_deref()?;
+        if url.contains("/ex/jira/") {
+            Some(Product::Jira)
+        } else if url.contains("/ex/confluence/") {
+            Some(Product::Confluence)
+        } else {
+            None
+        }
+    }
+}
+
+/// One JWKS URL's keys, as last fetched.
+#[derive(Default)]
+struct KeySet {
+    keys: HashMap<String, DecodingKey>,
+    fetched_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// Verifies Forge Invocation Tokens against the published keys.
+pub struct ForgeVerifier {
+    settings: ForgeSettings,
+    leeway: Duration,
+    http: reqwest::Client,
+    /// Keys by JWKS URL (the main one, and Isolated Cloud ones by label).
+    sets: RwLock<HashMap<String, Arc<RwLock<KeySet>>>>,
+    /// One fetch at a time, so that concurrent misses wait for one answer.
+    fetching: Mutex<()>,
+    /// Fetches for all URLs together.
+    fetches: DefaultDirectRateLimiter,
+}
+
+impl ForgeVerifier {
+    pub fn new(settings: ForgeSettings, leeway: Duration, http: reqwest::Client) -> Self {
+        let period = settings.jwks_refetch_interval.max(Duration::from_millis(1));
+        let quota = Quota::with_period(period).expect("period is at least 1 ms");
+        Self {
+            settings,
+            leeway,
+            http,
+            sets: RwLock::new(HashMap::new()),
+            fetching: Mutex::new(()),
+            fetches: RateLimiter::direct(quota),
+        }
+    }
+
+    pub fn is_configured(&self) -> bool {
+        !self.settings.app_ids.is_empty()
+    }
+
+    /// Verifies `authorization` (the whole header) and returns the invocation.
+    pub async fn verify(&self, authorization: Option<&str>) -> Result<Invocation, ForgeError> {
+        if !self.is_configured() {
+            return Err(ForgeError::NotConfigured);
+        }
+        let token = authorization
+            .map(str::trim)
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|t| !t.is_empty())
+            .ok_or(ForgeError::MissingToken)?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| ForgeError::Malformed("header"))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(ForgeError::Algorithm);
+        }
+        let kid = header
+            .kid
+            .filter(|k| !k.is_empty() && k.len() <= 256)
+            .ok_or(ForgeError::MissingKid)?;
+        // The claims are checked before any key is fetched.
+        let unverified = peek(token)?;
+        let jwks_url = self.check(&unverified)?;
+        let key = self.key(&jwks_url, &kid).await?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        // Checked by `check`, with our own leeway and messages.
+        validation.required_spec_claims = Default::default();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let claims = jsonwebtoken::decode::<FitClaims>(token, &key, &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => ForgeError::Signature,
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => ForgeError::Algorithm,
+                _ => ForgeError::Malformed("token could not be decoded"),
+            })?
+            .claims;
+        self.check(&claims)?;
+        invocation(claims)
+    }
+
+    /// Every claim rule; returns the JWKS URL the token's key comes from.
+    fn check(&self, claims: &FitClaims) -> Result<String, ForgeError> {
+        if claims.iss.as_deref() != Some(ISSUER) {
+            return Err(ForgeError::Issuer);
+        }
+        let aud = claims.aud.as_ref().ok_or(ForgeError::MissingClaim("aud"))?;
+        let app_id = self
+            .settings
+            .app_ids
+            .iter()
+            .find(|id| aud.contains(id))
+            .ok_or(ForgeError::Audience)?;
+        let app = claims.app.as_ref().ok_or(ForgeError::MissingClaim("app"))?;
+        if app.id.as_deref() != Some(app_id.as_str()) {
+            return Err(ForgeError::AppId);
+        }
+        app.installation_id
+            .as_deref()
+            .filter(|id| !id.is_empty())
+            .ok_or(ForgeError::MissingClaim("app.installationId"))?;
+        let iat = claims.iat.ok_or(ForgeError::MissingClaim("iat"))?;
+        let nbf = claims.nbf.ok_or(ForgeError::MissingClaim("nbf"))?;
+        let exp = claims.exp.ok_or(ForgeError::MissingClaim("exp"))?;
+        claims
+            .jti
+            .as_deref()
+            .filter(|j| !j.is_empty())
+            .ok_or(ForgeError::MissingClaim("jti"))?;
+        let _ = iat;
+        let now = Utc::now().timestamp();
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
+        if now > exp.saturating_add(leeway) {
+            return Err(ForgeError::Expired);
+        }
+        if nbf > now.saturating_add(leeway) {
+            return Err(ForgeError::NotYetValid);
+        }
+        match &claims.ic_label {
+            None => Ok(self.settings.jwks_url.to_string()),
+            Some(label) => {
+                if !valid_ic_label(label) {
+                    return Err(ForgeError::BadIcLabel);
+                }
+                let template = self
+                    .settings
+                    .ic_jwks_template
+                    .as_deref()
+                    .ok_or(ForgeError::IsolatedCloud)?;
+                Ok(template.replace("{icLabel}", label))
+            }
+        }
+    }
+
+    /// The key `kid` of the JWKS at `url`: cached, or fetched (rate-limited).
+    async fn key(&self, url: &str, kid: &str) -> Result<DecodingKey, ForgeError> {
+        let set = self.set(url).await?;
+        let ttl = self.settings.jwks_ttl;
+        {
+            let keys = set.read().await;
+            let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < ttl);
+            if let (true, Some(key)) = (fresh, keys.keys.get(kid)) {
+                return Ok(key.clone());
+            }
+        }
+        let _one_at_a_time = self.fetching.lock().await;
+        // Another request may have fetched while this one waited.
+        {
+            let keys = set.read().await;
+            let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < ttl);
+            if let (true, Some(key)) = (fresh, keys.keys.get(kid)) {
+                return Ok(key.clone());
+            }
+        }
+        if self.fetches.check().is_err() {
+            let keys = set.read().await;
+            return match keys.keys.get(kid) {
+                // Stale but known: better than refusing a good token.
+                Some(key) => Ok(key.clone()),
+                None if keys.fetched_at.is_none() => Err(ForgeError::Jwks(
+                    keys.last_error
+                        .clone()
+                        .unwrap_or_else(|| "fetches are rate-limited".into()),
+                )),
+                None => {
+                    tracing::warn!(kid, "unknown kid; JWKS refetch is rate-limited");
+                    Err(ForgeError::UnknownKid)
+                }
+            };
+        }
+        let fetched = self.fetch(url).await;
+        let mut keys = set.write().await;
+        match fetched {
+            Ok(new_keys) => {
+                tracing::info!(url, keys = new_keys.len(), "Forge JWKS fetched");
+                keys.keys = new_keys;
+                keys.fetched_at = Some(Instant::now());
+                keys.last_error = None;
+                keys.keys.get(kid).cloned().ok_or(ForgeError::UnknownKid)
+            }
+            Err(e) => {
+                tracing::error!(url, error = %e, "cannot fetch the Forge JWKS");
+                keys.last_error = Some(e.clone());
+                match keys.keys.get(kid) {
+                    Some(key) => Ok(key.clone()),
+                    None => Err(ForgeError::Jwks(e)),
+                }
+            }
+        }
+    }
+
+    async fn set(&self, url: &str) -> Result<Arc<RwLock<KeySet>>, ForgeError> {
+        if let Some(set) = self.sets.read().await.get(url) {
+            return Ok(set.clone());
+        }
+        let mut sets = self.sets.write().await;
+        if sets.len() >= MAX_JWKS_URLS && !sets.contains_key(url) {
+            // Only Isolated Cloud labels add URLs: forget those never fetched.
+            sets.retain(|_, set| set.try_read().is_ok_and(|s| s.fetched_at.is_some()));
+            if sets.len() >= MAX_JWKS_URLS {
+                return Err(ForgeError::Jwks("too many Isolated Cloud JWKS URLs".into()));
+            }
+        }
+        Ok(sets.entry(url.to_string()).or_default().clone())
+    }
+
+    async fn fetch(&self, url: &str) -> Result<HashMap<String, DecodingKey>, String> {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_JWKS_BYTES as u64)
+        {
+            return Err("JWKS too large".into());
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("body could not be read: {e}"))?;
+        if body.len() > MAX_JWKS_BYTES {
+            return Err("JWKS too large".into());
+        }
+        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?;
+        let keys: HashMap<String, DecodingKey> = set
+            .keys
+            .iter()
+            .filter(|jwk| matches!(jwk.algorithm, AlgorithmParameters::RSA(_)))
+            .filter_map(|jwk| {
+                let kid = jwk.common.key_id.clone()?;
+                DecodingKey::from_jwk(jwk).ok().map(|key| (kid, key))
+            })
+            .collect();
+        if keys.is_empty() {
+            return Err("the JWKS holds no RSA key with a kid".into());
+        }
+        Ok(keys)
+    }
+
+    /// For `/readyz`: each JWKS URL with how many keys it holds, how old they
+    /// are, and the last fetch error.
+    pub async fn status(&self) -> serde_json::Value {
+        let sets = self.sets.read().await;
+        let mut out = Vec::new();
+        for (url, set) in sets.iter() {
+            let set = set.read().await;
+            out.push(serde_json::json!({
+                "url": url,
+                "keys": set.keys.len(),
+                "age_secs": set.fetched_at.map(|at| at.elapsed().as_secs()),
+                "last_error": set.last_error,
+            }));
+        }
+        serde_json::json!({
+            "configured": self.is_configured(),
+            "jwks": out,
+        })
+    }
+}
+
+/// The claims of a token, before its signature is checked.
+fn peek(token: &str) -> Result<FitClaims, ForgeError> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(claims), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ForgeError::Malformed("not three segments"));
+    };
+    let json = URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .map_err(|_| ForgeError::Malformed("claims are not base64url"))?;
+    serde_json::from_slice(&json)
+        .map_err(|_| ForgeError::Malformed("claims are not the JSON expected"))
+}
+
+fn invocation(claims: FitClaims) -> Result<Invocation, ForgeError> {
+    let app = claims.app.ok_or(ForgeError::MissingClaim("app"))?;
+    let context = claims.context.unwrap_or_default();
+    let issued_at = claims
+        .iat
+        .and_then(|iat| DateTime::from_timestamp(iat, 0))
+        .ok_or(ForgeError::MissingClaim("iat"))?;
+    Ok(Invocation {
+        app_id: app.id.ok_or(ForgeError::MissingClaim("app.id"))?,
+        installation_id: app
+            .installation_id
+            .ok_or(ForgeError::MissingClaim("app.installationId"))?,
+        api_base_url: app.api_base_url,
+        cloud_id: context.cloud_id,
+        site_url: context.site_url,
+        environment: app.environment.and_then(|e| e.kind),
+        issued_at,
+    })
+}
+
+/// `^[a-z0-9_-]{1,50}$`.
+pub fn valid_ic_label(label: &str) -> bool {
+    (1..=50).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The expiry of an app system token, when it is a JWT with `exp`; `None`
+/// when it is opaque. Read without verifying: it is only kept, never trusted.
+pub fn token_expiry(token: &str) -> Option<DateTime<Utc>> {
+    #[derive(Deserialize)]
+    struct Exp {
+        exp: Option<i64>,
+    }
+    let claims = token.split('.').nth(1)?;
+    let json = URL_SAFE_NO_PAD.decode(claims.trim_end_matches('=')).ok()?;
+    let exp: Exp = serde_json::from_slice(&json).ok()?;
+    DateTime::from_timestamp(exp.exp?, 0)
+}
+
+/// What the body of a Forge event carries: `{"payload": {"eventType": …, …}}`.
+#[derive(Debug)]
+pub struct ForgeEvent<'a> {
+    /// `payload.eventType`.
+    pub event_type: String,
+    /// The body's `payload`, exactly as received.
+    pub payload: &'a str,
+    /// `payload.retryContext.retryCount`, on Forge's retries.
+    pub retry: Option<i32>,
+    pub cloud_id: Option<String>,
+    pub site_url: Option<String>,
+    /// Identifies the event across Forge's retries: the SHA-256 of the payload
+    /// without `retryContext`, keys sorted.
+    pub dedupe_key: String,
+}
+
+/// Reads a Forge event body (already checked to be a payload, see
+/// [`crate::payload`]).
+pub fn read_event(body: &str) -> Result<ForgeEvent<'_>, String> {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        payload: Option<&'a serde_json::value::RawValue>,
+    }
+    let body: Body<'_> =
+        serde_json::from_str(body).map_err(|e| format!("body is not the JSON expected: {e}"))?;
+    let raw = body.payload.ok_or("body has no `payload`")?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(raw.get()).map_err(|e| format!("payload: {e}"))?;
+    let object = value.as_object_mut().ok_or("`payload` is not an object")?;
+    let event_type = object
+        .get("eventType")
+        .and_then(|v| v.as_str())
+        .filter(|s| crate::descriptor::valid_event_name(s))
+        .ok_or("`payload.eventType` is missing or not an event name")?
+        .to_string();
+    let retry = object
+        .get("retryContext")
+        .and_then(|r| r.get("retryCount"))
+        .and_then(|c| c.as_i64())
+        .and_then(|c| i32::try_from(c).ok());
+    let context = object.get("context");
+    let text = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v.as_str())
+            .filter(|s| s.len() <= 2048)
+            .map(str::to_string)
+    };
+    let cloud_id = text(context.and_then(|c| c.get("cloudId")));
+    let site_url = text(context.and_then(|c| c.get("siteUrl")));
+    object.remove("retryContext");
+    // serde_json's maps are sorted (no preserve_order), so this is canonical.
+    let canonical = serde_json::to_vec(&value).map_err(|e| format!("payload: {e}"))?;
+    let dedupe_key = format!("forge:{}", hex::encode(sha2::Sha256::digest(&canonical)));
+    Ok(ForgeEvent {
+        event_type,
+        payload: raw.get(),
+        retry,
+        cloud_id,
+        site_url,
+        dedupe_key,
+    })
+}
+
+use sha2::Digest;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ic_labels() {
+        assert!(valid_ic_label("abc-1_x"));
+        assert!(!valid_ic_label(""));
+        assert!(!valid_ic_label("ABC"));
+        assert!(!valid_ic_label("a.b"));
+        assert!(!valid_ic_label(&"a".repeat(51)));
+        assert!(valid_ic_label(&"a".repeat(50)));
+    }
+
+    #[test]
+    fn retries_share_a_dedupe_key() {
+        let first =
+            r#"{"payload":{"eventType":"avi:jira:created:issue","issue":{"id":"1","key":"A-1"}}}"#;
+        let retry = r#"{"payload":{"issue":{"key":"A-1","id":"1"},"retryContext":{"retryCount":2,"retryReason":"FUNCTION_ERROR"},"eventType":"avi:jira:created:issue"}}"#;
+        let other =
+            r#"{"payload":{"eventType":"avi:jira:created:issue","issue":{"id":"2","key":"A-2"}}}"#;
+        let (a, b, c) = (
+            read_event(first).unwrap(),
+            read_event(retry).unwrap(),
+            read_event(other).unwrap(),
+        );
+        assert_eq!(a.dedupe_key, b.dedupe_key);
+        assert_ne!(a.dedupe_key, c.dedupe_key);
+        assert_eq!(b.retry, Some(2));
+        assert_eq!(a.retry, None);
+        assert!(b.payload.contains("retryContext"));
+    }
+
+    #[test]
+    fn bodies_without_an_event_type_are_refused() {
+        for body in [
+            r#"{}"#,
+            r#"{"payload": 1}"#,
+            r#"{"payload": {}}"#,
+            r#"{"payload": {"eventType": ""}}"#,
+            r#"{"payload": {"eventType": "a b"}}"#,
+            r#"[1]"#,
+        ] {
+            assert!(read_event(body).is_err(), "{body}");
+        }
+    }
+}
