@@ -31,6 +31,7 @@ fuzz_target!(|input: &str| {
         source: Source::Connect,
         product: Some(Product::Jira),
         event: name.to_string(),
+        source_event: None,
         client_key: Some(ClientKey(key.to_string())),
         tenant_base_url: None,
         webhook_id: None,
@@ -43,6 +44,7 @@ fuzz_target!(|input: &str| {
     assert!(json.ends_with(&format!("\"payload\":{body}}}")));
     let value: serde_json::Value = serde_json::from_str(&json).expect("the envelope is JSON");
     assert_eq!(value["event"], name);
+    assert_eq!(value["source_event"], name);
     assert_eq!(value["tenant"]["client_key"], key);
     let candidate = matching::Candidate::new(&json).expect("the matcher reads it");
     let _ = candidate;

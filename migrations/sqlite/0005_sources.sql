@@ -31,3 +31,14 @@ CREATE TABLE forge_tokens (
     expires_at       TEXT,
     updated_at       TEXT NOT NULL
 );
+
+-- Forge Invocation Tokens already accepted, by SHA-256 of the token, with the
+-- event each carried, kept until they expire: the token does not cover the
+-- body, so a captured one must not carry another event. The same token with
+-- the same event (a retry) is still accepted, and stored once.
+CREATE TABLE used_forge_tokens (
+    digest      BLOB PRIMARY KEY,
+    event_key   TEXT NOT NULL,
+    expires_at  TEXT NOT NULL
+);
+CREATE INDEX used_forge_tokens_expiry ON used_forge_tokens (expires_at);

@@ -93,6 +93,22 @@ async fn forge_event(
         ApiError::BadRequest(e)
     })?;
     span.record("forge_event", event.event_type.as_str());
+    // The token does not cover the body: it is accepted with this event only.
+    let fresh = state
+        .store
+        .use_forge_token(
+            &invocation.token_digest,
+            &event.dedupe_key,
+            invocation.token_expires_at,
+        )
+        .await?;
+    if !fresh {
+        count("forge", "replayed");
+        tracing::warn!("Forge Invocation Token already used with another event; refused");
+        return Err(ApiError::Unauthorized(
+            "this invocation token was already used with another event".into(),
+        ));
+    }
 
     let product = forge_events::product_of(&event.event_type)
         .or_else(|| invocation.product())
@@ -261,6 +277,12 @@ async fn admin_event(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
+    // Source ids are UUIDs: anything else is unknown without a store read.
+    if uuid::Uuid::parse_str(id).is_err() {
+        count("jira-admin", "unknown_source");
+        tracing::warn!("no such admin-webhook source");
+        return Err(ApiError::NotFound);
+    }
     let source = match state.auth.tenants().get(id).await?.0 {
         Some(t) if t.kind == TenantKind::JiraAdmin => t,
         _ => {

@@ -30,6 +30,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::config::ForgeSettings;
@@ -177,6 +178,11 @@ pub struct Invocation {
     pub environment: Option<String>,
     /// `iat`: orders lifecycle events.
     pub issued_at: DateTime<Utc>,
+    /// SHA-256 of what the token's signature covers (header and claims), so
+    /// that the token is accepted with one event only.
+    pub token_digest: [u8; 32],
+    /// When the token stops being accepted anyway: `exp` plus the leeway.
+    pub token_expires_at: DateTime<Utc>,
 }
 
 impl Invocation {
@@ -272,7 +278,12 @@ impl ForgeVerifier {
             })?
             .claims;
         self.check(&claims)?;
-        invocation(claims)
+        let mut invocation = invocation(claims)?;
+        let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
+        invocation.token_digest = Sha256::digest(signed.as_bytes()).into();
+        let leeway = chrono::Duration::from_std(self.leeway).unwrap_or_default();
+        invocation.token_expires_at += leeway;
+        Ok(invocation)
     }
 
     /// Every claim rule; returns the JWKS URL the token's key comes from.
@@ -416,12 +427,18 @@ impl ForgeVerifier {
         {
             return Err("JWKS too large".into());
         }
-        let body = response
-            .bytes()
+        // Read in chunks, so that a JWKS server sending without end is cut off.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| format!("body could not be read: {e}"))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err("JWKS too large".into());
+            .map_err(|e| format!("body could not be read: {e}"))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err("JWKS too large".into());
+            }
+            body.extend_from_slice(&chunk);
         }
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?;
         let keys: HashMap<String, DecodingKey> = set
@@ -482,6 +499,10 @@ fn invocation(claims: FitClaims) -> Result<Invocation, ForgeError> {
         .iat
         .and_then(|iat| DateTime::from_timestamp(iat, 0))
         .ok_or(ForgeError::MissingClaim("iat"))?;
+    let token_expires_at = claims
+        .exp
+        .and_then(|exp| DateTime::from_timestamp(exp, 0))
+        .ok_or(ForgeError::MissingClaim("exp"))?;
     Ok(Invocation {
         app_id: app.id.ok_or(ForgeError::MissingClaim("app.id"))?,
         installation_id: app
@@ -492,6 +513,8 @@ fn invocation(claims: FitClaims) -> Result<Invocation, ForgeError> {
         site_url: context.site_url,
         environment: app.environment.and_then(|e| e.kind),
         issued_at,
+        token_digest: [0; 32],
+        token_expires_at,
     })
 }
 
@@ -568,7 +591,7 @@ pub fn read_event(body: &str) -> Result<ForgeEvent<'_>, String> {
     object.remove("retryContext");
     // serde_json's maps are sorted (no preserve_order), so this is canonical.
     let canonical = serde_json::to_vec(&value).map_err(|e| format!("payload: {e}"))?;
-    let dedupe_key = format!("forge:{}", hex::encode(sha2::Sha256::digest(&canonical)));
+    let dedupe_key = format!("forge:{}", hex::encode(Sha256::digest(&canonical)));
     Ok(ForgeEvent {
         event_type,
         payload: raw.get(),
@@ -578,8 +601,6 @@ pub fn read_event(body: &str) -> Result<ForgeEvent<'_>, String> {
         dedupe_key,
     })
 }
-
-use sha2::Digest;
 
 #[cfg(test)]
 mod tests {

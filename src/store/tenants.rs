@@ -189,6 +189,43 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// Records that the Forge Invocation Token `digest` carried the event
+    /// `event_key`. `false` when the token was accepted before with another
+    /// event: a replay with a new body. Expired records are purged now and then.
+    pub async fn use_forge_token(
+        &self,
+        digest: &[u8; 32],
+        event_key: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if rand::random::<u8>() < 4 {
+            let now = Ts(crate::domain::now_millis());
+            let purge = "DELETE FROM used_forge_tokens WHERE expires_at < $1";
+            let _purged = on_pool!(self, write, |pool| sqlx::query(purge)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected());
+        }
+        let insert = "INSERT INTO used_forge_tokens (digest, event_key, expires_at)
+                      VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING RETURNING event_key";
+        let first: Option<(String,)> = on_pool!(self, write, |pool| sqlx::query_as(insert)
+            .bind(&digest[..])
+            .bind(event_key)
+            .bind(Ts(expires_at))
+            .fetch_optional(pool)
+            .await?);
+        if first.is_some() {
+            return Ok(true);
+        }
+        let select = "SELECT event_key FROM used_forge_tokens WHERE digest = $1";
+        let used: Option<(String,)> = on_pool!(self, write, |pool| sqlx::query_as(select)
+            .bind(&digest[..])
+            .fetch_optional(pool)
+            .await?);
+        Ok(used.is_some_and(|(key,)| key == event_key))
+    }
+
     /// Keeps a Forge installation's app system token, unless one that expires
     /// later is already kept. Sealed like every secret.
     pub async fn save_forge_token(

@@ -220,10 +220,11 @@ async fn forge_events_are_verified_stored_once_and_named_like_connect(backend: B
     let app = spawn_app_with(backend, |raw| forge.configure(raw)).await;
     let body = forge_body("avi:jira:created:issue", "ACME-1");
     let system_token = "system-token-not-for-logs-0123456789";
+    let token = forge.token();
     let response = app
         .client
         .post(app.url("/forge/events"))
-        .header("Authorization", format!("Bearer {}", forge.token()))
+        .header("Authorization", format!("Bearer {token}"))
         .header("x-forge-oauth-system", system_token)
         .json(&body)
         .send()
@@ -241,6 +242,21 @@ async fn forge_events_are_verified_stored_once_and_named_like_connect(backend: B
     let again: Value = response.json().await.unwrap();
     assert_eq!(again["id"], first["id"]);
     assert_eq!(again["duplicate"], true);
+
+    // The first token again: with its own event, a duplicate; with another
+    // body (the token does not cover it), refused.
+    let response = post_forge(&app, Some(&format!("Bearer {token}")), &body).await;
+    assert_eq!(response.status(), 200);
+    let replayed: Value = response.json().await.unwrap();
+    assert_eq!(replayed["id"], first["id"]);
+    let forged = forge_body("avi:jira:deleted:issue", "ACME-666");
+    let response = post_forge(&app, Some(&format!("Bearer {token}")), &forged).await;
+    assert_eq!(response.status(), 401);
+    let error = error_body(response).await;
+    assert!(
+        error["detail"].as_str().unwrap().contains("already used"),
+        "{error}"
+    );
 
     let events = stored_events(&app).await;
     assert_eq!(events.len(), 1, "stored once: {events:#?}");
@@ -659,9 +675,13 @@ async fn admin_webhooks_are_verified_by_x_hub_signature(backend: Backend) {
         let error = error_body(response).await;
         assert_eq!(error["error"], "unauthorized", "{case}");
     }
-    let unknown = app.url("/in/00000000-0000-4000-8000-000000000000");
-    let response = post_admin_webhook(&app, &unknown, Some(&good), body, None).await;
-    assert_eq!(response.status(), 404);
+    for unknown in [
+        "/in/00000000-0000-4000-8000-000000000000",
+        "/in/not-a-source",
+    ] {
+        let response = post_admin_webhook(&app, &app.url(unknown), Some(&good), body, None).await;
+        assert_eq!(response.status(), 404, "{unknown}");
+    }
     assert!(stored_events(&app).await.is_empty());
 
     let response = post_admin_webhook(&app, &url, Some(&good), body, Some("wh-1")).await;
