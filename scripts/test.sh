@@ -4,7 +4,8 @@
 # The tests talk to a real PostgreSQL and a real RabbitMQ on their standard ports.
 # This script makes sure both are running first: it starts them when they are
 # installed but stopped, and installs them from the OS packages (apt) when they are
-# missing. Then it runs every test, on PostgreSQL and on SQLite (the fault suite
+# missing; likewise Node.js and npm, for the Forge manifest check (tests/forge-schema).
+# Then it runs every test, on PostgreSQL and on SQLite (the fault suite
 # included), checks the dependencies against the vendored advisory database
 # (scripts/supply-chain.sh) and fuzzes each target briefly (scripts/fuzz.sh).
 #
@@ -81,6 +82,22 @@ ensure_rabbitmq() {
   fi
 }
 
+# The Forge app test checks hookrelay's manifests with Atlassian's
+# @forge/manifest package (tests/forge-schema): it needs Node.js and npm, and
+# the packages pinned by tests/forge-schema/package-lock.json.
+ensure_node() {
+  if ! command -v node >/dev/null; then
+    say "Node.js is not installed: installing it from the OS packages"
+    apt_install nodejs npm
+  elif ! command -v npm >/dev/null; then
+    say "npm is not installed: installing it from the OS packages"
+    apt_install npm
+  fi
+  say "installing the Forge manifest checker's packages (npm ci)"
+  (cd tests/forge-schema && npm ci --no-audit --no-fund --loglevel=error) ||
+    die "npm ci in tests/forge-schema failed"
+}
+
 # Test databases are named hookrelay_t_<unix time>_<id>; drop those over an hour
 # old, left by earlier runs. Recent ones may belong to a run still going.
 prune_test_databases() {
@@ -106,6 +123,7 @@ leftover_databases() {
 
 ensure_postgres
 ensure_rabbitmq
+ensure_node
 prune_test_databases
 
 # Short (test database names must fit PostgreSQL's 63 bytes) and unique

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use hookrelay::config::Config;
 use hookrelay::domain::Product;
+use hookrelay::forge_app::{self, ManifestOptions, Products};
+use hookrelay::sources::forge_events;
 use hookrelay::startup::{Application, Worker};
 use hookrelay::store::Store;
 use hookrelay::{descriptor, telemetry};
@@ -45,6 +47,61 @@ enum Command {
         #[arg(long, value_enum)]
         product: ProductArg,
     },
+    /// Make the Forge app that sends a site's events to hookrelay (Forge Remote).
+    Forge {
+        #[command(subcommand)]
+        command: ForgeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ForgeCommand {
+    /// Print the app's manifest.yml.
+    Manifest(ForgeArgs),
+    /// Write the app's folder: manifest.yml, package.json, .gitignore and
+    /// README.md. Existing files are never overwritten.
+    Init {
+        /// The folder to write (made if missing).
+        dir: PathBuf,
+        #[command(flatten)]
+        args: ForgeArgs,
+    },
+    /// List the Forge events hookrelay knows: name, Connect name, scopes.
+    Events {
+        #[arg(long, value_enum, default_value = "both")]
+        product: ForgeProductArg,
+    },
+}
+
+#[derive(Args)]
+struct ForgeArgs {
+    /// The products whose events the app receives.
+    #[arg(long, value_enum, default_value = "both")]
+    product: ForgeProductArg,
+    /// A Forge event to receive, such as avi:jira:created:issue (repeatable);
+    /// default: every event of the products.
+    #[arg(long = "event", value_name = "NAME")]
+    events: Vec<String>,
+    /// The app id to write; default: the first of HOOKRELAY_FORGE_APP_IDS.
+    #[arg(long, value_name = "ARI")]
+    app_id: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ForgeProductArg {
+    Jira,
+    Confluence,
+    Both,
+}
+
+impl From<ForgeProductArg> for Products {
+    fn from(arg: ForgeProductArg) -> Self {
+        match arg {
+            ForgeProductArg::Jira => Products::Jira,
+            ForgeProductArg::Confluence => Products::Confluence,
+            ForgeProductArg::Both => Products::Both,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -87,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&descriptor::render(&config, product))?
             );
         }
+        Command::Forge { command } => forge(&config, command)?,
         Command::Migrate => {
             let store = migrated_store(&config).await?;
             tracing::info!(store = store.backend(), "migrations applied");
@@ -132,6 +190,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             worker.run_until_stopped(shutdown).await;
+        }
+    }
+    Ok(())
+}
+
+/// `hookrelay forge …`: output on stdout, warnings about the configuration on
+/// stderr (they do not stop the command: the manifest may be for later).
+fn forge(config: &Config, command: ForgeCommand) -> anyhow::Result<()> {
+    let options = |args: ForgeArgs| {
+        ManifestOptions::new(args.product.into(), &args.events, args.app_id)
+            .context("invalid options for the Forge app")
+    };
+    let warn = |options: &ManifestOptions| {
+        for warning in forge_app::warnings(config, options) {
+            eprintln!("hookrelay: warning: {warning}");
+        }
+    };
+    match command {
+        ForgeCommand::Manifest(args) => {
+            let options = options(args)?;
+            warn(&options);
+            print!("{}", forge_app::manifest(config, &options));
+        }
+        ForgeCommand::Init { dir, args } => {
+            let options = options(args)?;
+            forge_app::init(&dir, config, &options)?;
+            warn(&options);
+            println!(
+                "wrote {0}/manifest.yml, package.json, .gitignore and README.md; \
+                 the next steps are in {0}/README.md",
+                dir.display()
+            );
+        }
+        ForgeCommand::Events { product } => {
+            let products = Products::from(product);
+            for event in forge_events::EVENTS
+                .iter()
+                .filter(|e| products.includes(e.product))
+            {
+                println!(
+                    "{}\t{}\t{}",
+                    event.forge,
+                    event.connect.unwrap_or("-"),
+                    event.scopes.join(",")
+                );
+            }
         }
     }
     Ok(())

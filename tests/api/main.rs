@@ -9,6 +9,7 @@ mod binary;
 mod consuming;
 mod descriptor;
 mod faults;
+mod forge_app;
 mod hardening;
 mod lifecycle;
 mod memory;
