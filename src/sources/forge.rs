@@ -306,7 +306,7 @@ impl ForgeVerifier {
             .as_deref()
             .filter(|id| !id.is_empty())
             .ok_or(ForgeError::MissingClaim("app.installationId"))?;
-        let iat = claims.iat.ok_or(ForgeError::MissingClaim("iat"))?;
+        claims.iat.ok_or(ForgeError::MissingClaim("iat"))?;
         let nbf = claims.nbf.ok_or(ForgeError::MissingClaim("nbf"))?;
         let exp = claims.exp.ok_or(ForgeError::MissingClaim("exp"))?;
         claims
@@ -314,7 +314,6 @@ impl ForgeVerifier {
             .as_deref()
             .filter(|j| !j.is_empty())
             .ok_or(ForgeError::MissingClaim("jti"))?;
-        let _ = iat;
         let now = Utc::now().timestamp();
         let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
         if now > exp.saturating_add(leeway) {

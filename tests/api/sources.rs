@@ -574,13 +574,11 @@ fn hub_signature(secret: &str, body: &[u8]) -> String {
 }
 
 async fn post_admin_webhook(
-    app: &TestApp,
     url: &str,
     signature: Option<&str>,
     body: &[u8],
     identifier: Option<&str>,
 ) -> reqwest::Response {
-    let _ = app;
     let mut request = reqwest::Client::new()
         .post(url)
         .header("Content-Type", "application/json")
@@ -670,7 +668,7 @@ async fn admin_webhooks_are_verified_by_x_hub_signature(backend: Backend) {
         ("wrong secret", Some(&wrong_secret), body),
     ];
     for (case, signature, sent) in cases {
-        let response = post_admin_webhook(&app, &url, signature, sent, Some("wh-x")).await;
+        let response = post_admin_webhook(&url, signature, sent, Some("wh-x")).await;
         assert_eq!(response.status(), 401, "{case}");
         let error = error_body(response).await;
         assert_eq!(error["error"], "unauthorized", "{case}");
@@ -679,15 +677,15 @@ async fn admin_webhooks_are_verified_by_x_hub_signature(backend: Backend) {
         "/in/00000000-0000-4000-8000-000000000000",
         "/in/not-a-source",
     ] {
-        let response = post_admin_webhook(&app, &app.url(unknown), Some(&good), body, None).await;
+        let response = post_admin_webhook(&app.url(unknown), Some(&good), body, None).await;
         assert_eq!(response.status(), 404, "{unknown}");
     }
     assert!(stored_events(&app).await.is_empty());
 
-    let response = post_admin_webhook(&app, &url, Some(&good), body, Some("wh-1")).await;
+    let response = post_admin_webhook(&url, Some(&good), body, Some("wh-1")).await;
     assert_eq!(response.status(), 200);
     let first: Value = response.json().await.unwrap();
-    let response = post_admin_webhook(&app, &url, Some(&good), body, Some("wh-1")).await;
+    let response = post_admin_webhook(&url, Some(&good), body, Some("wh-1")).await;
     let again: Value = response.json().await.unwrap();
     assert_eq!(again["id"], first["id"]);
     assert_eq!(again["duplicate"], true);
@@ -704,14 +702,8 @@ async fn admin_webhooks_are_verified_by_x_hub_signature(backend: Backend) {
 
     // Verified but not an event: 400.
     let no_name = br#"{"issue": {}}"#;
-    let response = post_admin_webhook(
-        &app,
-        &url,
-        Some(&hub_signature(&secret, no_name)),
-        no_name,
-        None,
-    )
-    .await;
+    let response =
+        post_admin_webhook(&url, Some(&hub_signature(&secret, no_name)), no_name, None).await;
     assert_eq!(response.status(), 400);
 
     // Rotation: a second secret works beside the first; then the first retires.
@@ -722,7 +714,6 @@ async fn admin_webhooks_are_verified_by_x_hub_signature(backend: Backend) {
     assert_eq!(rotated["secrets"].as_array().unwrap().len(), 2);
     for (n, s) in [(2, &secret), (3, &second)] {
         let response = post_admin_webhook(
-            &app,
             &url,
             Some(&hub_signature(s, body)),
             body,
@@ -733,10 +724,9 @@ async fn admin_webhooks_are_verified_by_x_hub_signature(backend: Backend) {
     }
     let (status, _) = patch_source(&app, &id, json!({"remove_secret": &secret[..8]})).await;
     assert_eq!(status, 200);
-    let response = post_admin_webhook(&app, &url, Some(&good), body, Some("wh-4")).await;
+    let response = post_admin_webhook(&url, Some(&good), body, Some("wh-4")).await;
     assert_eq!(response.status(), 401, "the retired secret");
     let response = post_admin_webhook(
-        &app,
         &url,
         Some(&hub_signature(&second, body)),
         body,
@@ -826,7 +816,6 @@ async fn every_source_is_delivered(
     let (_, url, secret) = create_source(app).await;
     let body = fixture("payloads/jira_issue_created.json");
     let response = post_admin_webhook(
-        app,
         &url,
         Some(&hub_signature(&secret, body.as_bytes())),
         body.as_bytes(),
@@ -837,7 +826,6 @@ async fn every_source_is_delivered(
     // Not subscribed: an update, from the admin webhook.
     let update = body.replace("jira:issue_created", "jira:issue_updated");
     let response = post_admin_webhook(
-        app,
         &url,
         Some(&hub_signature(&secret, update.as_bytes())),
         update.as_bytes(),
