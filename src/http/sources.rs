@@ -333,19 +333,18 @@ fn signature_refused(e: SignatureError) -> ApiError {
 /// `webhookEvent`, the event's name in every Jira admin webhook payload.
 fn webhook_event(body: &str) -> Result<String, ApiError> {
     #[derive(Deserialize)]
-    struct Named {
-        #[serde(rename = "webhookEvent")]
-        webhook_event: Option<serde_json::Value>,
+    struct Named<'a> {
+        // Raw: a large or deep `webhookEvent` is never built into a tree.
+        #[serde(rename = "webhookEvent", borrow)]
+        webhook_event: Option<&'a serde_json::value::RawValue>,
     }
-    let named: Named = serde_json::from_str(body).map_err(|_| {
+    let named: Named<'_> = serde_json::from_str(body).map_err(|_| {
         ApiError::BadRequest("body is not a JSON object with `webhookEvent`".into())
     })?;
     named
         .webhook_event
-        .as_ref()
-        .and_then(|v| v.as_str())
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
         .filter(|name| crate::descriptor::valid_event_name(name))
-        .map(str::to_string)
         .ok_or_else(|| {
             tracing::warn!("admin webhook without a usable webhookEvent");
             ApiError::BadRequest("`webhookEvent` is missing or not an event name".into())

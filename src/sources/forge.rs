@@ -565,32 +565,53 @@ pub fn read_event(body: &str) -> Result<ForgeEvent<'_>, String> {
     let body: Body<'_> =
         serde_json::from_str(body).map_err(|e| format!("body is not the JSON expected: {e}"))?;
     let raw = body.payload.ok_or("body has no `payload`")?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(raw.get()).map_err(|e| format!("payload: {e}"))?;
-    let object = value.as_object_mut().ok_or("`payload` is not an object")?;
-    let event_type = object
+    // Only the top level is split: each member's value stays raw text, so a
+    // large payload costs its top-level members, never a tree of it.
+    let members: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(raw.get()).map_err(|_| "`payload` is not an object")?;
+    let event_type = members
         .get("eventType")
-        .and_then(|v| v.as_str())
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
         .filter(|s| crate::descriptor::valid_event_name(s))
-        .ok_or("`payload.eventType` is missing or not an event name")?
-        .to_string();
-    let retry = object
+        .ok_or("`payload.eventType` is missing or not an event name")?;
+    #[derive(Deserialize)]
+    struct Retry {
+        #[serde(rename = "retryCount")]
+        retry_count: Option<i64>,
+    }
+    let retry = members
         .get("retryContext")
-        .and_then(|r| r.get("retryCount"))
-        .and_then(|c| c.as_i64())
+        .and_then(|v| serde_json::from_str::<Retry>(v.get()).ok())
+        .and_then(|r| r.retry_count)
         .and_then(|c| i32::try_from(c).ok());
-    let context = object.get("context");
-    let text = |v: Option<&serde_json::Value>| {
-        v.and_then(|v| v.as_str())
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Context {
+        cloud_id: Option<serde_json::Value>,
+        site_url: Option<serde_json::Value>,
+    }
+    let context = members
+        .get("context")
+        .filter(|v| v.get().len() <= 64 * 1024)
+        .and_then(|v| serde_json::from_str::<Context>(v.get()).ok());
+    let text = |v: Option<serde_json::Value>| {
+        v.and_then(|v| v.as_str().map(str::to_string))
             .filter(|s| s.len() <= 2048)
-            .map(str::to_string)
     };
-    let cloud_id = text(context.and_then(|c| c.get("cloudId")));
-    let site_url = text(context.and_then(|c| c.get("siteUrl")));
-    object.remove("retryContext");
-    // serde_json's maps are sorted (no preserve_order), so this is canonical.
-    let canonical = serde_json::to_vec(&value).map_err(|e| format!("payload: {e}"))?;
-    let dedupe_key = format!("forge:{}", hex::encode(Sha256::digest(&canonical)));
+    let (cloud_id, site_url) = match context {
+        Some(c) => (text(c.cloud_id), text(c.site_url)),
+        None => (None, None),
+    };
+    // The identity: every member but `retryContext`, in key order, each
+    // value as sent (a retry re-sends the same event with one member added).
+    let mut digest = Sha256::new();
+    for (key, value) in members.iter().filter(|(k, _)| *k != "retryContext") {
+        for part in [key.as_bytes(), value.get().as_bytes()] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+    }
+    let dedupe_key = format!("forge:{}", hex::encode(digest.finalize()));
     Ok(ForgeEvent {
         event_type,
         payload: raw.get(),
@@ -619,7 +640,7 @@ mod tests {
     fn retries_share_a_dedupe_key() {
         let first =
             r#"{"payload":{"eventType":"avi:jira:created:issue","issue":{"id":"1","key":"A-1"}}}"#;
-        let retry = r#"{"payload":{"issue":{"key":"A-1","id":"1"},"retryContext":{"retryCount":2,"retryReason":"FUNCTION_ERROR"},"eventType":"avi:jira:created:issue"}}"#;
+        let retry = r#"{"payload":{"issue":{"id":"1","key":"A-1"},"retryContext":{"retryCount":2,"retryReason":"FUNCTION_ERROR"},"eventType":"avi:jira:created:issue"}}"#;
         let other =
             r#"{"payload":{"eventType":"avi:jira:created:issue","issue":{"id":"2","key":"A-2"}}}"#;
         let (a, b, c) = (
@@ -632,6 +653,14 @@ mod tests {
         assert_eq!(b.retry, Some(2));
         assert_eq!(a.retry, None);
         assert!(b.payload.contains("retryContext"));
+        // Members are length-prefixed: moving bytes between key and value
+        // gives another identity.
+        let shifted = r#"{"payload":{"eventType":"avi:jira:created:issue","issue":{"id":"1","key":"A-1"},"x":"\"y"}}"#;
+        let moved = r#"{"payload":{"eventType":"avi:jira:created:issue","issue":{"id":"1","key":"A-1"},"x\"":"y"}}"#;
+        assert_ne!(
+            read_event(shifted).unwrap().dedupe_key,
+            read_event(moved).unwrap().dedupe_key
+        );
     }
 
     #[test]

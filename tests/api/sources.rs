@@ -208,6 +208,7 @@ both_backends!(
     forge_tokens_that_fail_any_rule_are_refused_and_store_nothing,
     forge_lifecycle_events_move_the_installation_state,
     admin_webhooks_are_verified_by_x_hub_signature,
+    a_store_outage_answers_503_and_the_retry_is_stored_once,
     one_subscription_gets_jira_issue_created_from_every_source
 );
 
@@ -750,6 +751,41 @@ async fn admin_webhooks_are_verified_by_x_hub_signature(backend: Backend) {
     let listed = tenants(&app).await;
     assert_eq!(listed[0]["kind"], "jira-admin");
     assert_eq!(listed[0]["name"], "acme");
+    assert_eq!(stored_events(&app).await.len(), 4);
+}
+
+/// The store going away mid-flight: Forge and admin webhooks get 503 (so they
+/// retry) and nothing is half-stored; the retry after it comes back is stored
+/// once, with the same token for Forge.
+async fn a_store_outage_answers_503_and_the_retry_is_stored_once(backend: Backend) {
+    let forge = Forge::start().await;
+    let app = spawn_app_with(backend, |raw| forge.configure(raw)).await;
+    let (_, url, secret) = create_source(&app).await;
+    // Known to this process before the outage: the installation and the source.
+    let warm = forge_body("avi:jira:created:issue", "ACME-20");
+    let response = post_forge(&app, Some(&format!("Bearer {}", forge.token())), &warm).await;
+    assert_eq!(response.status(), 200);
+    let body = fixture("payloads/jira_issue_created.json");
+    let signature = hub_signature(&secret, body.as_bytes());
+    let response = post_admin_webhook(&url, Some(&signature), body.as_bytes(), Some("a-0")).await;
+    assert_eq!(response.status(), 200);
+
+    let broken = app.break_store().await;
+    let token = forge.token();
+    let during = forge_body("avi:jira:updated:issue", "ACME-21");
+    let response = post_forge(&app, Some(&format!("Bearer {token}")), &during).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(error_body(response).await["error"], "unavailable");
+    let response = post_admin_webhook(&url, Some(&signature), body.as_bytes(), Some("a-1")).await;
+    assert_eq!(response.status(), 503);
+    broken.restore().await;
+
+    let response = post_forge(&app, Some(&format!("Bearer {token}")), &during).await;
+    assert_eq!(response.status(), 200);
+    let response = post_admin_webhook(&url, Some(&signature), body.as_bytes(), Some("a-1")).await;
+    assert_eq!(response.status(), 200);
+    let response = post_admin_webhook(&url, Some(&signature), body.as_bytes(), Some("a-1")).await;
+    assert_eq!(response.json::<Value>().await.unwrap()["duplicate"], true);
     assert_eq!(stored_events(&app).await.len(), 4);
 }
 
