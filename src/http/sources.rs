@@ -25,7 +25,7 @@ use crate::domain::{Product, TenantState};
 use crate::sources::admin_webhook::{self, SignatureError, PREFIX_LEN};
 use crate::sources::forge::{self, ForgeError};
 use crate::sources::forge_events;
-use crate::store::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret};
+use crate::store::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret, TokenUse};
 
 /// Admin-webhook secrets by source id. Changes made by this process clear
 /// their entry; other processes' changes show within the TTL.
@@ -94,7 +94,7 @@ async fn forge_event(
     })?;
     span.record("forge_event", event.event_type.as_str());
     // The token does not cover the body: it is accepted with this event only.
-    let fresh = state
+    let token_use = state
         .store
         .use_forge_token(
             &invocation.token_digest,
@@ -102,7 +102,7 @@ async fn forge_event(
             invocation.token_expires_at,
         )
         .await?;
-    if !fresh {
+    if token_use == TokenUse::Conflict {
         count("forge", "replayed");
         tracing::warn!("Forge Invocation Token already used with another event; refused");
         return Err(ApiError::Unauthorized(
@@ -113,10 +113,10 @@ async fn forge_event(
     let product = forge_events::product_of(&event.event_type)
         .or_else(|| invocation.product())
         .unwrap_or(Product::Jira);
+    // From the signed token only: the body is not covered by the signature.
     let site_url = invocation
         .site_url
         .clone()
-        .or_else(|| event.site_url.clone())
         .or_else(|| invocation.api_base_url.clone())
         .unwrap_or_default();
     let installation = ForgeInstallation {
@@ -140,7 +140,9 @@ async fn forge_event(
         at: invocation.issued_at,
     });
     record_installation(state, &installation, lifecycle).await?;
-    if let Some(token) = header(req, "x-forge-oauth-system") {
+    // The system token header is not signed: it is taken only with a token's
+    // first use, so a replayed invocation token cannot plant another one.
+    if let (TokenUse::First, Some(token)) = (token_use, header(req, "x-forge-oauth-system")) {
         keep_system_token(state, &installation.installation_id, token).await?;
     }
 
@@ -571,6 +573,22 @@ async fn update_source(
     }
     let name = change.name.as_deref().map(check_name).transpose()?;
     let base_url = change.base_url.as_deref().map(check_base_url).transpose()?;
+    if state.store.source(&id).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    // The removal first: it is the one change that can be refused, and a
+    // refused request changes nothing.
+    if let Some(prefix) = &change.remove_secret {
+        match state.store.remove_source_secret(&id, prefix).await? {
+            Some(true) => tracing::info!(source_id = %id, prefix = %prefix, "secret retired"),
+            Some(false) => {
+                return Err(ApiError::Conflict(
+                    "this is the source's last secret: add another one first".into(),
+                ))
+            }
+            None => return Err(bad(format!("no secret has the prefix `{prefix}`"))),
+        }
+    }
     if !state
         .store
         .update_source(&id, name.as_deref(), base_url.as_deref())
@@ -584,17 +602,6 @@ async fn update_source(
         state.store.add_source_secret(&id, &secret).await?;
         tracing::info!(source_id = %id, prefix = %secret.prefix, "secret added");
         shown = Some(plain);
-    }
-    if let Some(prefix) = &change.remove_secret {
-        match state.store.remove_source_secret(&id, prefix).await? {
-            Some(true) => tracing::info!(source_id = %id, prefix = %prefix, "secret retired"),
-            Some(false) => {
-                return Err(ApiError::Conflict(
-                    "this is the source's last secret: add another one first".into(),
-                ))
-            }
-            None => return Err(bad(format!("no secret has the prefix `{prefix}`"))),
-        }
     }
     state.source_secrets.invalidate(&id.0).await;
     state.auth.tenants().invalidate(&id.0).await;

@@ -205,7 +205,34 @@ impl Invocation {
 struct KeySet {
     keys: HashMap<String, DecodingKey>,
     fetched_at: Option<Instant>,
+    /// The same moment in unix seconds, to compare with a token's `iat`.
+    fetched_unix: i64,
     last_error: Option<String>,
+}
+
+/// One JWKS URL: its keys, one fetch at a time, and its own refetch budget,
+/// so that fetches for one URL (say, made-up Isolated Cloud labels) never use
+/// up another's.
+struct Jwks {
+    url: String,
+    keys: RwLock<KeySet>,
+    fetching: Mutex<()>,
+    fetches: DefaultDirectRateLimiter,
+}
+
+impl Jwks {
+    fn new(url: String, interval: Duration) -> Self {
+        Jwks {
+            url,
+            keys: RwLock::default(),
+            fetching: Mutex::new(()),
+            fetches: RateLimiter::direct(per_interval(interval)),
+        }
+    }
+}
+
+fn per_interval(interval: Duration) -> Quota {
+    Quota::with_period(interval.max(Duration::from_millis(1))).expect("period is at least 1 ms")
 }
 
 /// Verifies Forge Invocation Tokens against the published keys.
@@ -213,25 +240,25 @@ pub struct ForgeVerifier {
     settings: ForgeSettings,
     leeway: Duration,
     http: reqwest::Client,
-    /// Keys by JWKS URL (the main one, and Isolated Cloud ones by label).
-    sets: RwLock<HashMap<String, Arc<RwLock<KeySet>>>>,
-    /// One fetch at a time, so that concurrent misses wait for one answer.
-    fetching: Mutex<()>,
-    /// Fetches for all URLs together.
-    fetches: DefaultDirectRateLimiter,
+    /// `HOOKRELAY_FORGE_JWKS_URL`'s keys: always kept.
+    main: Arc<Jwks>,
+    /// Isolated Cloud keys, by URL; at most [`MAX_JWKS_URLS`], the least
+    /// recently fetched forgotten first.
+    isolated: RwLock<HashMap<String, Arc<Jwks>>>,
+    /// New Isolated Cloud URLs taken on, for all labels together.
+    new_isolated: DefaultDirectRateLimiter,
 }
 
 impl ForgeVerifier {
     pub fn new(settings: ForgeSettings, leeway: Duration, http: reqwest::Client) -> Self {
-        let period = settings.jwks_refetch_interval.max(Duration::from_millis(1));
-        let quota = Quota::with_period(period).expect("period is at least 1 ms");
+        let interval = settings.jwks_refetch_interval;
         Self {
+            main: Arc::new(Jwks::new(settings.jwks_url.to_string(), interval)),
+            isolated: RwLock::new(HashMap::new()),
+            new_isolated: RateLimiter::direct(per_interval(interval)),
             settings,
             leeway,
             http,
-            sets: RwLock::new(HashMap::new()),
-            fetching: Mutex::new(()),
-            fetches: RateLimiter::direct(quota),
         }
     }
 
@@ -262,8 +289,12 @@ impl ForgeVerifier {
             .ok_or(ForgeError::MissingKid)?;
         // The claims are checked before any key is fetched.
         let unverified = peek(token)?;
-        let jwks_url = self.check(&unverified)?;
-        let key = self.key(&jwks_url, &kid).await?;
+        let jwks = self.check(&unverified)?;
+        let jwks = match jwks {
+            None => self.main.clone(),
+            Some(url) => self.isolated(url).await?,
+        };
+        let key = self.key(&jwks, &kid, unverified.iat.unwrap_or(0)).await?;
         let mut validation = Validation::new(Algorithm::RS256);
         // Checked by `check`, with our own leeway and messages.
         validation.required_spec_claims = Default::default();
@@ -282,12 +313,16 @@ impl ForgeVerifier {
         let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
         invocation.token_digest = Sha256::digest(signed.as_bytes()).into();
         let leeway = chrono::Duration::from_std(self.leeway).unwrap_or_default();
-        invocation.token_expires_at += leeway;
+        invocation.token_expires_at = invocation
+            .token_expires_at
+            .checked_add_signed(leeway)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         Ok(invocation)
     }
 
-    /// Every claim rule; returns the JWKS URL the token's key comes from.
-    fn check(&self, claims: &FitClaims) -> Result<String, ForgeError> {
+    /// Every claim rule; returns the Isolated Cloud JWKS URL the token's key
+    /// comes from, or `None` for the main one.
+    fn check(&self, claims: &FitClaims) -> Result<Option<String>, ForgeError> {
         if claims.iss.as_deref() != Some(ISSUER) {
             return Err(ForgeError::Issuer);
         }
@@ -323,7 +358,7 @@ impl ForgeVerifier {
             return Err(ForgeError::NotYetValid);
         }
         match &claims.ic_label {
-            None => Ok(self.settings.jwks_url.to_string()),
+            None => Ok(None),
             Some(label) => {
                 if !valid_ic_label(label) {
                     return Err(ForgeError::BadIcLabel);
@@ -333,33 +368,30 @@ impl ForgeVerifier {
                     .ic_jwks_template
                     .as_deref()
                     .ok_or(ForgeError::IsolatedCloud)?;
-                Ok(template.replace("{icLabel}", label))
+                Ok(Some(template.replace("{icLabel}", label)))
             }
         }
     }
 
-    /// The key `kid` of the JWKS at `url`: cached, or fetched (rate-limited).
-    async fn key(&self, url: &str, kid: &str) -> Result<DecodingKey, ForgeError> {
-        let set = self.set(url).await?;
+    /// The key `kid` of `jwks`: cached, or fetched (rate-limited). A token
+    /// issued after the last fetch whose `kid` is unknown while a refetch is
+    /// not yet allowed may carry a key rotated since: 503, so Forge retries.
+    async fn key(&self, jwks: &Jwks, kid: &str, iat: i64) -> Result<DecodingKey, ForgeError> {
         let ttl = self.settings.jwks_ttl;
-        {
-            let keys = set.read().await;
+        let cached = |keys: &KeySet| {
             let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < ttl);
-            if let (true, Some(key)) = (fresh, keys.keys.get(kid)) {
-                return Ok(key.clone());
-            }
+            keys.keys.get(kid).filter(|_| fresh).cloned()
+        };
+        if let Some(key) = cached(&*jwks.keys.read().await) {
+            return Ok(key);
         }
-        let _one_at_a_time = self.fetching.lock().await;
+        let _one_at_a_time = jwks.fetching.lock().await;
         // Another request may have fetched while this one waited.
-        {
-            let keys = set.read().await;
-            let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < ttl);
-            if let (true, Some(key)) = (fresh, keys.keys.get(kid)) {
-                return Ok(key.clone());
-            }
+        if let Some(key) = cached(&*jwks.keys.read().await) {
+            return Ok(key);
         }
-        if self.fetches.check().is_err() {
-            let keys = set.read().await;
+        if jwks.fetches.check().is_err() {
+            let keys = jwks.keys.read().await;
             return match keys.keys.get(kid) {
                 // Stale but known: better than refusing a good token.
                 Some(key) => Ok(key.clone()),
@@ -368,24 +400,34 @@ impl ForgeVerifier {
                         .clone()
                         .unwrap_or_else(|| "fetches are rate-limited".into()),
                 )),
+                None if iat >= keys.fetched_unix.saturating_sub(1) => {
+                    tracing::warn!(
+                        kid,
+                        "unknown kid in a token newer than the JWKS; refetch not yet allowed"
+                    );
+                    Err(ForgeError::Jwks(
+                        "unknown kid, possibly rotated since the last fetch; retry later".into(),
+                    ))
+                }
                 None => {
                     tracing::warn!(kid, "unknown kid; JWKS refetch is rate-limited");
                     Err(ForgeError::UnknownKid)
                 }
             };
         }
-        let fetched = self.fetch(url).await;
-        let mut keys = set.write().await;
+        let fetched = self.fetch(&jwks.url).await;
+        let mut keys = jwks.keys.write().await;
         match fetched {
             Ok(new_keys) => {
-                tracing::info!(url, keys = new_keys.len(), "Forge JWKS fetched");
+                tracing::info!(url = %jwks.url, keys = new_keys.len(), "Forge JWKS fetched");
                 keys.keys = new_keys;
                 keys.fetched_at = Some(Instant::now());
+                keys.fetched_unix = Utc::now().timestamp();
                 keys.last_error = None;
                 keys.keys.get(kid).cloned().ok_or(ForgeError::UnknownKid)
             }
             Err(e) => {
-                tracing::error!(url, error = %e, "cannot fetch the Forge JWKS");
+                tracing::error!(url = %jwks.url, error = %e, "cannot fetch the Forge JWKS");
                 keys.last_error = Some(e.clone());
                 match keys.keys.get(kid) {
                     Some(key) => Ok(key.clone()),
@@ -395,19 +437,39 @@ impl ForgeVerifier {
         }
     }
 
-    async fn set(&self, url: &str) -> Result<Arc<RwLock<KeySet>>, ForgeError> {
-        if let Some(set) = self.sets.read().await.get(url) {
-            return Ok(set.clone());
+    /// The Isolated Cloud JWKS at `url`, taken on if new (a bounded number per
+    /// interval; when the table is full the least recently fetched goes).
+    async fn isolated(&self, url: String) -> Result<Arc<Jwks>, ForgeError> {
+        if let Some(jwks) = self.isolated.read().await.get(&url) {
+            return Ok(jwks.clone());
         }
-        let mut sets = self.sets.write().await;
-        if sets.len() >= MAX_JWKS_URLS && !sets.contains_key(url) {
-            // Only Isolated Cloud labels add URLs: forget those never fetched.
-            sets.retain(|_, set| set.try_read().is_ok_and(|s| s.fetched_at.is_some()));
-            if sets.len() >= MAX_JWKS_URLS {
-                return Err(ForgeError::Jwks("too many Isolated Cloud JWKS URLs".into()));
+        let mut isolated = self.isolated.write().await;
+        if let Some(jwks) = isolated.get(&url) {
+            return Ok(jwks.clone());
+        }
+        if self.new_isolated.check().is_err() {
+            tracing::warn!("new Isolated Cloud JWKS URLs are rate-limited");
+            return Err(ForgeError::Jwks(
+                "new Isolated Cloud labels are rate-limited; retry later".into(),
+            ));
+        }
+        if isolated.len() >= MAX_JWKS_URLS {
+            let oldest = isolated
+                .iter()
+                .min_by_key(|(_, jwks)| {
+                    jwks.keys
+                        .try_read()
+                        .map(|k| k.fetched_unix)
+                        .unwrap_or(i64::MAX)
+                })
+                .map(|(url, _)| url.clone());
+            if let Some(oldest) = oldest {
+                isolated.remove(&oldest);
             }
         }
-        Ok(sets.entry(url.to_string()).or_default().clone())
+        let jwks = Arc::new(Jwks::new(url.clone(), self.settings.jwks_refetch_interval));
+        isolated.insert(url, jwks.clone());
+        Ok(jwks)
     }
 
     async fn fetch(&self, url: &str) -> Result<HashMap<String, DecodingKey>, String> {
@@ -458,15 +520,16 @@ impl ForgeVerifier {
     /// For `/readyz`: each JWKS URL with how many keys it holds, how old they
     /// are, and the last fetch error.
     pub async fn status(&self) -> serde_json::Value {
-        let sets = self.sets.read().await;
+        let mut all = vec![self.main.clone()];
+        all.extend(self.isolated.read().await.values().cloned());
         let mut out = Vec::new();
-        for (url, set) in sets.iter() {
-            let set = set.read().await;
+        for jwks in all {
+            let keys = jwks.keys.read().await;
             out.push(serde_json::json!({
-                "url": url,
-                "keys": set.keys.len(),
-                "age_secs": set.fetched_at.map(|at| at.elapsed().as_secs()),
-                "last_error": set.last_error,
+                "url": jwks.url,
+                "keys": keys.keys.len(),
+                "age_secs": keys.fetched_at.map(|at| at.elapsed().as_secs()),
+                "last_error": keys.last_error,
             }));
         }
         serde_json::json!({
@@ -554,6 +617,55 @@ pub struct ForgeEvent<'a> {
     pub dedupe_key: String,
 }
 
+/// Most top-level members of a Forge payload (Forge sends about ten): each
+/// costs a key and a slice in memory, so their number is bounded.
+const MAX_MEMBERS: usize = 1024;
+
+/// A payload's top-level members in key order, each value as sent.
+struct Members<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl Members<'_> {
+    fn get(&self, key: &str) -> Option<&serde_json::value::RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(String, &serde_json::value::RawValue)> {
+        self.0.iter()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Members<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if members.len() == MAX_MEMBERS {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_MEMBERS} top-level members"
+                        )));
+                    }
+                    let value: &'de serde_json::value::RawValue = map.next_value()?;
+                    members.push((key, value));
+                }
+                members.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
 /// Reads a Forge event body (already checked to be a payload, see
 /// [`crate::payload`]).
 pub fn read_event(body: &str) -> Result<ForgeEvent<'_>, String> {
@@ -567,8 +679,13 @@ pub fn read_event(body: &str) -> Result<ForgeEvent<'_>, String> {
     let raw = body.payload.ok_or("body has no `payload`")?;
     // Only the top level is split: each member's value stays raw text, so a
     // large payload costs its top-level members, never a tree of it.
-    let members: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
-        serde_json::from_str(raw.get()).map_err(|_| "`payload` is not an object")?;
+    let members: Members<'_> = serde_json::from_str(raw.get()).map_err(|e| {
+        if e.is_data() {
+            format!("`payload`: {e}")
+        } else {
+            "`payload` is not an object".to_string()
+        }
+    })?;
     let event_type = members
         .get("eventType")
         .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
@@ -605,7 +722,7 @@ pub fn read_event(body: &str) -> Result<ForgeEvent<'_>, String> {
     // The identity: every member but `retryContext`, in key order, each
     // value as sent (a retry re-sends the same event with one member added).
     let mut digest = Sha256::new();
-    for (key, value) in members.iter().filter(|(k, _)| *k != "retryContext") {
+    for (key, value) in members.iter().filter(|(k, _)| k != "retryContext") {
         for part in [key.as_bytes(), value.get().as_bytes()] {
             digest.update((part.len() as u64).to_be_bytes());
             digest.update(part);
@@ -664,6 +781,22 @@ mod tests {
     }
 
     #[test]
+    fn payloads_with_too_many_members_are_refused() {
+        let members: Vec<String> = (0..=MAX_MEMBERS).map(|i| format!("\"k{i}\":0")).collect();
+        let body = format!(
+            r#"{{"payload":{{"eventType":"avi:jira:created:issue",{}}}}}"#,
+            members.join(",")
+        );
+        let err = read_event(&body).unwrap_err();
+        assert!(err.contains("top-level members"), "{err}");
+        let body = format!(
+            r#"{{"payload":{{"eventType":"avi:jira:created:issue",{}}}}}"#,
+            members[..MAX_MEMBERS - 1].join(",")
+        );
+        assert!(read_event(&body).is_ok());
+    }
+
+    #[test]
     fn bodies_without_an_event_type_are_refused() {
         for body in [
             r#"{}"#,
@@ -672,6 +805,7 @@ mod tests {
             r#"{"payload": {"eventType": ""}}"#,
             r#"{"payload": {"eventType": "a b"}}"#,
             r#"[1]"#,
+            r#"{"payload": [1]}"#,
         ] {
             assert!(read_event(body).is_err(), "{body}");
         }

@@ -16,7 +16,7 @@ mod sqlite;
 mod tenants;
 
 pub use relay::{AttemptFilter, AttemptRecord, DeliveryFilter, DueDelivery, Recorded};
-pub use tenants::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret};
+pub use tenants::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret, TokenUse};
 
 use std::str::FromStr;
 use std::sync::Arc;

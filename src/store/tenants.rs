@@ -102,6 +102,16 @@ pub struct ForgeInstallation {
     pub environment: Option<String>,
 }
 
+/// What [`Store::use_forge_token`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenUse {
+    First,
+    /// Accepted before with the same event.
+    Repeat,
+    /// Accepted before with another event.
+    Conflict,
+}
+
 /// A lifecycle event of a Forge installation: the state it moves to, and the
 /// token's `iat`, which orders it against others.
 #[derive(Debug, Clone, Copy)]
@@ -190,14 +200,15 @@ impl Store {
     }
 
     /// Records that the Forge Invocation Token `digest` carried the event
-    /// `event_key`. `false` when the token was accepted before with another
-    /// event: a replay with a new body. Expired records are purged now and then.
+    /// `event_key`: the first use, a repeat with the same event (a retry), or a
+    /// conflict (the token was accepted with another event: a replay with a new
+    /// body). Expired records are purged now and then.
     pub async fn use_forge_token(
         &self,
         digest: &[u8; 32],
         event_key: &str,
         expires_at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<TokenUse, StoreError> {
         if rand::random::<u8>() < 4 {
             let now = Ts(crate::domain::now_millis());
             let purge = "DELETE FROM used_forge_tokens WHERE expires_at < $1";
@@ -216,14 +227,18 @@ impl Store {
             .fetch_optional(pool)
             .await?);
         if first.is_some() {
-            return Ok(true);
+            return Ok(TokenUse::First);
         }
         let select = "SELECT event_key FROM used_forge_tokens WHERE digest = $1";
         let used: Option<(String,)> = on_pool!(self, write, |pool| sqlx::query_as(select)
             .bind(&digest[..])
             .fetch_optional(pool)
             .await?);
-        Ok(used.is_some_and(|(key,)| key == event_key))
+        Ok(if used.is_some_and(|(key,)| key == event_key) {
+            TokenUse::Repeat
+        } else {
+            TokenUse::Conflict
+        })
     }
 
     /// Keeps a Forge installation's app system token, unless one that expires
@@ -242,7 +257,7 @@ impl Store {
                    ON CONFLICT (installation_id) DO UPDATE SET
                        token = EXCLUDED.token, expires_at = EXCLUDED.expires_at,
                        updated_at = EXCLUDED.updated_at
-                   WHERE forge_tokens.expires_at IS NULL OR EXCLUDED.expires_at IS NULL
+                   WHERE forge_tokens.expires_at IS NULL
                       OR forge_tokens.expires_at <= EXCLUDED.expires_at";
         let _written = on_pool!(self, write, |pool| sqlx::query(sql)
             .bind(&installation.0)
@@ -362,15 +377,31 @@ impl Store {
         source: &ClientKey,
         prefix: &str,
     ) -> Result<Option<bool>, StoreError> {
-        let sql = "DELETE FROM source_secrets
-                   WHERE source_id = $1 AND prefix = $2
-                     AND (SELECT count(*) FROM source_secrets WHERE source_id = $1) > 1
-                   RETURNING prefix";
-        let removed: Option<(String,)> = on_pool!(self, write, |pool| sqlx::query_as(sql)
-            .bind(&source.0)
-            .bind(prefix)
-            .fetch_optional(pool)
-            .await?);
+        // The source's row is locked first (an UPDATE takes a row lock on
+        // PostgreSQL; SQLite has one writer), so that two removals at once
+        // cannot each see two secrets and leave none.
+        let lock =
+            "UPDATE tenants SET updated_at = $2 WHERE client_key = $1 AND kind = 'jira-admin'";
+        let delete = "DELETE FROM source_secrets
+                      WHERE source_id = $1 AND prefix = $2
+                        AND (SELECT count(*) FROM source_secrets WHERE source_id = $1) > 1
+                      RETURNING prefix";
+        let now = Ts(crate::domain::now_millis());
+        let removed: Option<(String,)> = on_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(lock)
+                .bind(&source.0)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let removed = sqlx::query_as(delete)
+                .bind(&source.0)
+                .bind(prefix)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            removed
+        });
         if removed.is_some() {
             return Ok(Some(true));
         }

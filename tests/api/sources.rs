@@ -246,7 +246,15 @@ async fn forge_events_are_verified_stored_once_and_named_like_connect(backend: B
 
     // The first token again: with its own event, a duplicate; with another
     // body (the token does not cover it), refused.
-    let response = post_forge(&app, Some(&format!("Bearer {token}")), &body).await;
+    let response = app
+        .client
+        .post(app.url("/forge/events"))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("x-forge-oauth-system", "planted-by-a-replay")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let replayed: Value = response.json().await.unwrap();
     assert_eq!(replayed["id"], first["id"]);
@@ -292,6 +300,32 @@ async fn forge_events_are_verified_stored_once_and_named_like_connect(backend: B
         let text = admin.get(path).await.to_string();
         assert!(!text.contains(system_token), "{path} shows the token");
     }
+
+    // The installation has no shared secret: an HS256 token with an empty key
+    // naming it is not a Connect tenant's token.
+    let path = "/jira/events/jira:issue_created";
+    let empty_key = hs256(
+        "",
+        json!({"iss": INSTALLATION, "iat": now(), "exp": now() + 60, "qsh": simple_qsh("POST", path)}),
+    );
+    let response = app
+        .webhook_with_token(path, Some(&empty_key), "{}", &[])
+        .await;
+    assert_eq!(response.status(), 401);
+    // Nor can a Connect install take over the installation's key.
+    let site = Site {
+        client_key: INSTALLATION.into(),
+        ..Site::new("jira")
+    };
+    app.install(&site).await;
+    let response = app.webhook(&site, "jira:issue_created", "{}", &[]).await;
+    assert_eq!(response.status(), 401);
+    let listed = tenants(&app).await;
+    assert_eq!(
+        (listed.len(), listed[0]["kind"].as_str()),
+        (1, Some("forge"))
+    );
+    assert_eq!(stored_events(&app).await.len(), 1);
 }
 
 /// Each rule of the token, broken one at a time: 401 with the JSON error
@@ -334,8 +368,11 @@ async fn forge_tokens_that_fail_any_rule_are_refused_and_store_nothing(backend: 
         URL_SAFE_NO_PAD.encode(good.to_string())
     );
     let unknown_kid = SigningKey::new("made-up-kid").sign(&good);
-    let mut tampered = forge.token();
-    tampered.push('A');
+    // One character of the signature changed (still base64url).
+    let mut tampered: Vec<char> = forge.token().chars().collect();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
     let now = now();
     let cases: Vec<(&str, Option<String>)> = vec![
         ("no Authorization header", None),
@@ -388,15 +425,39 @@ async fn forge_tokens_that_fail_any_rule_are_refused_and_store_nothing(backend: 
             Some(bearer(&forge, with(&["icLabel"], json!("Acme.Corp")))),
         ),
     ];
+    // What each refusal says: the reason, not just the status.
+    let expected = HashMap::from([
+        ("no Authorization header", "no Forge Invocation Token"),
+        ("Basic scheme", "no Forge Invocation Token"),
+        ("JWT scheme", "no Forge Invocation Token"),
+        ("not a JWT", "malformed"),
+        ("HS256", "RS256"),
+        ("alg none", "malformed"),
+        ("no kid", "no `kid`"),
+        ("unknown kid", "this token's `kid`"),
+        ("signed by another key", "signature"),
+        ("tampered signature", "signature"),
+        ("wrong iss", "`iss`"),
+        ("aud of another app", "`aud`"),
+        ("app.id not aud", "`app.id`"),
+        ("no installationId", "`app.installationId`"),
+        ("no iat", "`iat`"),
+        ("no nbf", "`nbf`"),
+        ("no exp", "`exp`"),
+        ("no jti", "`jti`"),
+        ("expired", "expired"),
+        ("not yet valid", "not valid yet"),
+        ("icLabel without a template", "Isolated Cloud"),
+        ("bad icLabel", "`icLabel`"),
+    ]);
+    assert_eq!(expected.len(), cases.len());
     for (case, authorization) in cases {
         let response = post_forge(&app, authorization.as_deref(), &body).await;
         assert_eq!(response.status(), 401, "{case}");
         let error = error_body(response).await;
         assert_eq!(error["error"], "unauthorized", "{case}: {error}");
-        assert!(
-            error["detail"].as_str().is_some_and(|d| !d.is_empty()),
-            "{case}"
-        );
+        let detail = error["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(expected[case]), "{case}: {detail}");
     }
     assert!(stored_events(&app).await.is_empty());
     assert!(tenants(&app).await.is_empty());
@@ -421,7 +482,11 @@ async fn forge_tokens_that_fail_any_rule_are_refused_and_store_nothing(backend: 
 }
 
 fn bearer(forge: &Forge, claims: Value) -> String {
-    format!("Bearer {}", forge.key.sign(&claims))
+    bearer_with(&forge.key, claims)
+}
+
+fn bearer_with(key: &SigningKey, claims: Value) -> String {
+    format!("Bearer {}", key.sign(&claims))
 }
 
 /// `avi:forge:installed:app` and `uninstalled` move the installation's state,
@@ -495,14 +560,26 @@ async fn a_jwks_that_cannot_be_fetched_fails_closed_and_unknown_kids_cost_one_fe
     assert_eq!(ready["forge"]["configured"], true);
     assert_eq!(ready["forge"]["jwks"][0]["keys"], 1, "{ready}");
 
-    // A flood of made-up kids: one refetch at most within the interval.
+    // A key rotated since the fetch, within the refetch interval: the token
+    // is newer than the keys, so Forge is asked to retry (503), not refused.
+    let rotated = SigningKey::new("rotated-meanwhile");
+    let response = post_forge(&app2, Some(&bearer_with(&rotated, forge.claims())), &body).await;
+    assert_eq!(response.status(), 503);
+
+    // A flood of made-up kids in tokens older than the keys: 401, and one
+    // refetch at most within the interval.
     let mut tokens = Vec::new();
     for i in 0..3 {
-        tokens.push(SigningKey::new(&format!("flood-{i}")).sign(&forge.claims()));
+        let mut claims = forge.claims();
+        claims["iat"] = json!(now() - 60);
+        claims["nbf"] = json!(now() - 60);
+        tokens.push(SigningKey::new(&format!("flood-{i}")).sign(&claims));
     }
     for token in tokens.iter().cycle().take(30) {
         let response = post_forge(&app2, Some(&format!("Bearer {token}")), &body).await;
         assert_eq!(response.status(), 401);
+        let error = error_body(response).await;
+        assert!(error["detail"].as_str().unwrap().contains("kid"), "{error}");
     }
     assert!(
         forge.jwks.hits() <= before + 2,
@@ -737,6 +814,24 @@ async fn admin_webhooks_are_verified_by_x_hub_signature(backend: Backend) {
     assert_eq!(response.status(), 200);
     let (status, _) = patch_source(&app, &id, json!({"remove_secret": &second[..8]})).await;
     assert_eq!(status, 409, "the last secret stays");
+    // Two removals at once, of the two secrets there are: one is refused.
+    let (_, third) = patch_source(&app, &id, json!({"add_secret": true})).await;
+    let third = third["secret"].as_str().unwrap().to_string();
+    let (a, b) = tokio::join!(
+        patch_source(&app, &id, json!({"remove_secret": &second[..8]})),
+        patch_source(&app, &id, json!({"remove_secret": &third[..8]})),
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
+    let left = AdminApi::of(&app.address)
+        .get(&format!("/sources/{id}"))
+        .await;
+    assert_eq!(left["secrets"].as_array().unwrap().len(), 1);
+    let kept = if a.0 == 200 { &third } else { &second };
+    let response =
+        post_admin_webhook(&url, Some(&hub_signature(kept, body)), body, Some("wh-6")).await;
+    assert_eq!(response.status(), 200);
 
     // Secrets are never read back.
     let admin = AdminApi::of(&app.address);
@@ -751,7 +846,7 @@ async fn admin_webhooks_are_verified_by_x_hub_signature(backend: Backend) {
     let listed = tenants(&app).await;
     assert_eq!(listed[0]["kind"], "jira-admin");
     assert_eq!(listed[0]["name"], "acme");
-    assert_eq!(stored_events(&app).await.len(), 4);
+    assert_eq!(stored_events(&app).await.len(), 5);
 }
 
 /// The store going away mid-flight: Forge and admin webhooks get 503 (so they
