@@ -301,7 +301,7 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
-/// The one shape every consumer sees (DESIGN.md, "Event envelope").
+/// The one shape every consumer sees (README, "Broker": the envelope).
 #[derive(Debug, Serialize)]
 pub struct Envelope<'a> {
     pub id: EventId,
@@ -352,7 +352,7 @@ impl Event {
         })
     }
 
-    /// The broker routing key (DESIGN.md, "Broker"): `<product>.<event>` with the
+    /// The broker routing key (README, "Broker"): `<product>.<event>` with the
     /// product's own prefix taken off the name, so `jira:issue_created` becomes
     /// `jira.issue_created`; web triggers use `webtrigger.<name>`.
     ///

@@ -1,5 +1,5 @@
 //! The dispatcher: claims due deliveries from the store and attempts each one on
-//! its own task, within two bounds (DESIGN.md invariant 4): the process's
+//! its own task, within two bounds (docs/ARCHITECTURE.md, "Invariants"): the process's
 //! in-flight limit and each subscription's concurrency. A subscription at its
 //! limit is left out of the next claim, so a hanging endpoint holds only its own
 //! slots and never the others'.

@@ -1,4 +1,4 @@
-//! Standard Webhooks signatures (DESIGN.md, "Outgoing deliveries"): the secret is
+//! Standard Webhooks signatures (README, "What a receiver gets"): the secret is
 //! `whsec_<base64 key>`, and `webhook-signature` is `v1,<base64 HMAC-SHA256 of
 //! "{id}.{timestamp}.{body}">`. The MAC comes from RustCrypto's `hmac`.
 

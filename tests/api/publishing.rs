@@ -1,5 +1,5 @@
 //! Publishing: every stored event reaches the broker, confirmed, exactly as
-//! DESIGN.md's "Broker" and "Event envelope" say, and nothing acknowledged is lost
+//! the README's "Broker" section says, and nothing acknowledged is lost
 //! when the broker goes away, the exchange is deleted, or a process is killed.
 //!
 //! RabbitMQ tests use an exchange and queues of their own, and a proxy of their
