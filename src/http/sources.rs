@@ -123,10 +123,7 @@ async fn forge_event(
         installation_id: ClientKey(invocation.installation_id.clone()),
         product,
         site_url: site_url.clone(),
-        cloud_id: invocation
-            .cloud_id
-            .clone()
-            .or_else(|| event.cloud_id.clone()),
+        cloud_id: invocation.cloud_id.clone(),
         api_base_url: invocation.api_base_url.clone(),
         environment: invocation.environment.clone(),
     };
