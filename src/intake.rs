@@ -48,11 +48,3 @@ pub async fn accept(
     }
     Ok(stored)
 }
-
-/// The answer every intake route gives once the event is committed.
-pub fn answer(stored: Stored) -> serde_json::Value {
-    serde_json::json!({
-        "id": stored.id,
-        "duplicate": stored.duplicate,
-    })
-}

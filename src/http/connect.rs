@@ -274,16 +274,35 @@ async fn intake(
         client_key: Some(tenant.client_key.clone()),
         tenant_base_url: Some(tenant.base_url.clone()),
         webhook_id,
-        webhook_retry: header(req, "X-Atlassian-Webhook-Retry").and_then(|v| v.parse().ok()),
-        // "Primary" or "Secondary"; anything long is not Atlassian's and not kept.
-        webhook_flow: header(req, "X-Atlassian-Webhook-Flow")
-            .filter(|v| v.len() <= 64)
-            .map(str::to_string),
+        webhook_retry: webhook_retry(req),
+        webhook_flow: webhook_flow(req),
         received_at: crate::domain::now_millis(),
         payload: body,
     };
-    let stored = crate::intake::accept(&state.store, &state.publisher, new_event).await?;
-    Ok(HttpResponse::Ok().json(crate::intake::answer(stored)))
+    accept(state, new_event).await
+}
+
+/// `X-Atlassian-Webhook-Retry`: how many times Jira has sent this webhook before.
+pub(super) fn webhook_retry(req: &HttpRequest) -> Option<i32> {
+    header(req, "X-Atlassian-Webhook-Retry").and_then(|v| v.parse().ok())
+}
+
+/// `X-Atlassian-Webhook-Flow`: "Primary" or "Secondary"; anything long is not
+/// Atlassian's and not kept.
+pub(super) fn webhook_flow(req: &HttpRequest) -> Option<String> {
+    header(req, "X-Atlassian-Webhook-Flow")
+        .filter(|v| v.len() <= 64)
+        .map(str::to_string)
+}
+
+/// Hands `event` to the shared intake step; the answer, with the event's id,
+/// goes back only after the commit.
+pub(super) async fn accept(state: &AppState, event: Event) -> Result<HttpResponse, ApiError> {
+    let stored = crate::intake::accept(&state.store, &state.publisher, event).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "id": stored.id,
+        "duplicate": stored.duplicate,
+    })))
 }
 
 /// The body Atlassian posts to every lifecycle URL. Only the fields we use.

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::admin::{Admin, AdminBody};
-use super::connect::{header, json_text, read_body, webhook_identifier};
+use super::connect::{
+    accept, header, json_text, read_body, webhook_flow, webhook_identifier, webhook_retry,
+};
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{format_timestamp, ClientKey, Event, EventId, Source, Tenant, TenantKind};
@@ -159,8 +161,7 @@ async fn forge_event(
         payload: event.payload.to_string(),
     };
     count("forge", "verified");
-    let stored = crate::intake::accept(&state.store, &state.publisher, new_event).await?;
-    Ok(HttpResponse::Ok().json(crate::intake::answer(stored)))
+    accept(state, new_event).await
 }
 
 fn forge_refused(e: ForgeError) -> ApiError {
@@ -312,15 +313,12 @@ async fn admin_event(
         client_key: Some(source.client_key.clone()),
         tenant_base_url: Some(source.base_url.clone()),
         webhook_id,
-        webhook_retry: header(req, "X-Atlassian-Webhook-Retry").and_then(|v| v.parse().ok()),
-        webhook_flow: header(req, "X-Atlassian-Webhook-Flow")
-            .filter(|v| v.len() <= 64)
-            .map(str::to_string),
+        webhook_retry: webhook_retry(req),
+        webhook_flow: webhook_flow(req),
         received_at: crate::domain::now_millis(),
         payload: body,
     };
-    let stored = crate::intake::accept(&state.store, &state.publisher, new_event).await?;
-    Ok(HttpResponse::Ok().json(crate::intake::answer(stored)))
+    accept(state, new_event).await
 }
 
 fn signature_refused(e: SignatureError) -> ApiError {

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -204,9 +204,8 @@ impl Invocation {
 #[derive(Default)]
 struct KeySet {
     keys: HashMap<String, DecodingKey>,
-    fetched_at: Option<Instant>,
-    /// The same moment in unix seconds, to compare with a token's `iat`.
-    fetched_unix: i64,
+    /// When the keys were fetched (wall clock, to compare with a token's `iat`).
+    fetched_at: Option<DateTime<Utc>>,
     last_error: Option<String>,
 }
 
@@ -309,15 +308,7 @@ impl ForgeVerifier {
             })?
             .claims;
         self.check(&claims)?;
-        let mut invocation = invocation(claims)?;
-        let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
-        invocation.token_digest = Sha256::digest(signed.as_bytes()).into();
-        let leeway = chrono::Duration::from_std(self.leeway).unwrap_or_default();
-        invocation.token_expires_at = invocation
-            .token_expires_at
-            .checked_add_signed(leeway)
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        Ok(invocation)
+        invocation(token, claims, self.leeway)
     }
 
     /// Every claim rule; returns the Isolated Cloud JWKS URL the token's key
@@ -379,7 +370,7 @@ impl ForgeVerifier {
     async fn key(&self, jwks: &Jwks, kid: &str, iat: i64) -> Result<DecodingKey, ForgeError> {
         let ttl = self.settings.jwks_ttl;
         let cached = |keys: &KeySet| {
-            let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < ttl);
+            let fresh = keys.fetched_at.is_some_and(|at| age(at) < ttl);
             keys.keys.get(kid).filter(|_| fresh).cloned()
         };
         if let Some(key) = cached(&*jwks.keys.read().await) {
@@ -400,7 +391,10 @@ impl ForgeVerifier {
                         .clone()
                         .unwrap_or_else(|| "fetches are rate-limited".into()),
                 )),
-                None if iat >= keys.fetched_unix.saturating_sub(1) => {
+                None if keys
+                    .fetched_at
+                    .is_some_and(|at| iat >= at.timestamp().saturating_sub(1)) =>
+                {
                     tracing::warn!(
                         kid,
                         "unknown kid in a token newer than the JWKS; refetch not yet allowed"
@@ -421,8 +415,7 @@ impl ForgeVerifier {
             Ok(new_keys) => {
                 tracing::info!(url = %jwks.url, keys = new_keys.len(), "Forge JWKS fetched");
                 keys.keys = new_keys;
-                keys.fetched_at = Some(Instant::now());
-                keys.fetched_unix = Utc::now().timestamp();
+                keys.fetched_at = Some(Utc::now());
                 keys.last_error = None;
                 keys.keys.get(kid).cloned().ok_or(ForgeError::UnknownKid)
             }
@@ -459,8 +452,8 @@ impl ForgeVerifier {
                 .min_by_key(|(_, jwks)| {
                     jwks.keys
                         .try_read()
-                        .map(|k| k.fetched_unix)
-                        .unwrap_or(i64::MAX)
+                        .map(|k| k.fetched_at.unwrap_or(DateTime::<Utc>::MIN_UTC))
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC)
                 })
                 .map(|(url, _)| url.clone());
             if let Some(oldest) = oldest {
@@ -528,7 +521,7 @@ impl ForgeVerifier {
             out.push(serde_json::json!({
                 "url": jwks.url,
                 "keys": keys.keys.len(),
-                "age_secs": keys.fetched_at.map(|at| at.elapsed().as_secs()),
+                "age_secs": keys.fetched_at.map(|at| age(at).as_secs()),
                 "last_error": keys.last_error,
             }));
         }
@@ -537,6 +530,11 @@ impl ForgeVerifier {
             "jwks": out,
         })
     }
+}
+
+/// How long ago `at` was (zero if the clock went back).
+fn age(at: DateTime<Utc>) -> Duration {
+    (Utc::now() - at).to_std().unwrap_or_default()
 }
 
 /// The claims of a token, before its signature is checked.
@@ -554,7 +552,9 @@ fn peek(token: &str) -> Result<FitClaims, ForgeError> {
         .map_err(|_| ForgeError::Malformed("claims are not the JSON expected"))
 }
 
-fn invocation(claims: FitClaims) -> Result<Invocation, ForgeError> {
+/// The invocation a verified token stands for, `token` itself identified by
+/// the SHA-256 of what its signature covers, until `exp` plus `leeway`.
+fn invocation(token: &str, claims: FitClaims, leeway: Duration) -> Result<Invocation, ForgeError> {
     let app = claims.app.ok_or(ForgeError::MissingClaim("app"))?;
     let context = claims.context.unwrap_or_default();
     let issued_at = claims
@@ -564,7 +564,10 @@ fn invocation(claims: FitClaims) -> Result<Invocation, ForgeError> {
     let token_expires_at = claims
         .exp
         .and_then(|exp| DateTime::from_timestamp(exp, 0))
-        .ok_or(ForgeError::MissingClaim("exp"))?;
+        .ok_or(ForgeError::MissingClaim("exp"))?
+        .checked_add_signed(chrono::Duration::from_std(leeway).unwrap_or_default())
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
     Ok(Invocation {
         app_id: app.id.ok_or(ForgeError::MissingClaim("app.id"))?,
         installation_id: app
@@ -575,7 +578,7 @@ fn invocation(claims: FitClaims) -> Result<Invocation, ForgeError> {
         site_url: context.site_url,
         environment: app.environment.and_then(|e| e.kind),
         issued_at,
-        token_digest: [0; 32],
+        token_digest: Sha256::digest(signed.as_bytes()).into(),
         token_expires_at,
     })
 }
@@ -610,10 +613,8 @@ pub struct ForgeEvent<'a> {
     pub payload: &'a str,
     /// `payload.retryContext.retryCount`, on Forge's retries.
     pub retry: Option<i32>,
-    pub cloud_id: Option<String>,
-    pub site_url: Option<String>,
-    /// Identifies the event across Forge's retries: the SHA-256 of the payload
-    /// without `retryContext`, keys sorted.
+    /// Identifies the event across Forge's retries: the SHA-256 of the
+    /// payload's top-level members but `retryContext`, in key order.
     pub dedupe_key: String,
 }
 
@@ -701,24 +702,6 @@ pub fn read_event(body: &str) -> Result<ForgeEvent<'_>, String> {
         .and_then(|v| serde_json::from_str::<Retry>(v.get()).ok())
         .and_then(|r| r.retry_count)
         .and_then(|c| i32::try_from(c).ok());
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Context {
-        cloud_id: Option<serde_json::Value>,
-        site_url: Option<serde_json::Value>,
-    }
-    let context = members
-        .get("context")
-        .filter(|v| v.get().len() <= 64 * 1024)
-        .and_then(|v| serde_json::from_str::<Context>(v.get()).ok());
-    let text = |v: Option<serde_json::Value>| {
-        v.and_then(|v| v.as_str().map(str::to_string))
-            .filter(|s| s.len() <= 2048)
-    };
-    let (cloud_id, site_url) = match context {
-        Some(c) => (text(c.cloud_id), text(c.site_url)),
-        None => (None, None),
-    };
     // The identity: every member but `retryContext`, in key order, each
     // value as sent (a retry re-sends the same event with one member added).
     let mut digest = Sha256::new();
@@ -733,8 +716,6 @@ pub fn read_event(body: &str) -> Result<ForgeEvent<'_>, String> {
         event_type,
         payload: raw.get(),
         retry,
-        cloud_id,
-        site_url,
         dedupe_key,
     })
 }

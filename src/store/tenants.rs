@@ -297,32 +297,18 @@ impl Store {
         let insert_tenant = "INSERT INTO tenants (client_key, kind, product, base_url, shared_secret,
                                                   state, lifecycle_at, installed_at, updated_at, name)
                              VALUES ($1, 'jira-admin', 'jira', $2, '', 'enabled', $3, $3, $3, $4)";
-        match self {
-            Store::Postgres(pg) => {
-                let mut tx = pg.pool.begin().await?;
-                sqlx::query(insert_tenant)
-                    .bind(&source.id.0)
-                    .bind(&source.base_url)
-                    .bind(now)
-                    .bind(&source.name)
-                    .execute(&mut *tx)
-                    .await?;
-                self.insert_secret(&mut *tx, &source.id, secret).await?;
-                tx.commit().await?;
-            }
-            Store::Sqlite(pools) => {
-                let mut tx = pools.writer.begin().await?;
-                sqlx::query(insert_tenant)
-                    .bind(&source.id.0)
-                    .bind(&source.base_url)
-                    .bind(now)
-                    .bind(&source.name)
-                    .execute(&mut *tx)
-                    .await?;
-                self.insert_secret(&mut *tx, &source.id, secret).await?;
-                tx.commit().await?;
-            }
-        }
+        on_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(insert_tenant)
+                .bind(&source.id.0)
+                .bind(&source.base_url)
+                .bind(now)
+                .bind(&source.name)
+                .execute(&mut *tx)
+                .await?;
+            self.insert_secret(&mut *tx, &source.id, secret).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -355,19 +341,15 @@ impl Store {
         Ok(())
     }
 
-    /// Adds a secret to a source (for rotation). `false` if there is no such source.
+    /// Adds a secret to a source (for rotation); the source must exist.
     pub async fn add_source_secret(
         &self,
         source: &ClientKey,
         secret: &SourceSecret,
-    ) -> Result<bool, StoreError> {
-        if self.source(source).await?.is_none() {
-            return Ok(false);
-        }
+    ) -> Result<(), StoreError> {
         on_pool!(self, write, |pool| self
             .insert_secret(pool, source, secret)
-            .await?);
-        Ok(true)
+            .await)
     }
 
     /// Retires the secret whose prefix is `prefix`, unless it is the source's

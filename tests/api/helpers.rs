@@ -171,46 +171,42 @@ impl Drop for TestDb {
     }
 }
 
-/// Atlassian's install-key service, played on loopback: serves PEM public keys
-/// by kid and counts the requests it gets.
-pub struct KeyServer {
+/// A key server played on loopback: serves documents by path, counts the
+/// requests it gets, and can be made to answer 503. The install-key service
+/// ([`KeyServer`]) and the Forge JWKS are both played by one.
+pub struct DocServer {
     pub url: String,
-    pub hits: Arc<AtomicUsize>,
+    docs: Arc<Mutex<HashMap<String, (&'static str, String)>>>,
+    hits: Arc<AtomicUsize>,
     /// While set, every request is answered 503, as a key server in trouble.
     down: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl KeyServer {
+impl DocServer {
     pub async fn start() -> Self {
-        let keys = Arc::new(Mutex::new(HashMap::from([
-            (KID_A.to_string(), fixture("keys/install-a.pub.pem")),
-            (KID_B.to_string(), fixture("keys/install-b.pub.pem")),
-        ])));
+        let docs: Arc<Mutex<HashMap<String, (&'static str, String)>>> = Arc::default();
         let hits = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (k, h, d) = (keys.clone(), hits.clone(), down.clone());
+        let (k, h, d) = (docs.clone(), hits.clone(), down.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = HttpServer::new(move || {
             let (k, h, d) = (k.clone(), h.clone(), d.clone());
-            actix_web::App::new().route(
-                "/{kid}",
-                web::get().to(move |kid: web::Path<String>| {
-                    let (k, h, d) = (k.clone(), h.clone(), d.clone());
-                    async move {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        if d.load(Ordering::SeqCst) {
-                            return HttpResponse::ServiceUnavailable().finish();
-                        }
-                        match k.lock().unwrap().get(kid.as_str()) {
-                            Some(pem) => HttpResponse::Ok()
-                                .content_type("text/plain")
-                                .body(pem.clone()),
-                            None => HttpResponse::NotFound().finish(),
-                        }
+            actix_web::App::new().default_service(web::to(move |req: actix_web::HttpRequest| {
+                let (k, h, d) = (k.clone(), h.clone(), d.clone());
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    if d.load(Ordering::SeqCst) {
+                        return HttpResponse::ServiceUnavailable().finish();
                     }
-                }),
-            )
+                    match k.lock().unwrap().get(req.path()) {
+                        Some((content_type, body)) => HttpResponse::Ok()
+                            .content_type(*content_type)
+                            .body(body.clone()),
+                        None => HttpResponse::NotFound().finish(),
+                    }
+                }
+            }))
         })
         .workers(1)
         .listen(listener)
@@ -218,11 +214,20 @@ impl KeyServer {
         .disable_signals()
         .run();
         tokio::spawn(server);
-        KeyServer {
+        DocServer {
             url: format!("http://127.0.0.1:{port}"),
+            docs,
             hits,
             down,
         }
+    }
+
+    /// Serves `body` at `path` from now on.
+    pub fn publish(&self, path: &str, content_type: &'static str, body: String) {
+        self.docs
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (content_type, body));
     }
 
     /// Answers 503 from now on. (Stopping the server instead leaves whether a
@@ -231,8 +236,37 @@ impl KeyServer {
         self.down.store(true, Ordering::SeqCst);
     }
 
+    /// Answers again.
+    pub fn come_back(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Atlassian's install-key service: the PEM public key of each kid at `/{kid}`.
+pub struct KeyServer(DocServer);
+
+impl KeyServer {
+    pub async fn start() -> Self {
+        let server = DocServer::start().await;
+        for (kid, file) in [
+            (KID_A, "keys/install-a.pub.pem"),
+            (KID_B, "keys/install-b.pub.pem"),
+        ] {
+            server.publish(&format!("/{kid}"), "text/plain", fixture(file));
+        }
+        KeyServer(server)
+    }
+}
+
+impl std::ops::Deref for KeyServer {
+    type Target = DocServer;
+
+    fn deref(&self) -> &DocServer {
+        &self.0
     }
 }
 

@@ -4,11 +4,8 @@
 //! Connect, Forge and an admin webhook, through both brokers.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse, HttpServer};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -64,73 +61,23 @@ impl SigningKey {
     }
 }
 
-/// Serves JWKS documents by path, counting requests; can go down.
-struct JwksServer {
-    url: String,
-    docs: Arc<Mutex<HashMap<String, Value>>>,
-    hits: Arc<AtomicUsize>,
-    down: Arc<AtomicBool>,
-}
-
-impl JwksServer {
-    async fn start() -> Self {
-        let docs: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let down = Arc::new(AtomicBool::new(false));
-        let (d, h, dn) = (docs.clone(), hits.clone(), down.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = HttpServer::new(move || {
-            let (d, h, dn) = (d.clone(), h.clone(), dn.clone());
-            actix_web::App::new().default_service(web::to(move |req: actix_web::HttpRequest| {
-                let (d, h, dn) = (d.clone(), h.clone(), dn.clone());
-                async move {
-                    h.fetch_add(1, Ordering::SeqCst);
-                    if dn.load(Ordering::SeqCst) {
-                        return HttpResponse::ServiceUnavailable().finish();
-                    }
-                    match d.lock().unwrap().get(req.path()) {
-                        Some(doc) => HttpResponse::Ok().json(doc),
-                        None => HttpResponse::NotFound().finish(),
-                    }
-                }
-            }))
-        })
-        .workers(1)
-        .listen(listener)
-        .unwrap()
-        .disable_signals()
-        .run();
-        tokio::spawn(server);
-        JwksServer {
-            url: format!("http://127.0.0.1:{port}"),
-            docs,
-            hits,
-            down,
-        }
-    }
-
-    fn publish(&self, path: &str, keys: &[&SigningKey]) {
-        let doc = json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
-        self.docs.lock().unwrap().insert(path.to_string(), doc);
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
+/// Serves a JWKS made of `keys` at `path` of `server`.
+fn publish_jwks(server: &DocServer, path: &str, keys: &[&SigningKey]) {
+    let doc = json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
+    server.publish(path, "application/json", doc.to_string());
 }
 
 /// A Forge app installed on a site: a JWKS with its key, and a token minter.
 struct Forge {
-    jwks: JwksServer,
+    jwks: DocServer,
     key: SigningKey,
 }
 
 impl Forge {
     async fn start() -> Self {
-        let jwks = JwksServer::start().await;
+        let jwks = DocServer::start().await;
         let key = SigningKey::new("forge-key-1");
-        jwks.publish("/.well-known/jwks.json", &[&key]);
+        publish_jwks(&jwks, "/.well-known/jwks.json", &[&key]);
         Forge { jwks, key }
     }
 
@@ -528,7 +475,7 @@ async fn a_jwks_that_cannot_be_fetched_fails_closed_and_unknown_kids_cost_one_fe
     .await;
     let body = forge_body("avi:jira:updated:issue", "ACME-3");
 
-    forge.jwks.down.store(true, Ordering::SeqCst);
+    forge.jwks.go_down();
     let response = post_forge(&app, Some(&format!("Bearer {}", forge.token())), &body).await;
     assert_eq!(response.status(), 503, "no keys at all: Forge must retry");
     assert!(stored_events(&app).await.is_empty());
@@ -539,7 +486,7 @@ async fn a_jwks_that_cannot_be_fetched_fails_closed_and_unknown_kids_cost_one_fe
     app.stop().await;
 
     // A new process (fresh cache) with the JWKS back.
-    forge.jwks.down.store(false, Ordering::SeqCst);
+    forge.jwks.come_back();
     let app2 = spawn_app_with(Backend::Sqlite, |raw| {
         forge.configure(raw);
         raw.forge_jwks_refetch_interval = "1h".into();
@@ -603,9 +550,11 @@ async fn rotated_forge_keys_and_isolated_cloud_keys_are_fetched() {
 
     // Atlassian rotates its key: the new kid is fetched once the interval has passed.
     let rotated = SigningKey::new("forge-key-2");
-    forge
-        .jwks
-        .publish("/.well-known/jwks.json", &[&forge.key, &rotated]);
+    publish_jwks(
+        &forge.jwks,
+        "/.well-known/jwks.json",
+        &[&forge.key, &rotated],
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let body = forge_body("avi:jira:created:issue", "ACME-5");
     let response = post_forge(
@@ -618,7 +567,7 @@ async fn rotated_forge_keys_and_isolated_cloud_keys_are_fetched() {
 
     // An Isolated Cloud token: its keys come from the template's URL only.
     let ic_key = SigningKey::new("ic-key");
-    forge.jwks.publish("/ic/acme-ic/jwks.json", &[&ic_key]);
+    publish_jwks(&forge.jwks, "/ic/acme-ic/jwks.json", &[&ic_key]);
     let mut claims = forge.claims();
     claims["icLabel"] = json!("acme-ic");
     tokio::time::sleep(Duration::from_millis(300)).await;
