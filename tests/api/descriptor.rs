@@ -115,3 +115,31 @@ async fn configured_events_and_options_reach_the_descriptor() {
     assert_eq!(hooks[1]["propertyKeys"], serde_json::json!(["team"]));
     assert!(hooks[0].get("filter").is_none());
 }
+
+/// Every event Atlassian's Connect webhook document names is in the
+/// descriptors, including those the cloud may no longer send.
+#[tokio::test]
+async fn descriptors_list_the_events_connect_documents_beside_the_current_ones() {
+    let app = spawn_app(Backend::Sqlite).await;
+    for (product, named) in [
+        ("jira", &["jira:worklog_updated", "worklog_updated"][..]),
+        (
+            "confluence",
+            &[
+                "status_created",
+                "status_cleared",
+                "status_removed",
+                "login",
+                "login_failed",
+                "logout",
+                "user_deactivated",
+            ][..],
+        ),
+    ] {
+        let d = get_json(&app, &format!("/{product}/atlassian-connect.json")).await;
+        let events = events_of(&d);
+        for event in named {
+            assert!(events.contains(event), "{product} lacks {event}");
+        }
+    }
+}
