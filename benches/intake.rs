@@ -135,6 +135,7 @@ async fn run(
             filter: None,
             headers: Default::default(),
             secret: hookrelay::relay::signing::generate_secret().into(),
+            transform: None,
             description: None,
             rate_limit: None,
             max_concurrency: config.relay_concurrency / 2,

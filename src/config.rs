@@ -237,6 +237,13 @@ pub struct RawConfig {
     /// Least time between two fetches of one JWKS for a `kid` it lacked: a
     /// flood of tokens with unknown `kid`s costs at most one fetch per interval.
     pub forge_jwks_refetch_interval: String,
+    /// Largest body a web trigger accepts, in bytes.
+    pub trigger_max_body: usize,
+    /// Memory one script run may take, in bytes.
+    pub script_memory: usize,
+    /// Script runs at once in one process (each on its own thread); 0 means
+    /// two per CPU core.
+    pub script_concurrency: usize,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -290,6 +297,9 @@ impl Default for RawConfig {
             forge_ic_jwks_template: None,
             forge_jwks_ttl: "1h".into(),
             forge_jwks_refetch_interval: "10s".into(),
+            trigger_max_body: 5 * 1024 * 1024,
+            script_memory: 64 * 1024 * 1024,
+            script_concurrency: 0,
             jira: ProductSettings::default(),
             confluence: ProductSettings::default(),
         }
@@ -371,6 +381,12 @@ pub struct Config {
     /// encrypts first; empty when none is configured.
     pub encryption_keys: Vec<SecretString>,
     pub forge: ForgeSettings,
+    /// Largest web trigger body.
+    pub trigger_max_body: usize,
+    /// Memory limit of one script run.
+    pub script_memory: usize,
+    /// Script runs at once (threads).
+    pub script_concurrency: usize,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -748,6 +764,27 @@ impl RawConfig {
                     Duration::from_millis(10),
                     Duration::from_secs(3600),
                 )?,
+            },
+            trigger_max_body: match self.trigger_max_body {
+                0 => return Err(invalid("trigger_max_body", "must be greater than 0")),
+                n if n > self.intake_memory => {
+                    return Err(invalid(
+                        "trigger_max_body",
+                        format!("must be at most intake_memory ({})", self.intake_memory),
+                    ))
+                }
+                n => n,
+            },
+            script_memory: match self.script_memory {
+                n if n < 1024 * 1024 => {
+                    return Err(invalid("script_memory", "must be at least 1 MiB (1048576)"))
+                }
+                n => n,
+            },
+            script_concurrency: match self.script_concurrency {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+                n if n > 256 => return Err(invalid("script_concurrency", "must be at most 256")),
+                n => n,
             },
             jira: self.jira,
             confluence: self.confluence,

@@ -417,6 +417,9 @@ pub struct Subscription {
     pub headers: std::collections::BTreeMap<String, String>,
     /// `whsec_<base64>`: shown once at creation, never logged or read back.
     pub secret: secrecy::SecretString,
+    /// An ES module whose default export maps the envelope to the body
+    /// delivered (`null` or `undefined`: not delivered, recorded as filtered).
+    pub transform: Option<String>,
     pub description: Option<String>,
     /// Deliveries per second, per process; `None` for no limit.
     pub rate_limit: Option<u32>,
@@ -454,6 +457,8 @@ pub enum DeliveryState {
     Failed,
     /// Every retry failed. Kept, and replayable.
     Dead,
+    /// The subscription's transform returned `null`: nothing was sent.
+    Filtered,
 }
 
 impl DeliveryState {
@@ -463,6 +468,7 @@ impl DeliveryState {
             DeliveryState::Delivered => "delivered",
             DeliveryState::Failed => "failed",
             DeliveryState::Dead => "dead",
+            DeliveryState::Filtered => "filtered",
         }
     }
 
@@ -472,6 +478,7 @@ impl DeliveryState {
             "delivered" => DeliveryState::Delivered,
             "failed" => DeliveryState::Failed,
             "dead" => DeliveryState::Dead,
+            "filtered" => DeliveryState::Filtered,
             _ => return None,
         })
     }
@@ -509,6 +516,8 @@ pub enum AttemptOutcome {
     Failed,
     /// Failed, and it was the last attempt.
     Dead,
+    /// The transform returned `null`: not sent, and not a failure.
+    Filtered,
 }
 
 impl AttemptOutcome {
@@ -518,7 +527,13 @@ impl AttemptOutcome {
             AttemptOutcome::Retry => "retry",
             AttemptOutcome::Failed => "failed",
             AttemptOutcome::Dead => "dead",
+            AttemptOutcome::Filtered => "filtered",
         }
+    }
+
+    /// Whether the attempt says nothing against the endpoint.
+    pub fn is_success(self) -> bool {
+        matches!(self, AttemptOutcome::Delivered | AttemptOutcome::Filtered)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -527,6 +542,7 @@ impl AttemptOutcome {
             "retry" => AttemptOutcome::Retry,
             "failed" => AttemptOutcome::Failed,
             "dead" => AttemptOutcome::Dead,
+            "filtered" => AttemptOutcome::Filtered,
             _ => return None,
         })
     }
@@ -538,6 +554,7 @@ impl AttemptOutcome {
             AttemptOutcome::Retry => DeliveryState::Pending,
             AttemptOutcome::Failed => DeliveryState::Failed,
             AttemptOutcome::Dead => DeliveryState::Dead,
+            AttemptOutcome::Filtered => DeliveryState::Filtered,
         }
     }
 }
@@ -559,6 +576,214 @@ pub struct Attempt {
     /// The first few KiB of the response body.
     pub response_body: Option<String>,
     pub outcome: AttemptOutcome,
+}
+
+/// A web trigger's id: random and unguessable (144 bits, base64url), since
+/// with auth `none` the URL is the only secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TriggerId(pub String);
+
+impl TriggerId {
+    pub fn generate() -> Self {
+        use base64::Engine as _;
+        let bytes: [u8; 18] = rand::random();
+        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+}
+
+impl fmt::Display for TriggerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a web trigger answers with its script's response or accepts the
+/// request for later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerMode {
+    Sync,
+    Async,
+}
+
+impl TriggerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerMode::Sync => "sync",
+            TriggerMode::Async => "async",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sync" => Some(TriggerMode::Sync),
+            "async" => Some(TriggerMode::Async),
+            _ => None,
+        }
+    }
+}
+
+/// How a web trigger's caller proves itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TriggerAuthType {
+    /// The unguessable URL is the secret.
+    None,
+    /// A generated key in a header.
+    Key,
+    /// Hex HMAC-SHA256 of the raw body in a header, as Jira admin webhooks sign.
+    HmacSha256,
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature` with a `whsec_` secret.
+    StandardWebhooks,
+}
+
+impl TriggerAuthType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerAuthType::None => "none",
+            TriggerAuthType::Key => "key",
+            TriggerAuthType::HmacSha256 => "hmac-sha256",
+            TriggerAuthType::StandardWebhooks => "standard-webhooks",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(TriggerAuthType::None),
+            "key" => Some(TriggerAuthType::Key),
+            "hmac-sha256" => Some(TriggerAuthType::HmacSha256),
+            "standard-webhooks" => Some(TriggerAuthType::StandardWebhooks),
+            _ => None,
+        }
+    }
+
+    /// The header the credential travels in, unless the trigger names another.
+    pub fn default_header(self) -> Option<&'static str> {
+        match self {
+            TriggerAuthType::Key => Some("X-Hookrelay-Key"),
+            TriggerAuthType::HmacSha256 => Some("X-Hub-Signature"),
+            TriggerAuthType::None | TriggerAuthType::StandardWebhooks => None,
+        }
+    }
+}
+
+/// A web trigger: an inbound URL, who may call it, and what runs.
+#[derive(Clone)]
+pub struct Trigger {
+    pub id: TriggerId,
+    /// `[a-z0-9][a-z0-9_-]{0,63}`, unique: the event is `webtrigger:<name>`.
+    pub name: String,
+    /// Upper-case methods, or `["*"]` for any.
+    pub methods: Vec<String>,
+    pub mode: TriggerMode,
+    pub auth: TriggerAuthType,
+    /// For `key` and `hmac-sha256`: the header the credential is in.
+    pub auth_header: Option<String>,
+    /// The key or signing secret (empty for `none`). Shown once, never logged.
+    pub secret: secrecy::SecretString,
+    /// An ES module whose default export handles the request.
+    pub script: Option<String>,
+    /// Sync without a script: where the request is POSTed for its response.
+    pub forward_url: Option<String>,
+    /// The `whsec_` secret forwarded requests are signed with.
+    pub forward_secret: secrecy::SecretString,
+    pub timeout_ms: u32,
+    pub enabled: bool,
+    pub description: Option<String>,
+    /// Bumped on every change; the compiled script is cached by it.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Trigger {
+    /// Whether `method` may call this trigger.
+    pub fn allows(&self, method: &str) -> bool {
+        self.methods
+            .iter()
+            .any(|m| m == "*" || m.eq_ignore_ascii_case(method))
+    }
+
+    /// The event name of its calls.
+    pub fn event_name(&self) -> String {
+        format!("webtrigger:{}", self.name)
+    }
+}
+
+impl fmt::Debug for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trigger")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("auth", &self.auth)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+uuid_id!(
+    /// One call of a web trigger, as its invocation log keeps it.
+    InvocationId
+);
+
+/// Where an invocation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvocationState {
+    /// The script ran and gave a valid response.
+    Completed,
+    /// The script failed (for async: on its last attempt).
+    Failed,
+    /// Async without a script: stored and published; nothing runs.
+    Accepted,
+    /// Async: the script is due at `next_attempt_at`, or running.
+    Pending,
+}
+
+impl InvocationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvocationState::Completed => "completed",
+            InvocationState::Failed => "failed",
+            InvocationState::Accepted => "accepted",
+            InvocationState::Pending => "pending",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "completed" => InvocationState::Completed,
+            "failed" => InvocationState::Failed,
+            "accepted" => InvocationState::Accepted,
+            "pending" => InvocationState::Pending,
+            _ => return None,
+        })
+    }
+}
+
+/// One call of a web trigger: what came in (the event), what the script did.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub id: InvocationId,
+    pub trigger_id: TriggerId,
+    pub event_id: EventId,
+    pub mode: TriggerMode,
+    pub state: InvocationState,
+    /// Script runs so far (async retries included).
+    pub attempts: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The status answered (sync), or the script's `statusCode` (async).
+    pub status_code: Option<i32>,
+    /// The script's response, as JSON text, cut to a few KiB.
+    pub response: Option<String>,
+    pub error: Option<String>,
+    /// The script's console output: a JSON array of `{level, message}`.
+    pub console: Option<String>,
+    pub duration_ms: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 fn timestamp<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {

@@ -18,8 +18,12 @@
 //! - [`publisher`]: moves committed events from the outbox to the broker.
 //! - [`relay`]: consumes the relay queue and delivers events to subscriptions
 //!   over HTTP, signed, with retries.
+//! - [`script`]: the sandboxed JavaScript runtime that web triggers and
+//!   subscription transforms run in.
 //! - [`sources`]: the sources besides Connect (Forge Remote, Jira admin
 //!   webhooks): each proves who sent a request and builds the event.
+//! - [`triggers`]: web triggers: the request and response objects of a call,
+//!   per-trigger auth, and the runner of async scripts.
 //! - [`intake`]: the one step every source ends in: store the event with its
 //!   outbox row, answer after the commit, hand it to the publisher.
 //! - [`forge_app`]: the Forge app that connects a site (`hookrelay forge`).
@@ -41,7 +45,9 @@ pub mod intake;
 pub mod payload;
 pub mod publisher;
 pub mod relay;
+pub mod script;
 pub mod sources;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod triggers;

@@ -43,12 +43,14 @@ impl Application {
         let (store, broker) = open(&config).await?;
         let (publisher, publisher_task) = publisher::start(store.clone(), broker.clone(), &config);
         let relay_wake = Arc::new(tokio::sync::Notify::new());
+        let scripts = script_engine(&config);
         let relay = if config.relay_enabled {
             Some(relay::start(
                 config.clone(),
                 store.clone(),
                 &broker,
                 relay_wake.clone(),
+                scripts.clone(),
             )?)
         } else {
             None
@@ -81,6 +83,9 @@ impl Application {
             forge,
             source_secrets: http::source_secret_cache(),
             forge_tokens: http::forge_token_cache(),
+            scripts,
+            forward_client: relay::deliver::client(&config)
+                .context("cannot build the HTTP client for forwards")?,
         });
 
         let listener = TcpListener::bind(&config.listen)
@@ -164,6 +169,20 @@ impl Application {
     }
 }
 
+/// The process's one script runtime, for web triggers and transforms.
+fn script_engine(config: &Config) -> crate::script::Engine {
+    crate::script::Engine::start(crate::script::EngineSettings {
+        memory_limit: config.script_memory,
+        concurrency: config.script_concurrency,
+        // A short wait for a runtime; beyond it, or with this many waiting,
+        // a call is answered 503 rather than queued.
+        max_waiting: config.script_concurrency * 4,
+        wait: Duration::from_millis(250),
+        console_limit: 16 * 1024,
+        output_limit: config.max_body_bytes,
+    })
+}
+
 /// Opens and migrates the store, and starts the broker. Never waits for the
 /// broker: events are stored and wait in the outbox until it is reachable.
 async fn open(config: &Arc<Config>) -> anyhow::Result<(Store, Arc<Broker>)> {
@@ -211,7 +230,13 @@ impl Worker {
         }
         let (store, broker) = open(&config).await?;
         let wake = Arc::new(tokio::sync::Notify::new());
-        let relay = relay::start(config.clone(), store.clone(), &broker, wake)?;
+        let relay = relay::start(
+            config.clone(),
+            store.clone(),
+            &broker,
+            wake,
+            script_engine(&config),
+        )?;
         tracing::info!(
             store = store.backend(),
             broker = broker.kind(),

@@ -51,7 +51,7 @@ fn canonical_path(path: &str, context_path: &str) -> String {
 
 /// Removes `context_path` from the front of `path` only at a segment boundary:
 /// `/relay` is stripped from `/relay/x` and `/relay`, not from `/relayx`.
-fn strip_context_path<'a>(path: &'a str, context_path: &str) -> &'a str {
+pub fn strip_context_path<'a>(path: &'a str, context_path: &str) -> &'a str {
     let context = context_path.trim_end_matches('/');
     if context.is_empty() {
         return path;

@@ -22,11 +22,13 @@ const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::subscriptions::routes(super::sources::admin_routes(
-        web::scope("/admin/api/v1")
-            .route("/openapi.json", web::get().to(openapi))
-            .route("/events", web::get().to(list_events))
-            .route("/events/{id}", web::get().to(get_event)),
+    cfg.service(super::triggers::admin_routes(super::subscriptions::routes(
+        super::sources::admin_routes(
+            web::scope("/admin/api/v1")
+                .route("/openapi.json", web::get().to(openapi))
+                .route("/events", web::get().to(list_events))
+                .route("/events/{id}", web::get().to(get_event)),
+        ),
     )));
 }
 
@@ -71,8 +73,9 @@ fn check_admin(req: &HttpRequest) -> Result<Admin, ApiError> {
     }
 }
 
-/// Largest admin request body: a subscription is a few KiB.
-const ADMIN_MAX_BODY: usize = 256 * 1024;
+/// Largest admin request body: a subscription is a few KiB, a trigger's
+/// script up to 256 KiB (more once escaped in JSON).
+const ADMIN_MAX_BODY: usize = 1024 * 1024;
 
 /// An admin request's body, read like intake's: within the body timeout and
 /// the intake budget, at most 256 KiB. Taken after [`Admin`] in a handler's

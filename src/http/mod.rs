@@ -10,6 +10,7 @@ pub mod error;
 mod ops;
 mod sources;
 mod subscriptions;
+mod triggers;
 
 use std::sync::Arc;
 
@@ -50,9 +51,15 @@ pub struct AppState {
     /// The expiry of the app system token last kept per Forge installation, so
     /// that each event does not write it again.
     pub forge_tokens: sources::TokenCache,
+    /// The one script runtime: web triggers and subscription transforms.
+    pub scripts: crate::script::Engine,
+    /// The client sync triggers forward with: the deliveries' guard against
+    /// private destinations, no redirects.
+    pub forward_client: reqwest::Client,
 }
 
 pub use sources::{forge_token_cache, source_secret_cache};
+pub use triggers::cut;
 
 /// The route table.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -77,6 +84,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/forge/events", web::post().to(sources::forge_events))
         .route("/in/{id}", web::post().to(sources::admin_webhook))
+        .configure(triggers::call_routes)
         .configure(admin::routes);
 }
 
@@ -113,10 +121,12 @@ pub fn app(
             let fut = srv.call(req);
             async move {
                 let mut response = fut.await?;
+                // A web trigger's script may set its own, which is its answer.
+                let name = HeaderName::from_static("x-request-id");
                 if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-                    response
-                        .headers_mut()
-                        .insert(HeaderName::from_static("x-request-id"), id);
+                    if !response.headers().contains_key(&name) {
+                        response.headers_mut().insert(name, id);
+                    }
                 }
                 Ok(response)
             }
@@ -222,7 +232,13 @@ fn json_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerRespo
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
+    // A web trigger's handler chose this answer, body and all.
+    let handler_answer = res
+        .response()
+        .extensions()
+        .get::<triggers::HandlerAnswer>()
+        .is_some();
+    if is_json || handler_answer {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();

@@ -61,6 +61,7 @@ pub struct SubscriptionView<'a> {
     tenants: Option<&'a [String]>,
     filter: Option<&'a str>,
     headers: &'a BTreeMap<String, String>,
+    transform: Option<&'a str>,
     description: Option<&'a str>,
     rate_limit: Option<u32>,
     max_concurrency: u32,
@@ -82,6 +83,7 @@ fn view<'a>(sub: &'a Subscription, secret: Option<&'a str>) -> SubscriptionView<
         tenants: sub.tenants.as_deref(),
         filter: sub.filter.as_deref(),
         headers: &sub.headers,
+        transform: sub.transform.as_deref(),
         description: sub.description.as_deref(),
         rate_limit: sub.rate_limit,
         max_concurrency: sub.max_concurrency,
@@ -107,6 +109,8 @@ struct Changes {
     headers: Option<BTreeMap<String, String>>,
     secret: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    transform: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
     description: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     rate_limit: Option<Option<u32>>,
@@ -115,13 +119,13 @@ struct Changes {
 }
 
 /// A field that is present, even as `null`, becomes `Some`.
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+pub(super) fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
 }
 
@@ -196,6 +200,10 @@ fn apply(
         }
         sub.headers = headers;
     }
+    if let Some(transform) = changes.transform {
+        // Compiled by `check_transform` before this.
+        sub.transform = transform;
+    }
     let mut new_secret = None;
     if let Some(secret) = changes.secret {
         signing::key(&secret).map_err(|e| bad(e.to_string()))?;
@@ -232,7 +240,26 @@ fn apply(
     Ok(new_secret)
 }
 
-fn check_url(url: &str, allow_private: bool) -> Result<String, ApiError> {
+/// Compiles a transform being set, so that one that cannot run is refused now.
+async fn check_transform(state: &AppState, changes: &Changes) -> Result<(), ApiError> {
+    if let Some(Some(source)) = &changes.transform {
+        if source.len() > super::triggers::MAX_SCRIPT {
+            return Err(bad(format!(
+                "transform is larger than {} bytes",
+                super::triggers::MAX_SCRIPT
+            )));
+        }
+        state.scripts.check(source).await.map_err(|e| {
+            bad(format!(
+                "transform does not compile: {}",
+                super::triggers::compile_message(&e)
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+pub(super) fn check_url(url: &str, allow_private: bool) -> Result<String, ApiError> {
     if url.len() > MAX_URL {
         return Err(bad(format!("url is longer than {MAX_URL} bytes")));
     }
@@ -277,6 +304,7 @@ async fn create(
     if changes.url.is_none() || changes.events.is_none() {
         return Err(bad("url and events are required"));
     }
+    check_transform(&state, &changes).await?;
     let now = now_millis();
     let secret = signing::generate_secret();
     let mut sub = Subscription {
@@ -287,6 +315,7 @@ async fn create(
         filter: None,
         headers: BTreeMap::new(),
         secret: secret.clone().into(),
+        transform: None,
         description: None,
         rate_limit: None,
         max_concurrency: state.config.subscription_concurrency,
@@ -335,6 +364,7 @@ async fn update(
     AdminBody(body): AdminBody,
 ) -> Result<HttpResponse, ApiError> {
     let changes: Changes = json_body(&body)?;
+    check_transform(&state, &changes).await?;
     let mut sub = load(&state, &id).await?;
     let read_at = sub.updated_at;
     let secret = apply(&mut sub, changes, &state)?;
@@ -469,6 +499,7 @@ async fn replay_event(
     AdminBody(body): AdminBody,
 ) -> Result<HttpResponse, ApiError> {
     let request: ReplayEvent = optional_body(&body)?;
+    let request_all = request.subscription_id.is_none();
     let event_id = uuid::Uuid::parse_str(&id)
         .map(EventId)
         .map_err(|_| ApiError::NotFound)?;
@@ -505,9 +536,18 @@ async fn replay_event(
         }
     };
     let deliveries = state.store.replay_deliveries(event.id, &targets).await?;
-    tracing::info!(event_id = %event.id, deliveries = deliveries.len(), "event replayed");
+    // An async web trigger's script runs again too (unless only one
+    // subscription was asked for).
+    let script = event.source == crate::domain::Source::Webtrigger
+        && request_all
+        && state.store.replay_run(event.id).await?;
+    tracing::info!(event_id = %event.id, deliveries = deliveries.len(), script, "event replayed");
     state.relay_wake.notify_one();
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "deliveries": deliveries })))
+    let mut answer = serde_json::json!({ "deliveries": deliveries });
+    if script {
+        answer["script_run"] = serde_json::json!(true);
+    }
+    Ok(HttpResponse::Accepted().json(answer))
 }
 
 /// An event's deliveries, each with its attempts (oldest first), for

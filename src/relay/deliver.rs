@@ -25,7 +25,11 @@ use super::signing;
 use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::domain::{now_millis, AttemptOutcome, SubscriptionId};
+use crate::script::{Engine, RunKind, ScriptRef};
 use crate::store::{AttemptRecord, DueDelivery, Store, StoreError};
+
+/// A transform's time limit.
+const TRANSFORM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How much of a response body the attempt log keeps.
 pub const RESPONSE_BODY_LIMIT: usize = 4096;
@@ -124,11 +128,19 @@ pub struct Dispatcher {
     /// The earliest retry this process scheduled, so it wakes for it on time.
     next_retry: Mutex<Option<tokio::time::Instant>>,
     pub(super) attempts: TaskTracker,
+    /// Runs subscriptions' transforms.
+    scripts: Engine,
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, config: Arc<Config>, wake: Arc<Notify>) -> reqwest::Result<Self> {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        wake: Arc<Notify>,
+        scripts: Engine,
+    ) -> reqwest::Result<Self> {
         Ok(Self {
+            scripts,
             client: client(&config)?,
             slots: Arc::new(Semaphore::new(config.relay_concurrency as usize)),
             bytes: ByteBudget::new(config.relay_memory),
@@ -320,7 +332,11 @@ impl Dispatcher {
                 "attempts used up without a recorded result".into(),
             ))
         } else {
-            self.send(&due, attempted_at.timestamp()).await
+            match self.body(&due).await {
+                Ok(Some(body)) => self.send(&due, attempted_at.timestamp(), body).await,
+                Ok(None) => return self.filtered(&due, attempted_at, started).await,
+                Err(e) => Err(e),
+            }
         };
         let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
 
@@ -380,7 +396,7 @@ impl Dispatcher {
             .record(started.elapsed().as_secs_f64());
         let recorded = self.record(&record).await;
         match outcome {
-            AttemptOutcome::Delivered => {
+            AttemptOutcome::Delivered | AttemptOutcome::Filtered => {
                 tracing::info!(status, duration_ms, "delivered")
             }
             AttemptOutcome::Retry => tracing::warn!(
@@ -403,6 +419,63 @@ impl Dispatcher {
         if let Some(reason) = recorded.and_then(|r| r.disabled) {
             tracing::warn!(%reason, "subscription disabled");
         }
+    }
+
+    /// The body to deliver: the envelope, or what the subscription's
+    /// transform makes of it (`None`: the transform returned null or undefined).
+    async fn body(&self, due: &DueDelivery) -> Result<Option<String>, SendError> {
+        let envelope = due.event.envelope_json();
+        let Some(source) = &due.subscription.transform else {
+            return Ok(Some(envelope));
+        };
+        let value: serde_json::Value = serde_json::from_str(&envelope)
+            .map_err(|e| SendError::Transform(format!("envelope is not JSON: {e}")))?;
+        let script = ScriptRef {
+            key: format!(
+                "transform:{}:{}",
+                due.subscription.id,
+                due.subscription.updated_at.timestamp_millis()
+            ),
+            source: source.as_str().into(),
+        };
+        let run = self
+            .scripts
+            .run(&script, vec![value], TRANSFORM_TIMEOUT, RunKind::Transform)
+            .await;
+        match run.outcome {
+            Ok(None | Some(serde_json::Value::Null)) => Ok(None),
+            Ok(Some(value)) => Ok(Some(value.to_string())),
+            Err(e) => Err(SendError::Transform(e.to_string())),
+        }
+    }
+
+    /// Records an attempt whose transform returned null: nothing was sent.
+    async fn filtered(
+        &self,
+        due: &DueDelivery,
+        attempted_at: chrono::DateTime<chrono::Utc>,
+        started: Instant,
+    ) {
+        let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
+        let record = AttemptRecord {
+            delivery: due,
+            attempted_at,
+            duration_ms,
+            status_code: None,
+            error: None,
+            response_body: None,
+            outcome: AttemptOutcome::Filtered,
+            next_attempt_at: attempted_at,
+            disable: None,
+            disable_if_failing_since: attempted_at,
+        };
+        metrics::counter!("hookrelay_delivery_attempts_total", "outcome" => "filtered")
+            .increment(1);
+        self.record(&record).await;
+        tracing::info!(
+            duration_ms,
+            "transform returned null; not delivered (filtered)"
+        );
     }
 
     /// Records the attempt, retrying while the store is away: the claim's lease
@@ -439,13 +512,17 @@ impl Dispatcher {
     }
 
     /// The signed POST. An `Ok` is any answer, whatever its status.
-    async fn send(&self, due: &DueDelivery, timestamp: i64) -> Result<Answer, SendError> {
+    async fn send(
+        &self,
+        due: &DueDelivery,
+        timestamp: i64,
+        body: String,
+    ) -> Result<Answer, SendError> {
         let url = url::Url::parse(&due.subscription.url)
             .map_err(|e| SendError::Request(format!("bad URL: {e}")))?;
         if !self.config.allow_private_destinations {
             destination::check_literal(&url).map_err(SendError::Refused)?;
         }
-        let body = due.event.envelope_json();
         let key = {
             use secrecy::ExposeSecret as _;
             signing::key(due.subscription.secret.expose_secret())
@@ -539,6 +616,9 @@ enum SendError {
     /// The request could not be built: retrying would not help.
     #[error("{0}")]
     Request(String),
+    /// The subscription's transform failed (threw, timed out, no runtime free).
+    #[error("transform failed: {0}")]
+    Transform(String),
 }
 
 impl SendError {

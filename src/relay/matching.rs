@@ -126,6 +126,8 @@ pub struct Candidate<'a> {
 
 #[derive(Deserialize)]
 struct Head<'a> {
+    #[serde(default, borrow)]
+    source: Cow<'a, str>,
     #[serde(borrow)]
     event: Cow<'a, str>,
     #[serde(default, borrow)]
@@ -146,6 +148,17 @@ impl<'a> Candidate<'a> {
             head: serde_json::from_str(text)?,
             value: OnceCell::new(),
         })
+    }
+
+    /// A web trigger's event: the id of the trigger it called, from the
+    /// request's `path` (`/x1/<id>/…`).
+    pub fn webtrigger_id(&self) -> Option<&str> {
+        if self.head.source != "webtrigger" {
+            return None;
+        }
+        let path = self.value()?.get("payload")?.get("path")?.as_str()?;
+        let rest = path.strip_prefix("/x1/")?;
+        Some(rest.split('/').next().unwrap_or(rest)).filter(|id| !id.is_empty())
     }
 
     /// The whole envelope as a value, for filters. `None` (no filter matches)

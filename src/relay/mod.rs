@@ -29,8 +29,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Consumer, Delivery};
 use crate::config::Config;
-use crate::domain::{EventId, SubscriptionId};
+use std::collections::HashMap;
+
+use crate::domain::{EventId, SubscriptionId, Trigger, TriggerId};
+use crate::script::Engine;
 use crate::store::{Store, StoreError};
+use crate::triggers::runner::Runner;
 use deliver::Dispatcher;
 use matching::{Candidate, Matcher};
 
@@ -43,6 +47,9 @@ pub struct Relay {
     consumer: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     attempts: tokio_util::task::TaskTracker,
+    /// Async triggers' scripts, run from the queue.
+    runner: JoinHandle<()>,
+    runs: tokio_util::task::TaskTracker,
 }
 
 /// Starts consuming and delivering. `wake` is rung by whoever makes deliveries
@@ -52,22 +59,39 @@ pub fn start(
     store: Store,
     broker: &Broker,
     wake: Arc<Notify>,
+    scripts: Engine,
 ) -> anyhow::Result<Relay> {
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         config.clone(),
         wake.clone(),
+        scripts.clone(),
     )?);
+    let runner = Arc::new(Runner::new(
+        store.clone(),
+        scripts,
+        config.clone(),
+        Arc::new(Notify::new()),
+    ));
     let stop = CancellationToken::new();
     // Bodies of prefetched messages beyond a few KiB are not kept: the relay
     // reads such an event from the store when it gets to it.
     let consumer = broker.consume_with(&config.relay_queue.name, config.relay_prefetch, KEEP_BODY);
     let attempts = dispatcher.attempts.clone();
+    let runs = runner.tasks.clone();
     Ok(Relay {
-        consumer: tokio::spawn(consume(consumer, store, wake, stop.clone())),
+        consumer: tokio::spawn(consume(
+            consumer,
+            store,
+            wake,
+            runner.wake.clone(),
+            stop.clone(),
+        )),
         dispatcher: tokio::spawn(dispatcher.run(stop.clone())),
+        runner: tokio::spawn(runner.run(stop.clone())),
         stop,
         attempts,
+        runs,
     })
 }
 
@@ -79,21 +103,31 @@ impl Relay {
         self.stop.cancel();
         let _ = self.consumer.await;
         let _ = self.dispatcher.await;
+        let _ = self.runner.await;
         self.attempts.close();
-        if tokio::time::timeout(grace, self.attempts.wait())
-            .await
-            .is_err()
-        {
+        self.runs.close();
+        let both = async {
+            self.attempts.wait().await;
+            self.runs.wait().await;
+        };
+        if tokio::time::timeout(grace, both).await.is_err() {
             tracing::warn!(
                 in_flight = self.attempts.len(),
-                "stopping with delivery attempts in flight; they will be attempted again"
+                scripts = self.runs.len(),
+                "stopping with delivery attempts or script runs in flight; they will be tried again"
             );
         }
     }
 }
 
 /// Reads the relay queue until `stop`, a batch at a time.
-async fn consume(mut consumer: Consumer, store: Store, wake: Arc<Notify>, stop: CancellationToken) {
+async fn consume(
+    mut consumer: Consumer,
+    store: Store,
+    wake: Arc<Notify>,
+    runs: Arc<Notify>,
+    stop: CancellationToken,
+) {
     loop {
         let first = tokio::select! {
             _ = stop.cancelled() => return,
@@ -109,27 +143,35 @@ async fn consume(mut consumer: Consumer, store: Store, wake: Arc<Notify>, stop: 
                 None => break,
             }
         }
-        if !fan_out(&store, batch, &stop).await {
-            return;
+        match fan_out(&store, batch, &stop).await {
+            None => return,
+            Some(queued) => {
+                if queued {
+                    runs.notify_one();
+                }
+            }
         }
         wake.notify_one();
     }
 }
 
-/// Creates the deliveries of each message and acknowledges it. Returns false
-/// when stopped first (unacknowledged messages go back to the queue).
-async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) -> bool {
+/// Creates the deliveries of each message (and a web trigger's script run),
+/// and acknowledges it. `None` when stopped first (unacknowledged messages go
+/// back to the queue); otherwise whether a script run was queued.
+async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) -> Option<bool> {
+    let mut queued = false;
+    let mut triggers: HashMap<String, Option<Trigger>> = HashMap::new();
     // Loaded per batch, so a subscription created before an event was received
     // is always seen, whichever process created it.
     let subscriptions = loop {
         match with_store(stop, || store.subscriptions(true)).await {
-            None => return false,
+            None => return None,
             Some(Ok(subscriptions)) => break subscriptions,
             // A damaged row: nothing can be matched until it is mended.
             Some(Err(e)) => {
                 tracing::error!(error = %deliver::chain(&e), "cannot read subscriptions; relay paused");
                 tokio::select! {
-                    _ = stop.cancelled() => return false,
+                    _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
             }
@@ -152,7 +194,7 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
         let stored;
         let body = if message.body.is_empty() {
             match with_store(stop, || store.event(event_id)).await {
-                None => return false,
+                None => return None,
                 Some(Ok(Some(event))) => {
                     stored = event.envelope_json();
                     &stored
@@ -172,11 +214,24 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
             &message.body
         };
         let matched: Vec<SubscriptionId> = match Candidate::new(body) {
-            Ok(envelope) => matchers
-                .iter()
-                .filter(|m| m.matches(&envelope))
-                .map(|m| m.id)
-                .collect(),
+            Ok(envelope) => {
+                if let Some(id) = envelope.webtrigger_id() {
+                    match queue_run(store, stop, &mut triggers, id, event_id).await {
+                        None => return None,
+                        Some(Ok(q)) => queued |= q,
+                        Some(Err(e)) => {
+                            tracing::error!(%event_id, error = %deliver::chain(&e), "cannot queue the script run; message requeued");
+                            settle(event_id, delivery.requeue().await);
+                            continue;
+                        }
+                    }
+                }
+                matchers
+                    .iter()
+                    .filter(|m| m.matches(&envelope))
+                    .map(|m| m.id)
+                    .collect()
+            }
             Err(e) => {
                 tracing::error!(%event_id, error = %e, "relay message is not an envelope; rejected");
                 settle(event_id, delivery.reject().await);
@@ -184,7 +239,7 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
             }
         };
         match with_store(stop, || store.create_deliveries(event_id, &matched)).await {
-            None => return false,
+            None => return None,
             Some(Ok(())) => {
                 if !matched.is_empty() {
                     tracing::debug!(%event_id, deliveries = matched.len(), "deliveries created");
@@ -202,7 +257,7 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
                 _ => {
                     tracing::error!(%event_id, error = %deliver::chain(&e), "cannot create deliveries; message requeued");
                     tokio::select! {
-                        _ = stop.cancelled() => return false,
+                        _ = stop.cancelled() => return None,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                     settle(event_id, delivery.requeue().await);
@@ -210,7 +265,36 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
             },
         }
     }
-    true
+    Some(queued)
+}
+
+/// Records the invocation of a web trigger's event, looking the trigger up
+/// once per batch. A trigger deleted since takes its invocations with it.
+async fn queue_run(
+    store: &Store,
+    stop: &CancellationToken,
+    triggers: &mut HashMap<String, Option<Trigger>>,
+    id: &str,
+    event_id: EventId,
+) -> Option<Result<bool, StoreError>> {
+    if !triggers.contains_key(id) {
+        let trigger_id = TriggerId(id.to_string());
+        match with_store(stop, || store.trigger(&trigger_id)).await? {
+            Ok(found) => {
+                triggers.insert(id.to_string(), found);
+            }
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    match triggers.get(id).and_then(Option::as_ref) {
+        Some(trigger) => {
+            with_store(stop, || {
+                crate::triggers::runner::queue(store, trigger, event_id)
+            })
+            .await
+        }
+        None => Some(Ok(false)),
+    }
 }
 
 /// Largest message body the relay keeps from its queue; larger events are read

@@ -47,6 +47,29 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
+/// Whether `header` (a `webhook-signature` value: space-separated
+/// `v1,<base64>` entries) holds a valid signature of the message. Each entry is
+/// compared in constant time by the MAC itself.
+pub fn verify(key: &[u8], id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
+    let mut valid = false;
+    for entry in header.split(' ') {
+        let Some(encoded) = entry.strip_prefix("v1,") else {
+            continue;
+        };
+        let Ok(given) = STANDARD.decode(encoded) else {
+            continue;
+        };
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        valid |= mac.verify_slice(&given).is_ok();
+    }
+    valid
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +87,21 @@ mod tests {
             ),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+        let body = br#"{"test": 2432232314}"#;
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+        let good = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        assert!(verify(&key, id, 1614265330, body, good));
+        assert!(verify(
+            &key,
+            id,
+            1614265330,
+            body,
+            &format!("v1,AAAA {good}")
+        ));
+        assert!(!verify(&key, id, 1614265331, body, good));
+        assert!(!verify(&key, id, 1614265330, b"{}", good));
+        assert!(!verify(&key, id, 1614265330, body, "v1a,abc"));
+        assert!(!verify(&key, id, 1614265330, body, ""));
     }
 
     #[test]

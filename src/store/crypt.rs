@@ -76,12 +76,28 @@ pub const FORGE_TOKEN: SecretColumn = SecretColumn {
     column: "token",
 };
 
+/// Web triggers' keys and signing secrets.
+pub const TRIGGER_SECRET: SecretColumn = SecretColumn {
+    table: "triggers",
+    key: "id",
+    column: "secret",
+};
+
+/// The `whsec_` secret a sync trigger signs its forwarded requests with.
+pub const TRIGGER_FORWARD_SECRET: SecretColumn = SecretColumn {
+    table: "triggers",
+    key: "id",
+    column: "forward_secret",
+};
+
 /// Every secret column of the store. A new secret column goes here.
-pub const SECRET_COLUMNS: [SecretColumn; 4] = [
+pub const SECRET_COLUMNS: [SecretColumn; 6] = [
     TENANT_SECRET,
     SUBSCRIPTION_SECRET,
     SOURCE_SECRET,
     FORGE_TOKEN,
+    TRIGGER_SECRET,
+    TRIGGER_FORWARD_SECRET,
 ];
 
 impl SecretColumn {

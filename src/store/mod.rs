@@ -13,10 +13,13 @@ pub mod crypt;
 mod postgres;
 mod relay;
 mod sqlite;
+#[macro_use]
 mod tenants;
+mod triggers;
 
 pub use relay::{AttemptFilter, AttemptRecord, DeliveryFilter, DueDelivery, Recorded};
 pub use tenants::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret, TokenUse};
+pub use triggers::{ClaimedRun, InvocationWithRequest, RunRecord};
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -20,5 +20,6 @@ mod receiver;
 mod relay;
 mod secrets;
 mod sources;
+mod triggers;
 mod vectors;
 mod webhooks;

@@ -42,7 +42,12 @@ impl AdminApi {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -62,7 +67,7 @@ impl AdminApi {
         body
     }
 
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
@@ -77,7 +82,12 @@ impl AdminApi {
     }
 
     /// Polls `path` until `done` holds for its body; returns the body.
-    async fn wait(&self, path: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait(
+        &self,
+        path: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let body = self.get(path).await;

@@ -9,9 +9,7 @@ use super::{
     assemble, AttemptFilter, AttemptRecord, AttemptRow, ClaimRow, DeliveryFilter, DeliveryRow,
     DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
 };
-use crate::domain::{
-    Attempt, AttemptOutcome, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId,
-};
+use crate::domain::{Attempt, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId};
 use crate::store::postgres::{uuids, EventRow};
 use crate::store::StoreError;
 
@@ -38,6 +36,7 @@ fn bind_fields<'q>(
         .bind(i64::from(sub.max_concurrency))
         .bind(sub.enabled)
         .bind(&sub.disabled_reason)
+        .bind(&sub.transform)
         .bind(sub.failing_since)
 }
 
@@ -47,8 +46,8 @@ pub async fn insert_subscription(pool: &PgPool, sub: &Subscription) -> Result<()
         sqlx::query(
             "INSERT INTO subscriptions (id, url, events, tenants, filter, headers, secret,
              description, rate_limit, max_concurrency, enabled, disabled_reason,
-             failing_since, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             transform, failing_since, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(sub.id.0),
         sub,
@@ -72,8 +71,8 @@ pub async fn update_subscription(
             "UPDATE subscriptions SET url = $2, events = $3, tenants = $4, filter = $5,
              headers = $6, secret = $7, description = $8, rate_limit = $9,
              max_concurrency = $10, enabled = $11, disabled_reason = $12,
-             failing_since = $13, updated_at = $14
-         WHERE id = $1 AND updated_at = $15",
+             transform = $13, failing_since = $14, updated_at = $15
+         WHERE id = $1 AND updated_at = $16",
         )
         .bind(sub.id.0),
         sub,
@@ -287,7 +286,7 @@ pub async fn record_attempt(pool: &PgPool, r: &AttemptRecord<'_>) -> Result<Reco
     .await?
     .rows_affected()
         > 0;
-    let disabled = if r.outcome == AttemptOutcome::Delivered {
+    let disabled = if r.outcome.is_success() {
         sqlx::query(
             "UPDATE subscriptions SET failing_since = NULL
              WHERE id = $1 AND failing_since IS NOT NULL",
