@@ -765,15 +765,10 @@ impl RawConfig {
                     Duration::from_secs(3600),
                 )?,
             },
+            // Never more than intake may hold or a later stage may carry.
             trigger_max_body: match self.trigger_max_body {
                 0 => return Err(invalid("trigger_max_body", "must be greater than 0")),
-                n if n > self.intake_memory => {
-                    return Err(invalid(
-                        "trigger_max_body",
-                        format!("must be at most intake_memory ({})", self.intake_memory),
-                    ))
-                }
-                n => n,
+                n => n.min(self.max_body_bytes).min(self.intake_memory),
             },
             script_memory: match self.script_memory {
                 n if n < 1024 * 1024 => {

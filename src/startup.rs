@@ -86,6 +86,7 @@ impl Application {
             scripts,
             forward_client: relay::deliver::client(&config)
                 .context("cannot build the HTTP client for forwards")?,
+            trigger_runs: Arc::default(),
         });
 
         let listener = TcpListener::bind(&config.listen)

@@ -56,6 +56,8 @@ pub struct AppState {
     /// The client sync triggers forward with: the deliveries' guard against
     /// private destinations, no redirects.
     pub forward_client: reqwest::Client,
+    /// Sync runs in flight per trigger.
+    pub trigger_runs: Arc<crate::triggers::InFlight>,
 }
 
 pub use sources::{forge_token_cache, source_secret_cache};

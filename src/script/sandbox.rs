@@ -216,7 +216,9 @@ fn setup_error(error: rquickjs::Error) -> RunError {
 /// Console output of one run, bounded in bytes.
 #[derive(Default)]
 pub(super) struct Console {
+    /// What was kept, in order.
     pub lines: Vec<ConsoleLine>,
+    /// Whether anything was cut or dropped at the limit.
     pub truncated: bool,
     /// Bytes of messages kept so far.
     bytes: usize,
@@ -246,8 +248,11 @@ impl Console {
 
 /// A script to run: its cache key, its source, and where its bytecode is kept.
 pub(super) struct Program<'a> {
+    /// The cache key, naming the script's version.
     pub key: &'a str,
+    /// The module source, compiled on a cache miss.
     pub source: &'a str,
+    /// Where compiled scripts are kept.
     pub cache: &'a Cache,
     /// Counts compiles, so that a cache hit can be seen.
     pub compiled: &'a dyn Fn(),

@@ -668,7 +668,8 @@ async fn many_runs_in_parallel() {
 }
 
 /// Figures for this machine; run with
-/// `cargo test --release --lib script::tests::measure -- --ignored --nocapture`.
+/// `cargo test --lib script::tests::measure -- --ignored --nocapture`
+/// (add `--release` for optimized figures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn measure() {

@@ -7,12 +7,52 @@
 
 pub mod runner;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::domain::{Trigger, TriggerAuthType};
+use crate::domain::{Trigger, TriggerAuthType, TriggerId};
+
+/// Sync runs in flight per trigger in this process, so that one slow or
+/// flooded trigger cannot hold every runtime and starve the others.
+#[derive(Default)]
+pub struct InFlight(Mutex<HashMap<TriggerId, usize>>);
+
+/// One run counted against its trigger; uncounted when dropped.
+pub struct InFlightGuard {
+    counts: Arc<InFlight>,
+    id: TriggerId,
+}
+
+impl InFlight {
+    /// Counts a run of `id` unless it already has `cap` in flight.
+    pub fn take(self: &Arc<Self>, id: &TriggerId, cap: usize) -> Option<InFlightGuard> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(id.clone()).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(InFlightGuard {
+            counts: self.clone(),
+            id: id.clone(),
+        })
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.id);
+            }
+        }
+    }
+}
 
 /// The request object a script receives (and the event's payload).
 #[derive(Debug, Serialize)]

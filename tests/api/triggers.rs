@@ -694,40 +694,77 @@ async fn triggers_are_validated_when_saved() {
     assert_eq!(status, 404);
 }
 
-/// With every runtime busy, a sync call is answered 503 with Retry-After at
-/// once, and nothing is stored for it.
+/// 100 concurrent calls of a slow trigger: the ones beyond its share of the
+/// runtimes are answered 503 with Retry-After at once and nothing is stored
+/// for them, while another trigger and a Connect webhook are answered
+/// before the slow runs end.
 #[tokio::test]
-async fn a_busy_runtime_answers_503_and_stores_nothing() {
+async fn a_flood_of_slow_calls_is_bounded_and_others_keep_working() {
     let app = spawn_app_with(Backend::Sqlite, |raw| {
         triggering(raw);
-        raw.script_concurrency = 1;
+        raw.script_concurrency = 4;
     })
     .await;
     let admin = AdminApi::of(&app.address);
     let slow = create(
         &admin,
-        json!({"name": "slow", "mode": "sync", "timeout_ms": 1500,
+        json!({"name": "slow", "mode": "sync", "timeout_ms": 2000,
                "script": "export default () => { while (true) {} }"}),
     )
     .await;
+    let healthy = create(
+        &admin,
+        json!({"name": "healthy", "mode": "sync",
+               "script": "export default () => ({statusCode: 200, body: 'fine'})"}),
+    )
+    .await;
+    let site = Site::new("jira");
+    app.install(&site).await;
     let url = app.url(&path_of(&slow));
-    let calls: Vec<_> = (0..6).map(|_| app.client.post(&url).send()).collect();
-    let answers = futures_util::future::join_all(calls).await;
-    let mut statuses: Vec<u16> = Vec::new();
-    for answer in answers {
-        let answer = answer.unwrap();
-        if answer.status().as_u16() == 503 {
-            assert!(answer.headers().contains_key("retry-after"));
-        }
-        statuses.push(answer.status().as_u16());
-    }
-    let busy = statuses.iter().filter(|s| **s == 503).count();
-    assert!(busy >= 1, "{statuses:?}");
-    assert_eq!(
-        events_count(&app).await,
-        statuses.len() - busy,
-        "only calls that ran were stored: {statuses:?}"
+    let started = Instant::now();
+    let flood: Vec<_> = (0..100).map(|_| app.client.post(&url).send()).collect();
+    let flood = tokio::spawn(futures_util::future::join_all(flood));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fine = app
+        .client
+        .post(app.url(&path_of(&healthy)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status().as_u16(), 200);
+    let webhook = app
+        .webhook(
+            &site,
+            "jira:issue_created",
+            fixture("payloads/jira_issue_created.json"),
+            &[],
+        )
+        .await;
+    assert_eq!(webhook.status().as_u16(), 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "answered only after the slow runs: {:?}",
+        started.elapsed()
     );
+    let mut statuses: Vec<u16> = Vec::new();
+    for answer in flood.await.unwrap() {
+        let answer = answer.unwrap();
+        let status = answer.status().as_u16();
+        if status == 503 {
+            assert!(answer.headers().contains_key("retry-after"));
+            assert_eq!(error_body(answer).await["error"], "busy");
+        }
+        statuses.push(status);
+    }
+    let timed_out = statuses.iter().filter(|s| **s == 504).count();
+    let busy = statuses.iter().filter(|s| **s == 503).count();
+    assert_eq!(timed_out + busy, 100, "{statuses:?}");
+    assert!(
+        (1..=2).contains(&timed_out),
+        "half the runtimes at most: {statuses:?}"
+    );
+    // The slow calls that ran, the healthy one and the webhook.
+    assert_eq!(events_count(&app).await, timed_out + 2);
 }
 
 /// Forge's own sync example runs as written, apart from its export line.
