@@ -893,22 +893,25 @@ async fn forward(
         .body(body)
         .send()
         .await;
-    let mut response = match sent {
-        Ok(r) => r,
-        Err(e) if e.is_timeout() => {
-            return fail(
+    // A timeout is the forward endpoint's 504; anything else a 502.
+    let failed = |e: reqwest::Error| {
+        if e.is_timeout() {
+            fail(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 "the forward endpoint did not answer in time".into(),
             )
-        }
-        Err(e) => {
-            return fail(
+        } else {
+            fail(
                 StatusCode::BAD_GATEWAY,
                 "forward_failed",
                 crate::relay::deliver::chain(&e.without_url()),
             )
         }
+    };
+    let mut response = match sent {
+        Ok(r) => r,
+        Err(e) => return failed(e),
     };
     let limit = state.config.trigger_max_body;
     let mut kept = Vec::new();
@@ -923,20 +926,7 @@ async fn forward(
                 )
             }
             Ok(None) => break,
-            Err(e) if e.is_timeout() => {
-                return fail(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    "the forward endpoint did not answer in time".into(),
-                )
-            }
-            Err(e) => {
-                return fail(
-                    StatusCode::BAD_GATEWAY,
-                    "forward_failed",
-                    crate::relay::deliver::chain(&e.without_url()),
-                )
-            }
+            Err(e) => return failed(e),
         }
     }
     let value: Option<serde_json::Value> = serde_json::from_slice(&kept).ok();

@@ -35,8 +35,8 @@ pub fn key(secret: &str) -> Result<Vec<u8>, SecretError> {
     Ok(key)
 }
 
-/// The `webhook-signature` header value for one message.
-pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+/// The MAC of one message, `{id}.{timestamp}.{body}`, not yet finalized.
+fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
     // HMAC takes keys of any length, so this cannot fail.
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(id.as_bytes());
@@ -44,7 +44,13 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    mac
+}
+
+/// The `webhook-signature` header value for one message.
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let tag = mac(key, id, timestamp, body).finalize().into_bytes();
+    format!("v1,{}", STANDARD.encode(tag))
 }
 
 /// Whether `header` (a `webhook-signature` value: space-separated
@@ -59,13 +65,7 @@ pub fn verify(key: &[u8], id: &str, timestamp: i64, body: &[u8], header: &str) -
         let Ok(given) = STANDARD.decode(encoded) else {
             continue;
         };
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        valid |= mac.verify_slice(&given).is_ok();
+        valid |= mac(key, id, timestamp, body).verify_slice(&given).is_ok();
     }
     valid
 }
