@@ -465,6 +465,9 @@ pub struct InvocationView {
     status_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<serde_json::Value>,
+    /// Set when the request is too large to list; the event holds it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    request_omitted: bool,
     response: Option<serde_json::Value>,
     error: Option<String>,
     console: serde_json::Value,
@@ -473,8 +476,14 @@ pub struct InvocationView {
     updated_at: String,
 }
 
+/// Largest request shown in an invocation listing: a page of them must stay
+/// small; a larger one is read from its event.
+const LISTED_REQUEST: usize = 64 * 1024;
+
 pub fn invocation_view(i: Invocation, request: Option<&str>) -> InvocationView {
     let parse = |text: Option<&str>| text.and_then(|t| serde_json::from_str(t).ok());
+    let request_omitted = request.is_some_and(|r| r.len() > LISTED_REQUEST);
+    let request = request.filter(|_| !request_omitted);
     InvocationView {
         id: i.id,
         trigger_id: i.trigger_id.0,
@@ -488,6 +497,7 @@ pub fn invocation_view(i: Invocation, request: Option<&str>) -> InvocationView {
             .map(format_timestamp),
         status_code: i.status_code,
         request: parse(request),
+        request_omitted,
         // Cut responses are kept as text.
         response: i.response.as_deref().map(|r| {
             serde_json::from_str(r).unwrap_or_else(|_| serde_json::Value::String(r.to_string()))

@@ -167,6 +167,29 @@ async fn sync_calls_get_the_forge_request_and_answer_with_the_script(backend: Ba
         ))
         .await;
     assert_eq!(next["data"][0]["event_id"], event_id.as_str());
+
+    // A large request is left out of the listing; its event holds it.
+    let big = "b".repeat(100 * 1024);
+    let response = app
+        .client
+        .post(app.url(&path))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let log = admin
+        .get(&format!("/triggers/{id}/invocations?limit=1"))
+        .await;
+    assert_eq!(log["data"][0]["request_omitted"], true);
+    assert!(log["data"][0].get("request").is_none());
+    let event = admin
+        .get(&format!(
+            "/events/{}",
+            log["data"][0]["event_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(event["payload"]["body"], big.as_str());
 }
 
 /// Unknown or disabled ids, other methods, oversize and non-UTF-8 bodies and
