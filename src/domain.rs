@@ -584,14 +584,6 @@ pub struct Attempt {
 #[serde(transparent)]
 pub struct TriggerId(pub String);
 
-impl TriggerId {
-    pub fn generate() -> Self {
-        use base64::Engine as _;
-        let bytes: [u8; 18] = rand::random();
-        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-    }
-}
-
 impl fmt::Display for TriggerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -319,6 +319,13 @@ pub(super) fn compile_message(e: &crate::script::CompileError) -> String {
     }
 }
 
+/// A new trigger id: 144 random bits, base64url (24 characters).
+fn new_trigger_id() -> TriggerId {
+    use base64::Engine as _;
+    let bytes: [u8; 18] = rand::random();
+    TriggerId(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
 /// A generated key: 32 random bytes, base64url.
 fn generate_key() -> String {
     use base64::Engine as _;
@@ -338,7 +345,7 @@ async fn create(
     // Defaults: POST, async, no auth.
     let now = now_millis();
     let mut t = Trigger {
-        id: TriggerId::generate(),
+        id: new_trigger_id(),
         name: String::new(),
         methods: vec!["POST".into()],
         mode: TriggerMode::Async,
