@@ -645,6 +645,21 @@ async fn many_runs_in_parallel() {
         max_waiting: 1000,
         ..settings()
     });
+    // Compiled once first: two workers that miss the cache at the same
+    // moment each compile (the cache does not coalesce misses), which is
+    // not what this test is about.
+    let warm = engine
+        .run(
+            &script(
+                "sum",
+                "export default async (n) => { await null; return n * n }",
+            ),
+            vec![json!(0)],
+            LIMIT,
+            RunKind::Transform,
+        )
+        .await;
+    assert_eq!(warm.outcome.unwrap(), Some(json!(0)));
     let runs = (0..200).map(|n| {
         let engine = engine.clone();
         tokio::spawn(async move {
