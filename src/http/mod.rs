@@ -61,7 +61,6 @@ pub struct AppState {
 }
 
 pub use sources::{forge_token_cache, source_secret_cache};
-pub use triggers::cut;
 
 /// The route table.
 pub fn routes(cfg: &mut web::ServiceConfig) {

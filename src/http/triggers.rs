@@ -23,7 +23,7 @@ use crate::domain::{
     format_timestamp, now_millis, Event, EventId, Invocation, InvocationId, InvocationState,
     Source, Trigger, TriggerAuthType, TriggerId, TriggerMode,
 };
-use crate::script::{RunError, RunKind, ScriptRef};
+use crate::script::RunError;
 use crate::triggers::{self, CallError, HandlerResponse, RequestObject};
 
 /// Largest script accepted.
@@ -31,8 +31,6 @@ pub(super) const MAX_SCRIPT: usize = 256 * 1024;
 const MAX_TIMEOUT_MS: u64 = 55_000;
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 const MAX_METHODS: usize = 16;
-/// How much of a response the invocation log keeps.
-pub const RECORD_LIMIT: usize = 16 * 1024;
 
 pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
     scope
@@ -719,19 +717,10 @@ async fn run_sync(
     let timeout = Duration::from_millis(u64::from(trigger.timeout_ms));
     let outcome = match (runtime, &trigger.script, &trigger.forward_url) {
         (Some((permit, _counted)), Some(source), _) => {
-            let context = json!({
-                "trigger": {"id": trigger.id.0, "name": trigger.name},
-                "event_id": event_id,
-                "invocation_id": invocation_id,
-            });
-            let script = ScriptRef {
-                key: format!("trigger:{}:{}", trigger.id, trigger.version),
-                source: source.as_str().into(),
-            };
             let request = serde_json::to_value(request).unwrap_or_default();
-            let run = permit
-                .run(&script, vec![request, context], timeout, RunKind::Trigger)
-                .await;
+            let run =
+                triggers::run_script(permit, trigger, source, request, event_id, invocation_id)
+                    .await;
             script_outcome(run)
         }
         (_, _, Some(url)) => forward(state, trigger, url, event_id, request, timeout).await,
@@ -764,7 +753,9 @@ async fn run_sync(
         attempts: 1,
         next_attempt_at: None,
         status_code: Some(i32::from(status)),
-        response: outcome.response_json.map(|r| cut(r, RECORD_LIMIT)),
+        response: outcome
+            .response_json
+            .map(|r| triggers::cut(r, triggers::RECORD_LIMIT)),
         error: error.clone(),
         console: outcome.console,
         duration_ms: Some(duration_ms),
@@ -839,18 +830,6 @@ pub fn run_error(e: &RunError) -> (StatusCode, &'static str, String) {
         RunError::Crashed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     (status, code, e.to_string())
-}
-
-/// Cuts `text` to at most `limit` bytes, on a character boundary.
-pub fn cut(mut text: String, limit: usize) -> String {
-    if text.len() > limit {
-        let mut end = limit;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 /// A sync trigger's forward: the request object POSTed to its URL, signed

@@ -164,6 +164,34 @@ pub struct RunRecord {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
+/// A trigger's columns as written, besides its plain fields.
+struct TriggerColumns {
+    secret: SecretString,
+    forward_secret: SecretString,
+    methods: String,
+}
+
+/// Binds `$1` to `$13` of an insert or update of a trigger (`id` to
+/// `version`, in table order); each statement binds the rest itself.
+macro_rules! bind_trigger {
+    ($query:expr, $t:expr, $cols:expr) => {
+        $query
+            .bind(&$t.id.0)
+            .bind(&$t.name)
+            .bind(&$cols.methods)
+            .bind($t.mode.as_str())
+            .bind($t.auth.as_str())
+            .bind(&$t.auth_header)
+            .bind($cols.secret.expose_secret())
+            .bind(&$t.script)
+            .bind(&$t.forward_url)
+            .bind(i32::try_from($t.timeout_ms).unwrap_or(i32::MAX))
+            .bind($t.enabled)
+            .bind(&$t.description)
+            .bind(i32::try_from($t.version).unwrap_or(i32::MAX))
+    };
+}
+
 const INVOCATION_COLUMNS: &str = "i.id, i.trigger_id, i.event_id, i.mode, i.state, i.attempts,
      i.next_attempt_at, i.status_code, i.response, i.error, i.console, i.duration_ms,
      i.created_at, i.updated_at";
@@ -198,41 +226,40 @@ impl Store {
         })
     }
 
+    /// The columns of a trigger as they are written: secrets sealed, methods
+    /// as JSON.
+    fn trigger_columns(&self, trigger: &Trigger) -> Result<TriggerColumns, StoreError> {
+        Ok(TriggerColumns {
+            secret: self.seal(TRIGGER_SECRET, &trigger.id.0, &trigger.secret)?,
+            forward_secret: self.seal(
+                TRIGGER_FORWARD_SECRET,
+                &trigger.id.0,
+                &trigger.forward_secret,
+            )?,
+            methods: serde_json::to_string(&trigger.methods)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?,
+        })
+    }
+
     /// Saves a new trigger. `Ok(false)` when its name is taken.
     pub async fn insert_trigger(&self, trigger: &Trigger) -> Result<bool, StoreError> {
-        let sealed = self.seal(TRIGGER_SECRET, &trigger.id.0, &trigger.secret)?;
-        let forward = self.seal(
-            TRIGGER_FORWARD_SECRET,
-            &trigger.id.0,
-            &trigger.forward_secret,
-        )?;
-        let methods = serde_json::to_string(&trigger.methods)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let cols = self.trigger_columns(trigger)?;
         let sql = "INSERT INTO triggers (id, name, methods, mode, auth_type, auth_header, secret,
                                          script, forward_url, timeout_ms, enabled, description,
                                          version, created_at, updated_at, forward_secret)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                    ON CONFLICT (name) DO NOTHING";
-        let inserted = on_pool!(self, write, |pool| sqlx::query(sql)
-            .bind(&trigger.id.0)
-            .bind(&trigger.name)
-            .bind(&methods)
-            .bind(trigger.mode.as_str())
-            .bind(trigger.auth.as_str())
-            .bind(&trigger.auth_header)
-            .bind(sealed.expose_secret())
-            .bind(&trigger.script)
-            .bind(&trigger.forward_url)
-            .bind(i32::try_from(trigger.timeout_ms).unwrap_or(i32::MAX))
-            .bind(trigger.enabled)
-            .bind(&trigger.description)
-            .bind(i32::try_from(trigger.version).unwrap_or(i32::MAX))
-            .bind(Ts(trigger.created_at))
-            .bind(Ts(trigger.updated_at))
-            .bind(forward.expose_secret())
-            .execute(pool)
-            .await?
-            .rows_affected());
+        let inserted = on_pool!(self, write, |pool| bind_trigger!(
+            sqlx::query(sql),
+            trigger,
+            cols
+        )
+        .bind(Ts(trigger.created_at))
+        .bind(Ts(trigger.updated_at))
+        .bind(cols.forward_secret.expose_secret())
+        .execute(pool)
+        .await?
+        .rows_affected());
         Ok(inserted > 0)
     }
 
@@ -244,14 +271,7 @@ impl Store {
         trigger: &Trigger,
         read_version: i64,
     ) -> Result<Option<bool>, StoreError> {
-        let sealed = self.seal(TRIGGER_SECRET, &trigger.id.0, &trigger.secret)?;
-        let forward = self.seal(
-            TRIGGER_FORWARD_SECRET,
-            &trigger.id.0,
-            &trigger.forward_secret,
-        )?;
-        let methods = serde_json::to_string(&trigger.methods)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let cols = self.trigger_columns(trigger)?;
         let taken = "SELECT id FROM triggers WHERE name = $1 AND id <> $2";
         let sql = "UPDATE triggers SET name = $2, methods = $3, mode = $4, auth_type = $5,
                        auth_header = $6, secret = $7, script = $8, forward_url = $9,
@@ -268,23 +288,10 @@ impl Store {
             if other.is_some() {
                 Some(false)
             } else {
-                let updated = sqlx::query(sql)
-                    .bind(&trigger.id.0)
-                    .bind(&trigger.name)
-                    .bind(&methods)
-                    .bind(trigger.mode.as_str())
-                    .bind(trigger.auth.as_str())
-                    .bind(&trigger.auth_header)
-                    .bind(sealed.expose_secret())
-                    .bind(&trigger.script)
-                    .bind(&trigger.forward_url)
-                    .bind(i32::try_from(trigger.timeout_ms).unwrap_or(i32::MAX))
-                    .bind(trigger.enabled)
-                    .bind(&trigger.description)
-                    .bind(i32::try_from(trigger.version).unwrap_or(i32::MAX))
+                let updated = bind_trigger!(sqlx::query(sql), trigger, cols)
                     .bind(Ts(trigger.updated_at))
                     .bind(i32::try_from(read_version).unwrap_or(i32::MAX))
-                    .bind(forward.expose_secret())
+                    .bind(cols.forward_secret.expose_secret())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();

@@ -13,7 +13,49 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::domain::{Trigger, TriggerAuthType, TriggerId};
+use crate::domain::{EventId, InvocationId, Trigger, TriggerAuthType, TriggerId};
+use crate::script::{Permit, Run, RunKind, ScriptRef};
+
+/// How much of a handler's response the invocation log keeps.
+pub const RECORD_LIMIT: usize = 16 * 1024;
+
+/// Runs `source`, the script of `trigger`, on `request` in a reserved
+/// runtime, with the context every trigger script gets. Sync calls and async
+/// runs both come here; the compiled script is cached per trigger version.
+pub async fn run_script(
+    permit: Permit,
+    trigger: &Trigger,
+    source: &str,
+    request: Value,
+    event_id: EventId,
+    invocation_id: InvocationId,
+) -> Run {
+    let context = serde_json::json!({
+        "trigger": {"id": trigger.id.0, "name": trigger.name},
+        "event_id": event_id,
+        "invocation_id": invocation_id,
+    });
+    let script = ScriptRef {
+        key: format!("trigger:{}:{}", trigger.id, trigger.version),
+        source: source.into(),
+    };
+    let timeout = std::time::Duration::from_millis(u64::from(trigger.timeout_ms));
+    permit
+        .run(&script, vec![request, context], timeout, RunKind::Trigger)
+        .await
+}
+
+/// Cuts `text` to at most `limit` bytes, on a character boundary.
+pub fn cut(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
 
 /// Sync runs in flight per trigger in this process, so that one slow or
 /// flooded trigger cannot hold every runtime and starve the others.

@@ -23,14 +23,12 @@ use crate::domain::{
     now_millis, EventId, Invocation, InvocationId, InvocationState, Trigger, TriggerMode,
 };
 use crate::relay::retry;
-use crate::script::{Engine, Permit, RunKind, ScriptRef};
+use crate::script::{Engine, Permit};
 use crate::store::{ClaimedRun, RunRecord, Store, StoreError};
 
 /// A claimed run is not handed to another process before this: the longest
 /// script time limit (55 s) and a margin.
 const LEASE: Duration = Duration::from_secs(90);
-/// How much of a result the invocation log keeps.
-const RECORD_LIMIT: usize = 16 * 1024;
 
 /// Records the invocation of a webtrigger event taken off the queue: due now
 /// when its trigger is async with a script, `accepted` when it is async with
@@ -202,19 +200,7 @@ impl Runner {
                 return;
             }
         };
-        let context = serde_json::json!({
-            "trigger": {"id": trigger.id.0, "name": trigger.name},
-            "event_id": event.id,
-            "invocation_id": inv.id,
-        });
-        let script = ScriptRef {
-            key: format!("trigger:{}:{}", trigger.id, trigger.version),
-            source: source.as_str().into(),
-        };
-        let timeout = Duration::from_millis(u64::from(trigger.timeout_ms));
-        let result = permit
-            .run(&script, vec![request, context], timeout, RunKind::Trigger)
-            .await;
+        let result = super::run_script(permit, &trigger, &source, request, event.id, inv.id).await;
         let console = serde_json::to_string(&result.console).ok();
         let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
         let record = match &result.outcome {
@@ -227,7 +213,7 @@ impl Runner {
                     .and_then(|s| i32::try_from(s).ok()),
                 response: value
                     .as_ref()
-                    .map(|v| crate::http::cut(v.to_string(), RECORD_LIMIT)),
+                    .map(|v| super::cut(v.to_string(), super::RECORD_LIMIT)),
                 error: None,
                 console,
                 duration_ms,

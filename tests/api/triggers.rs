@@ -49,6 +49,31 @@ fn path_of(trigger: &Value) -> String {
     url[BASE_URL.len()..].to_string()
 }
 
+/// Calls an async trigger (answered 202) and waits until its newest
+/// invocation is in `state`; returns the invocation log.
+async fn call_until(
+    app: &TestApp,
+    admin: &AdminApi,
+    trigger: &Value,
+    state: &str,
+    within: Duration,
+) -> Value {
+    let response = app
+        .client
+        .post(app.url(&path_of(trigger)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    admin
+        .wait(
+            &format!("/triggers/{}/invocations", trigger["id"].as_str().unwrap()),
+            within,
+            |log| log["data"][0]["state"] == state,
+        )
+        .await
+}
+
 async fn events_count(app: &TestApp) -> usize {
     let admin = AdminApi::of(&app.address);
     admin.get("/events?limit=100").await["data"]
@@ -476,40 +501,14 @@ async fn async_calls_are_relayed_replayed_and_run_from_the_queue(backend: Backen
         json!({"name": "failing", "script": "export default () => { throw new Error('down'); }"}),
     )
     .await;
-    let response = app
-        .client
-        .post(app.url(&path_of(&failing)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let log = admin
-        .wait(
-            &format!("/triggers/{}/invocations", failing["id"].as_str().unwrap()),
-            Duration::from_secs(15),
-            |log| log["data"][0]["state"] == "failed",
-        )
-        .await;
+    let log = call_until(&app, &admin, &failing, "failed", Duration::from_secs(15)).await;
     // Two retries in the test schedule: three runs.
     assert_eq!(log["data"][0]["attempts"], 3, "{log:#}");
     assert!(log["data"][0]["error"].as_str().unwrap().contains("down"));
 
     // No script: accepted, recorded, relayed.
     let plain = create(&admin, json!({"name": "plain"})).await;
-    let response = app
-        .client
-        .post(app.url(&path_of(&plain)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let log = admin
-        .wait(
-            &format!("/triggers/{}/invocations", plain["id"].as_str().unwrap()),
-            Duration::from_secs(10),
-            |log| log["data"][0]["state"] == "accepted",
-        )
-        .await;
+    let log = call_until(&app, &admin, &plain, "accepted", Duration::from_secs(10)).await;
     assert_eq!(log["data"][0]["status_code"], 202);
 }
 
