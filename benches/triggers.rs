@@ -9,8 +9,8 @@
 //! It prints requests per second, latency percentiles as the client saw them
 //! (of every answer, and of the expected ones alone), and the answers that
 //! were not the expected status; nothing is asserted. A sync call that finds
-//! no free script runtime is answered 503 at once: those are counted apart,
-//! as saturation. The app and the load run in one process on loopback, so the
+//! no free script runtime waits up to a second in a bounded line, then is
+//! answered 503: those are counted apart, as saturation. The app and the load run in one process on loopback, so the
 //! client's own work is in the figures, and in the resident memory (VmRSS of
 //! this process) printed after start-up, after the trigger was created, and
 //! after each load.

@@ -175,10 +175,11 @@ fn script_engine(config: &Config) -> crate::script::Engine {
     crate::script::Engine::start(crate::script::EngineSettings {
         memory_limit: config.script_memory,
         concurrency: config.script_concurrency,
-        // A short wait for a runtime; beyond it, or with this many waiting,
-        // a call is answered 503 rather than queued.
-        max_waiting: config.script_concurrency * 4,
-        wait: Duration::from_millis(250),
+        // A short wait for a runtime, long enough to ride out a burst that
+        // runs in milliseconds each; beyond it, or with this many waiting, a
+        // call is answered 503 rather than queued.
+        max_waiting: config.script_concurrency * 16,
+        wait: Duration::from_secs(1),
         console_limit: 16 * 1024,
         output_limit: config.max_body_bytes,
     })

@@ -635,12 +635,23 @@ async fn call_inner(
     }
     // A sync call needs a runtime: taken before anything is stored, so that a
     // busy answer leaves nothing behind. One trigger may hold at most half of
-    // them, so that the others keep being answered.
+    // them, so that the others keep being answered. A call waits its turn in
+    // a bounded line, first for its trigger's share and then for a runtime;
+    // past the line's length or its wait it is answered busy.
     let runtime = match (trigger.mode, trigger.script.is_some()) {
         (TriggerMode::Sync, true) => {
             let cap = (state.scripts.capacity() / 2).max(1);
-            let taken = match state.trigger_runs.take(&trigger.id, cap) {
-                Some(guard) => state.scripts.reserve().map(|permit| (permit, guard)),
+            let (wait, max_waiting) = state.scripts.patience();
+            let taken = match state
+                .trigger_runs
+                .take(&trigger.id, cap, max_waiting, wait)
+                .await
+            {
+                Some(guard) => state
+                    .scripts
+                    .reserve_waiting()
+                    .await
+                    .map(|permit| (permit, guard)),
                 None => None,
             };
             if taken.is_none() {

@@ -16,12 +16,12 @@
 //!   async context; QuickJS's own stack limit is 1 MiB, so deep recursion is
 //!   a JavaScript `RangeError`, never a native overflow. `run` and `check`
 //!   wait for a oneshot reply.
-//! - **Bounds**: a tokio semaphore with `concurrency` permits lets runs in,
-//!   at most `max_waiting` callers wait for one, for at most `wait`; anyone
-//!   else gets [`RunError::Busy`] at once. The job channel is bounded by the
-//!   same number, and a job keeps its permit until its worker is done.
-//!   [`Engine::reserve`] takes a permit without waiting, for a caller that
-//!   must know it can run before it commits to anything.
+//! - **Bounds**: a [`Line`] of `concurrency` permits lets runs in, at most
+//!   `max_waiting` callers wait for one, for at most `wait`; anyone else gets
+//!   [`RunError::Busy`] at once. The job channel is bounded by the same
+//!   number, and a job keeps its permit until its worker is done.
+//!   [`Engine::reserve_waiting`] takes a permit (waiting in the same line)
+//!   for a caller that must know it can run before it commits to anything.
 //! - **Isolation**: every run gets a fresh QuickJS runtime and context with
 //!   the memory limit (kept by the run's own allocator, so that running out
 //!   is told apart from a script's `throw null`) and an interrupt handler
@@ -114,9 +114,7 @@ struct Inner {
     /// The bounded job channel, with room for one job per permit.
     jobs: mpsc::SyncSender<Job>,
     /// One permit per worker; a job holds one until it is done.
-    permits: Arc<Semaphore>,
-    /// Callers waiting for a permit right now.
-    waiting: AtomicUsize,
+    line: Line,
     /// Number of permits, as configured.
     capacity: usize,
 }
@@ -292,8 +290,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 shared,
                 jobs,
-                permits: Arc::new(Semaphore::new(capacity)),
-                waiting: AtomicUsize::new(0),
+                line: Line::new(capacity),
                 capacity,
             }),
         }
@@ -340,7 +337,7 @@ impl Engine {
 
     /// Runs holding a worker right now (running, or handed over to one).
     pub fn in_use(&self) -> usize {
-        self.inner.capacity - self.inner.permits.available_permits()
+        self.inner.capacity - self.inner.line.slots.available_permits()
     }
 
     /// Runs that can happen at once.
@@ -362,11 +359,28 @@ impl Engine {
     /// caller that must know it can run before it commits to anything.
     /// `None` when every worker is taken.
     pub fn reserve(&self) -> Option<Permit> {
-        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        let permit = self.inner.line.slots.clone().try_acquire_owned().ok()?;
         Some(Permit {
             engine: self.clone(),
             permit,
         })
+    }
+
+    /// A worker slot to run with later, waiting for one in the bounded line
+    /// as [`Engine::run`] does: `None` (busy) when the line is full or no
+    /// worker came free in time.
+    pub async fn reserve_waiting(&self) -> Option<Permit> {
+        let permit = self.acquire().await?;
+        Some(Permit {
+            engine: self.clone(),
+            permit,
+        })
+    }
+
+    /// How long a caller waits in line for a worker, and how many may wait.
+    pub fn patience(&self) -> (Duration, usize) {
+        let settings = &self.inner.shared.settings;
+        (settings.wait, settings.max_waiting)
     }
 
     /// Hands `task` to a worker and waits up to `patience` for the answer.
@@ -408,20 +422,11 @@ impl Engine {
 
     /// A permit now, or after waiting in a bounded line; `None` is `Busy`.
     async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
-        let inner = &self.inner;
-        if let Ok(permit) = inner.permits.clone().try_acquire_owned() {
-            return Some(permit);
-        }
-        if inner.waiting.fetch_add(1, Ordering::SeqCst) >= inner.shared.settings.max_waiting {
-            inner.waiting.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        let _in_line = InLine(&inner.waiting);
-        let wanted = inner.permits.clone().acquire_owned();
-        match tokio::time::timeout(inner.shared.settings.wait, wanted).await {
-            Ok(Ok(permit)) => Some(permit),
-            _ => None,
-        }
+        let settings = &self.inner.shared.settings;
+        self.inner
+            .line
+            .take(settings.max_waiting, settings.wait)
+            .await
     }
 }
 
@@ -473,7 +478,48 @@ fn finish(answer: Result<Reply, RunError>, kind: RunKind, started: Instant) -> R
     }
 }
 
-/// One caller in the waiting line; leaves it when dropped, also when the
+/// A number of slots with a bounded waiting line: a caller gets a slot at
+/// once, or waits for one if fewer than `max_waiting` others are waiting,
+/// for at most `wait`. The engine's workers are one; each web trigger's share
+/// of them is another.
+pub struct Line {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+impl Line {
+    pub fn new(slots: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(slots)),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Callers waiting right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// A slot now, or after waiting in line; `None` when the line is full
+    /// or no slot came free within `wait`.
+    pub async fn take(&self, max_waiting: usize, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= max_waiting {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        let _in_line = InLine(&self.waiting);
+        let wanted = self.slots.clone().acquire_owned();
+        match tokio::time::timeout(wait, wanted).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => None,
+        }
+    }
+}
+
+/// One caller in a waiting line; leaves it when dropped, also when the
 /// caller's future is.
 struct InLine<'a>(&'a AtomicUsize);
 

@@ -9,12 +9,14 @@ pub mod runner;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::domain::{EventId, InvocationId, Trigger, TriggerAuthType, TriggerId};
-use crate::script::{Permit, Run, RunKind, ScriptRef};
+use crate::script::{Line, Permit, Run, RunKind, ScriptRef};
 
 /// How much of a handler's response the invocation log keeps.
 pub const RECORD_LIMIT: usize = 16 * 1024;
@@ -39,7 +41,7 @@ pub async fn run_script(
         key: format!("trigger:{}:{}", trigger.id, trigger.version),
         source: source.into(),
     };
-    let timeout = std::time::Duration::from_millis(u64::from(trigger.timeout_ms));
+    let timeout = Duration::from_millis(u64::from(trigger.timeout_ms));
     permit
         .run(&script, vec![request, context], timeout, RunKind::Trigger)
         .await
@@ -58,40 +60,67 @@ pub fn cut(mut text: String, limit: usize) -> String {
 }
 
 /// Sync runs in flight per trigger in this process, so that one slow or
-/// flooded trigger cannot hold every runtime and starve the others.
+/// flooded trigger cannot hold every runtime and starve the others. Each
+/// trigger that has a run in flight or a caller waiting has a [`Line`] of
+/// `cap` slots; it is dropped when the last of them is done.
 #[derive(Default)]
-pub struct InFlight(Mutex<HashMap<TriggerId, usize>>);
+pub struct InFlight(Mutex<HashMap<TriggerId, Arc<Line>>>);
 
 /// One run counted against its trigger; uncounted when dropped.
 pub struct InFlightGuard {
     counts: Arc<InFlight>,
     id: TriggerId,
+    slot: Option<OwnedSemaphorePermit>,
+    line: Option<Arc<Line>>,
 }
 
 impl InFlight {
-    /// Counts a run of `id` unless it already has `cap` in flight.
-    pub fn take(self: &Arc<Self>, id: &TriggerId, cap: usize) -> Option<InFlightGuard> {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(id.clone()).or_insert(0);
-        if *count >= cap {
-            return None;
-        }
-        *count += 1;
-        Some(InFlightGuard {
+    /// A slot among `id`'s `cap`, now or after waiting as a [`Line`] does;
+    /// `None` when its line is full or no slot came free within `wait`.
+    pub async fn take(
+        self: &Arc<Self>,
+        id: &TriggerId,
+        cap: usize,
+        max_waiting: usize,
+        wait: Duration,
+    ) -> Option<InFlightGuard> {
+        let line = self
+            .lock()
+            .entry(id.clone())
+            .or_insert_with(|| Arc::new(Line::new(cap)))
+            .clone();
+        // The guard holds the line from here on, so that a refusal (or a
+        // cancelled wait) also drops it when nobody else holds it.
+        let mut guard = InFlightGuard {
             counts: self.clone(),
             id: id.clone(),
-        })
+            slot: None,
+            line: Some(line),
+        };
+        let line = guard.line.as_deref()?;
+        guard.slot = Some(line.take(max_waiting, wait).await?);
+        Some(guard)
+    }
+
+    /// Triggers with a run in flight or a caller waiting.
+    pub fn busy_triggers(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TriggerId, Arc<Line>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.id) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.id);
-            }
+        drop(self.slot.take());
+        let Some(line) = self.line.take() else { return };
+        let mut lines = self.counts.lock();
+        // Lines are cloned only under this lock: two holders (the map and
+        // this guard) mean nobody else runs or waits.
+        if Arc::strong_count(&line) == 2 {
+            lines.remove(&self.id);
         }
     }
 }
@@ -390,6 +419,38 @@ fn kind(value: Option<&Value>) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_trigger_share_waits_bounded_and_is_dropped_when_idle() {
+        let shares = Arc::new(InFlight::default());
+        let id = TriggerId("t".into());
+        let other = TriggerId("u".into());
+        let wait = Duration::from_secs(5);
+        let first = shares.take(&id, 1, 1, wait).await.unwrap();
+        // Another trigger is not held up by this one's full share.
+        let beside = shares.take(&other, 1, 1, wait).await.unwrap();
+        drop(beside);
+        assert_eq!(shares.busy_triggers(), 1);
+        // One caller may wait; it gets the slot as soon as it is given back.
+        let waiter = tokio::spawn({
+            let (shares, id) = (shares.clone(), id.clone());
+            async move { shares.take(&id, 1, 1, wait).await.is_some() }
+        });
+        while shares.lock()[&id].waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The line is full: a second waiter is refused at once.
+        assert!(shares.take(&id, 1, 1, wait).await.is_none());
+        drop(first);
+        assert!(waiter.await.unwrap());
+        assert_eq!(shares.busy_triggers(), 0);
+        // A wait that runs out is refused, and leaves nothing behind.
+        let held = shares.take(&id, 1, 1, wait).await.unwrap();
+        let short = Duration::from_millis(20);
+        assert!(shares.take(&id, 1, 1, short).await.is_none());
+        drop(held);
+        assert_eq!(shares.busy_triggers(), 0);
+    }
 
     #[test]
     fn query_values_split_on_commas_and_repeat() {

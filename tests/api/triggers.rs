@@ -789,6 +789,37 @@ async fn a_flood_of_slow_calls_is_bounded_and_others_keep_working() {
     assert_eq!(events_count(&app).await, timed_out + 2);
 }
 
+/// A burst of quick sync calls, more than one trigger's share of runtimes,
+/// waits its turn instead of being turned away.
+#[tokio::test]
+async fn a_burst_of_quick_sync_calls_waits_its_turn() {
+    let app = spawn_app_with(Backend::Sqlite, |raw| {
+        triggering(raw);
+        raw.script_concurrency = 4;
+    })
+    .await;
+    let admin = AdminApi::of(&app.address);
+    let quick = create(
+        &admin,
+        json!({"name": "quick", "mode": "sync",
+               "script": "export default (req) => ({statusCode: 200, body: req.body})"}),
+    )
+    .await;
+    let url = app.url(&path_of(&quick));
+    let burst: Vec<_> = (0..12)
+        .map(|n| app.client.post(&url).body(n.to_string()).send())
+        .collect();
+    let mut bodies = Vec::new();
+    for answer in futures_util::future::join_all(burst).await {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+        bodies.push(answer.text().await.unwrap().parse::<u32>().unwrap());
+    }
+    bodies.sort_unstable();
+    assert_eq!(bodies, (0..12).collect::<Vec<_>>());
+    assert_eq!(events_count(&app).await, 12);
+}
+
 /// Forge's own sync example runs as written, apart from its export line.
 #[tokio::test]
 async fn a_forge_web_trigger_example_runs_unchanged() {
