@@ -249,12 +249,11 @@ async fn check_transform(state: &AppState, changes: &Changes) -> Result<(), ApiE
                 super::triggers::MAX_SCRIPT
             )));
         }
-        state.scripts.check(source).await.map_err(|e| {
-            bad(format!(
-                "transform does not compile: {}",
-                super::triggers::compile_message(&e)
-            ))
-        })?;
+        state
+            .scripts
+            .check(source)
+            .await
+            .map_err(|e| super::triggers::not_compiled("transform", e))?;
     }
     Ok(())
 }
@@ -419,10 +418,9 @@ async fn deliveries(
         subscription: Some(sub.id),
         state: match query.state.as_deref() {
             None | Some("") => None,
-            Some(s) => Some(
-                DeliveryState::parse(s)
-                    .ok_or_else(|| bad("state must be pending, delivered, failed or dead"))?,
-            ),
+            Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
+                bad("state must be pending, delivered, filtered, failed or dead")
+            })?),
         },
         before: cursor(query.cursor.as_deref())?.map(crate::domain::DeliveryId),
         limit,
@@ -469,7 +467,9 @@ async fn replay_subscription(
     let request: ReplaySubscription = optional_body(&body)?;
     let states = request.states.unwrap_or_else(|| vec![DeliveryState::Dead]);
     if states.is_empty() || states.contains(&DeliveryState::Pending) {
-        return Err(bad("states must name delivered, failed or dead deliveries"));
+        return Err(bad(
+            "states must name delivered, filtered, failed or dead deliveries",
+        ));
     }
     let sub = load(&state, &id).await?;
     if !sub.enabled {

@@ -295,7 +295,7 @@ async fn apply(
                 .scripts
                 .check(source)
                 .await
-                .map_err(|e| bad(format!("script does not compile: {}", compile_message(&e))))?;
+                .map_err(|e| not_compiled("script", e))?;
         }
         t.script = script;
     }
@@ -309,7 +309,22 @@ async fn apply(
     }
 }
 
-pub(super) fn compile_message(e: &crate::script::CompileError) -> String {
+/// The answer to a `what` (script or transform) that [`crate::script::Engine::check`]
+/// did not accept: 400 when it is the script's fault, 503 when no runtime
+/// could look at it.
+pub(super) fn not_compiled(what: &str, error: crate::script::CheckError) -> ApiError {
+    match error {
+        crate::script::CheckError::Script(e) => {
+            bad(format!("{what} does not compile: {}", compile_message(&e)))
+        }
+        crate::script::CheckError::Engine(e) => {
+            tracing::warn!(error = %e, "{what} not checked: no script runtime");
+            ApiError::Unavailable(format!("no script runtime could check the {what}: {e}"))
+        }
+    }
+}
+
+fn compile_message(e: &crate::script::CompileError) -> String {
     match (e.line, e.column) {
         (Some(line), Some(column)) => format!("{} (line {line}, column {column})", e.message),
         (Some(line), None) => format!("{} (line {line})", e.message),

@@ -225,6 +225,18 @@ pub enum RunError {
 }
 
 /// Why a module does not compile (or load), and where.
+/// Why [`Engine::check`] did not accept a module.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The module does not compile, has no default function, or its top
+    /// level failed: the script's fault.
+    #[error("{0}")]
+    Script(CompileError),
+    /// No worker looked at it (all busy, or one crashed): try again.
+    #[error("{0}")]
+    Engine(RunError),
+}
+
 #[derive(Clone, Debug, thiserror::Error, serde::Serialize)]
 pub struct CompileError {
     /// QuickJS's message, e.g. `SyntaxError: unexpected token in expression: ')'`.
@@ -301,15 +313,17 @@ impl Engine {
     /// an `import`, a top level that throws, or a default export that is no
     /// function are refused too. Runs on the worker pool, under the same
     /// limits as a run (the top level gets two seconds).
-    pub async fn check(&self, source: &str) -> Result<(), CompileError> {
+    pub async fn check(&self, source: &str) -> Result<(), CheckError> {
         let task = Task::Check {
             source: Arc::from(source),
             timeout: CHECK_TIME_LIMIT,
         };
         match self.submit(task, CHECK_TIME_LIMIT + REPLY_GRACE).await {
-            Ok(Reply::Check(result)) => result,
-            Ok(Reply::Run(_)) => Err(CompileError::plain("the script engine mixed up replies")),
-            Err(error) => Err(CompileError::plain(error.to_string())),
+            Ok(Reply::Check(result)) => result.map_err(CheckError::Script),
+            Ok(Reply::Run(_)) => Err(CheckError::Engine(RunError::Crashed(
+                "the script engine mixed up replies".to_owned(),
+            ))),
+            Err(error) => Err(CheckError::Engine(error)),
         }
     }
 

@@ -268,11 +268,19 @@ async fn never_settled_is_found_quickly() {
     );
 }
 
+/// The script's own error from [`Engine::check`]; anything else fails the test.
+async fn refused(engine: &Engine, source: &str) -> CompileError {
+    match engine.check(source).await {
+        Err(CheckError::Script(error)) => error,
+        other => panic!("expected the script to be refused: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn syntax_errors_have_their_line() {
     let engine = engine();
     let source = "export default function () {\n  let x = 1;\n  return x +;\n}\n";
-    let error = engine.check(source).await.unwrap_err();
+    let error = refused(&engine, source).await;
     assert!(error.message.starts_with("SyntaxError"), "{error:?}");
     assert_eq!(error.line, Some(3), "{error:?}");
     assert!(error.column.is_some(), "{error:?}");
@@ -287,7 +295,7 @@ async fn syntax_errors_have_their_line() {
 async fn a_nul_character_is_a_compile_error() {
     let engine = engine();
     let source = "export default () => {\n  return 1\0 + 2\n}";
-    let error = engine.check(source).await.unwrap_err();
+    let error = refused(&engine, source).await;
     assert_eq!((error.line, error.column), (Some(2), Some(11)), "{error:?}");
     let run = go(&engine, source).await;
     assert!(matches!(run.outcome, Err(RunError::Compile(_))), "{run:?}");
@@ -300,19 +308,17 @@ async fn check_accepts_good_and_refuses_bad_modules() {
         .check("export default async function (request, context) { return { statusCode: 200 } }")
         .await
         .unwrap();
-    let error = engine.check("export const x = 1").await.unwrap_err();
+    let error = refused(&engine, "export const x = 1").await;
     assert!(error.message.contains("default export"), "{error:?}");
-    let error = engine.check("export default 42").await.unwrap_err();
+    let error = refused(&engine, "export default 42").await;
     assert!(error.message.contains("default export"), "{error:?}");
-    let error = engine
-        .check("throw new Error('at load')\nexport default () => 1")
-        .await
-        .unwrap_err();
+    let error = refused(
+        &engine,
+        "throw new Error('at load')\nexport default () => 1",
+    )
+    .await;
     assert!(error.message.contains("at load"), "{error:?}");
-    let error = engine
-        .check("while (true) {}\nexport default () => 1")
-        .await
-        .unwrap_err();
+    let error = refused(&engine, "while (true) {}\nexport default () => 1").await;
     assert!(error.message.contains("time"), "{error:?}");
 }
 
@@ -342,14 +348,14 @@ async fn check_compiles_a_large_script() {
         "(".repeat(100_000),
         ")".repeat(100_000)
     );
-    assert!(engine.check(&nested).await.is_err());
+    refused(&engine, &nested).await;
 }
 
 #[tokio::test]
 async fn imports_are_refused() {
     let engine = engine();
     let source = "import x from 'fs'\nexport default () => x";
-    let error = engine.check(source).await.unwrap_err();
+    let error = refused(&engine, source).await;
     assert!(error.message.contains("import"), "{error:?}");
     let run = go(&engine, source).await;
     assert!(matches!(run.outcome, Err(RunError::Compile(_))), "{run:?}");
@@ -602,6 +608,36 @@ async fn busy_after_the_wait() {
 
 #[tokio::test]
 async fn reserved_permits() {
+    let engine = Engine::start(EngineSettings {
+        max_waiting: 1,
+        wait: Duration::from_millis(50),
+        ..settings()
+    });
+    let a = engine.reserve().unwrap();
+    let b = engine.reserve().unwrap();
+    assert!(engine.reserve().is_none());
+    assert_eq!(engine.in_use(), 2);
+    // A check that finds no worker says so; it is not the script's fault.
+    assert!(matches!(
+        engine.check("export default () => 1").await,
+        Err(CheckError::Engine(RunError::Busy))
+    ));
+    // One caller waits in line and gets the first permit given back.
+    let waiting = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.reserve_waiting().await.is_some() }
+    });
+    while engine.inner.line.waiting() == 0 {
+        tokio::task::yield_now().await;
+    }
+    drop(b);
+    assert!(waiting.await.unwrap());
+    drop(a);
+    assert_eq!(engine.in_use(), 0);
+}
+
+#[tokio::test]
+async fn reserved_permits_run() {
     let engine = engine();
     let a = engine.reserve().unwrap();
     let b = engine.reserve().unwrap();
