@@ -651,12 +651,14 @@ async fn call_inner(
     // A sync call needs a runtime: taken before anything is stored, so that a
     // busy answer leaves nothing behind. One trigger may hold at most half of
     // them, so that the others keep being answered. A call waits its turn in
-    // a bounded line, first for its trigger's share and then for a runtime;
-    // past the line's length or its wait it is answered busy.
+    // a bounded line, first for its trigger's share and then for a runtime,
+    // both within the engine's one wait; past the line's length or that wait
+    // it is answered busy.
     let runtime = match (trigger.mode, trigger.script.is_some()) {
         (TriggerMode::Sync, true) => {
             let cap = (state.scripts.capacity() / 2).max(1);
             let (wait, max_waiting) = state.scripts.patience();
+            let started = Instant::now();
             let taken = match state
                 .trigger_runs
                 .take(&trigger.id, cap, max_waiting, wait)
@@ -664,7 +666,7 @@ async fn call_inner(
             {
                 Some(guard) => state
                     .scripts
-                    .reserve_waiting()
+                    .reserve_waiting(wait.saturating_sub(started.elapsed()))
                     .await
                     .map(|permit| (permit, guard)),
                 None => None,

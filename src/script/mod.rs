@@ -224,7 +224,6 @@ pub enum RunError {
     Crashed(String),
 }
 
-/// Why a module does not compile (or load), and where.
 /// Why [`Engine::check`] did not accept a module.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -237,6 +236,7 @@ pub enum CheckError {
     Engine(RunError),
 }
 
+/// Why a module does not compile (or load), and where.
 #[derive(Clone, Debug, thiserror::Error, serde::Serialize)]
 pub struct CompileError {
     /// QuickJS's message, e.g. `SyntaxError: unexpected token in expression: ')'`.
@@ -381,10 +381,11 @@ impl Engine {
     }
 
     /// A worker slot to run with later, waiting for one in the bounded line
-    /// as [`Engine::run`] does: `None` (busy) when the line is full or no
-    /// worker came free in time.
-    pub async fn reserve_waiting(&self) -> Option<Permit> {
-        let permit = self.acquire().await?;
+    /// as [`Engine::run`] does, but for at most `wait`: `None` (busy) when
+    /// the line is full or no worker came free in time.
+    pub async fn reserve_waiting(&self, wait: Duration) -> Option<Permit> {
+        let max_waiting = self.inner.shared.settings.max_waiting;
+        let permit = self.inner.line.take(max_waiting, wait).await?;
         Some(Permit {
             engine: self.clone(),
             permit,

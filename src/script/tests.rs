@@ -625,7 +625,12 @@ async fn reserved_permits() {
     // One caller waits in line and gets the first permit given back.
     let waiting = tokio::spawn({
         let engine = engine.clone();
-        async move { engine.reserve_waiting().await.is_some() }
+        async move {
+            engine
+                .reserve_waiting(Duration::from_secs(5))
+                .await
+                .is_some()
+        }
     });
     while engine.inner.line.waiting() == 0 {
         tokio::task::yield_now().await;

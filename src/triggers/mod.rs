@@ -68,9 +68,18 @@ pub struct InFlight(Mutex<HashMap<TriggerId, Arc<Line>>>);
 
 /// One run counted against its trigger; uncounted when dropped.
 pub struct InFlightGuard {
-    counts: Arc<InFlight>,
+    // Fields drop in this order: the slot is given back before the line is
+    // let go of.
+    _slot: OwnedSemaphorePermit,
+    _line: Holder,
+}
+
+/// A hold on one trigger's line, by a run or a waiting caller; the last one
+/// to let go removes the line.
+struct Holder {
+    lines: Arc<InFlight>,
     id: TriggerId,
-    slot: Option<OwnedSemaphorePermit>,
+    /// Always `Some` until dropped, where it is let go of under the lock.
     line: Option<Arc<Line>>,
 }
 
@@ -89,21 +98,23 @@ impl InFlight {
             .entry(id.clone())
             .or_insert_with(|| Arc::new(Line::new(cap)))
             .clone();
-        // The guard holds the line from here on, so that a refusal (or a
-        // cancelled wait) also drops it when nobody else holds it.
-        let mut guard = InFlightGuard {
-            counts: self.clone(),
+        // Held from here on, so that a refusal (or a cancelled wait) also
+        // removes the line when nobody else holds it.
+        let holder = Holder {
+            lines: self.clone(),
             id: id.clone(),
-            slot: None,
             line: Some(line),
         };
-        let line = guard.line.as_deref()?;
-        guard.slot = Some(line.take(max_waiting, wait).await?);
-        Some(guard)
+        let slot = holder.line.as_ref()?.take(max_waiting, wait).await?;
+        Some(InFlightGuard {
+            _slot: slot,
+            _line: holder,
+        })
     }
 
     /// Triggers with a run in flight or a caller waiting.
-    pub fn busy_triggers(&self) -> usize {
+    #[cfg(test)]
+    fn busy_triggers(&self) -> usize {
         self.lock().len()
     }
 
@@ -112,15 +123,16 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlightGuard {
+impl Drop for Holder {
     fn drop(&mut self) {
-        drop(self.slot.take());
-        let Some(line) = self.line.take() else { return };
-        let mut lines = self.counts.lock();
-        // Lines are cloned only under this lock: two holders (the map and
-        // this guard) mean nobody else runs or waits.
-        if Arc::strong_count(&line) == 2 {
-            lines.remove(&self.id);
+        let mut lines = self.lines.lock();
+        if let Some(line) = self.line.take() {
+            // Lines are cloned, and let go of, only under this lock: two
+            // holders (the map and this one) mean nobody else runs or waits.
+            if Arc::strong_count(&line) == 2 {
+                lines.remove(&self.id);
+            }
+            drop(line);
         }
     }
 }
@@ -449,6 +461,28 @@ mod tests {
         let short = Duration::from_millis(20);
         assert!(shares.take(&id, 1, 1, short).await.is_none());
         drop(held);
+        assert_eq!(shares.busy_triggers(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn trigger_shares_taken_at_once_from_many_threads_leave_nothing_behind() {
+        let shares = Arc::new(InFlight::default());
+        let tasks: Vec<_> = (0..400)
+            .map(|n| {
+                let shares = shares.clone();
+                tokio::spawn(async move {
+                    let id = TriggerId(format!("t{}", n % 3));
+                    let wait = Duration::from_millis(1);
+                    if let Some(guard) = shares.take(&id, 1, 2, wait).await {
+                        tokio::task::yield_now().await;
+                        drop(guard);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
         assert_eq!(shares.busy_triggers(), 0);
     }
 
