@@ -244,6 +244,18 @@ pub struct RawConfig {
     /// Script runs at once in one process (each on its own thread); 0 means
     /// two per CPU core.
     pub script_concurrency: usize,
+    /// How often Jira's list of webhooks it failed to deliver is read for
+    /// every Connect Jira tenant; `0` turns reconciliation off.
+    #[serde(deserialize_with = "text")]
+    pub reconcile_interval: String,
+    /// Calls to one tenant's product API per second (scripts and the proxy
+    /// together), in this process.
+    pub bridge_rate_limit: u32,
+    /// Longest a call to a product API may take, retries included.
+    #[serde(deserialize_with = "text")]
+    pub bridge_timeout: String,
+    /// Largest product API response carried back, in bytes.
+    pub bridge_max_response: usize,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -300,6 +312,10 @@ impl Default for RawConfig {
             trigger_max_body: 5 * 1024 * 1024,
             script_memory: 64 * 1024 * 1024,
             script_concurrency: 0,
+            reconcile_interval: "10m".into(),
+            bridge_rate_limit: 20,
+            bridge_timeout: "30s".into(),
+            bridge_max_response: 10 * 1024 * 1024,
             jira: ProductSettings::default(),
             confluence: ProductSettings::default(),
         }
@@ -387,6 +403,14 @@ pub struct Config {
     pub script_memory: usize,
     /// Script runs at once (threads).
     pub script_concurrency: usize,
+    /// How often failed webhooks are reconciled; `None`: never on a timer.
+    pub reconcile_interval: Option<Duration>,
+    /// Calls per second to one tenant's product API.
+    pub bridge_rate_limit: u32,
+    /// Longest a product API call may take.
+    pub bridge_timeout: Duration,
+    /// Largest product API response carried.
+    pub bridge_max_response: usize,
     pub jira: ProductSettings,
     pub confluence: ProductSettings,
 }
@@ -779,6 +803,29 @@ impl RawConfig {
             script_concurrency: match self.script_concurrency {
                 0 => std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
                 n if n > 256 => return Err(invalid("script_concurrency", "must be at most 256")),
+                n => n,
+            },
+            reconcile_interval: match self.reconcile_interval.trim() {
+                "0" | "" => None,
+                other => Some(bounded(
+                    "reconcile_interval",
+                    other,
+                    Duration::from_secs(1),
+                    Duration::from_secs(72 * 3600),
+                )?),
+            },
+            bridge_rate_limit: match self.bridge_rate_limit {
+                0 => return Err(invalid("bridge_rate_limit", "must be greater than 0")),
+                n => n,
+            },
+            bridge_timeout: bounded(
+                "bridge_timeout",
+                &self.bridge_timeout,
+                Duration::from_millis(100),
+                Duration::from_secs(600),
+            )?,
+            bridge_max_response: match self.bridge_max_response {
+                0 => return Err(invalid("bridge_max_response", "must be greater than 0")),
                 n => n,
             },
             jira: self.jira,

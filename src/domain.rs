@@ -289,6 +289,9 @@ pub struct Event {
     pub webhook_retry: Option<i32>,
     pub webhook_flow: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// Stored by reconciliation from Jira's list of webhooks it gave up
+    /// delivering, not received as a webhook.
+    pub recovered: bool,
     /// The body exactly as received (validated to be JSON).
     pub payload: String,
 }
@@ -313,6 +316,9 @@ pub struct Envelope<'a> {
     pub tenant: Option<EnvelopeTenant<'a>>,
     pub webhook_id: Option<&'a str>,
     pub received_at: String,
+    /// `true` for an event recovered by reconciliation; absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
     /// Always present on the broker and in deliveries; left out of admin listings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<&'a RawValue>,
@@ -339,6 +345,7 @@ impl Event {
             }),
             webhook_id: self.webhook_id.as_deref(),
             received_at: format_timestamp(self.received_at),
+            recovered: self.recovered,
             payload: None,
         }
     }
@@ -683,6 +690,8 @@ pub struct Trigger {
     pub timeout_ms: u32,
     pub enabled: bool,
     pub description: Option<String>,
+    /// The tenant the script's `context.app.fetch` acts on, if any.
+    pub tenant: Option<ClientKey>,
     /// Bumped on every change; the compiled script is cached by it.
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -811,6 +820,7 @@ mod tests {
             webhook_id: Some("wh-1".into()),
             webhook_retry: None,
             webhook_flow: None,
+            recovered: false,
             received_at: DateTime::from_timestamp_millis(1_795_000_000_123).unwrap(),
             payload: r#"{"b": 1,  "a": [2]}"#.into(),
         };
@@ -838,6 +848,7 @@ mod tests {
             webhook_id: None,
             webhook_retry: None,
             webhook_flow: None,
+            recovered: false,
             received_at: now_millis(),
             payload: "{}".into(),
         };

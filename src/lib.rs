@@ -15,6 +15,8 @@
 //! - [`broker`]: RabbitMQ (lapin, publisher confirms) or the in-process broker,
 //!   behind one interface; topology and connection life.
 //! - [`payload`]: what intake accepts as a payload, so every later reader can carry it.
+//! - [`product`]: the bridge's client: calls a tenant's Jira or Confluence
+//!   API as the app (Connect JWT, Forge system token, or an API token).
 //! - [`publisher`]: moves committed events from the outbox to the broker.
 //! - [`relay`]: consumes the relay queue and delivers events to subscriptions
 //!   over HTTP, signed, with retries.
@@ -43,6 +45,7 @@ pub mod forge_app;
 pub mod http;
 pub mod intake;
 pub mod payload;
+pub mod product;
 pub mod publisher;
 pub mod relay;
 pub mod script;

@@ -32,6 +32,8 @@ pub struct Application {
     broker: Arc<Broker>,
     publisher: PublisherTask,
     relay: Option<Relay>,
+    /// Reconciliation of failed webhooks on a timer, when it is on.
+    reconciler: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     shutdown_timeout: Duration,
 }
 
@@ -44,6 +46,7 @@ impl Application {
         let (publisher, publisher_task) = publisher::start(store.clone(), broker.clone(), &config);
         let relay_wake = Arc::new(tokio::sync::Notify::new());
         let scripts = script_engine(&config);
+        let script_calls = script_calls(&config, &store)?;
         let relay = if config.relay_enabled {
             Some(relay::start(
                 config.clone(),
@@ -51,6 +54,7 @@ impl Application {
                 &broker,
                 relay_wake.clone(),
                 scripts.clone(),
+                script_calls.clone(),
             )?)
         } else {
             None
@@ -71,6 +75,17 @@ impl Application {
             http_client.clone(),
         );
         let auth = Authenticator::new(&config, tenants, http_client);
+        let reconciler = config.reconcile_interval.map(|interval| {
+            let stop = CancellationToken::new();
+            let reconciler = crate::product::reconcile::Reconciler::new(
+                script_calls.product.clone(),
+                store.clone(),
+                publisher.clone(),
+                config.clone(),
+            );
+            let task = tokio::spawn(reconciler.run_timer(interval, stop.clone()));
+            (stop, task)
+        });
         let state = web::Data::new(AppState {
             config: config.clone(),
             store: store.clone(),
@@ -87,6 +102,8 @@ impl Application {
             forward_client: relay::deliver::client(&config)
                 .context("cannot build the HTTP client for forwards")?,
             trigger_runs: Arc::default(),
+            product: script_calls.product.clone(),
+            script_calls,
         });
 
         let listener = TcpListener::bind(&config.listen)
@@ -118,6 +135,7 @@ impl Application {
             broker,
             publisher: publisher_task,
             relay,
+            reconciler,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -153,6 +171,15 @@ impl Application {
         });
         let result = self.server.await;
         stopper.abort();
+        if let Some((stop, task)) = self.reconciler {
+            stop.cancel();
+            if tokio::time::timeout(self.shutdown_timeout, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("reconciliation did not stop in time");
+            }
+        }
         if let Some(relay) = relay {
             let _ = relay.await;
         }
@@ -168,6 +195,18 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
+
+/// What scripts call out with: the product client and the deliveries' client.
+fn script_calls(config: &Config, store: &Store) -> anyhow::Result<crate::product::ScriptCalls> {
+    Ok(crate::product::ScriptCalls {
+        product: crate::product::ProductClient::new(config, store.clone())
+            .context("cannot build the HTTP client for product calls")?,
+        web: relay::deliver::client(config)
+            .context("cannot build the HTTP client for scripts' fetch")?,
+        allow_private: config.allow_private_destinations,
+        max_response: config.bridge_max_response,
+    })
 }
 
 /// The process's one script runtime, for web triggers and transforms.
@@ -238,6 +277,7 @@ impl Worker {
             &broker,
             wake,
             script_engine(&config),
+            script_calls(&config, &store)?,
         )?;
         tracing::info!(
             store = store.backend(),

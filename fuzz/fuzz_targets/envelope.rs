@@ -37,6 +37,7 @@ fuzz_target!(|input: &str| {
         webhook_id: None,
         webhook_retry: None,
         webhook_flow: None,
+        recovered: false,
         received_at: domain::now_millis(),
         payload: body.to_string(),
     };

@@ -22,13 +22,13 @@ const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::triggers::admin_routes(super::subscriptions::routes(
-        super::sources::admin_routes(
+    cfg.service(super::bridge::admin_routes(super::triggers::admin_routes(
+        super::subscriptions::routes(super::sources::admin_routes(
             web::scope("/admin/api/v1")
                 .route("/openapi.json", web::get().to(openapi))
                 .route("/events", web::get().to(list_events))
                 .route("/events/{id}", web::get().to(get_event)),
-        ),
+        )),
     )));
 }
 

@@ -276,6 +276,7 @@ async fn intake(
         webhook_id,
         webhook_retry: webhook_retry(req),
         webhook_flow: webhook_flow(req),
+        recovered: false,
         received_at: crate::domain::now_millis(),
         payload: body,
     };

@@ -19,6 +19,24 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("not found")]
     NotFound,
+    /// Not found, saying what was looked for.
+    #[error("{0}")]
+    Missing(String),
+    /// A proxy API key that is missing or wrong (`WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    BadKey(String),
+    /// Authenticated, but outside what the credential may do.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The product answered nothing usable, or could not be reached.
+    #[error("{0}")]
+    BadGateway(String),
+    /// The product did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// Over a rate limit; try again after this many seconds.
+    #[error("{0}")]
+    RateLimited(String, u64),
     /// The request is valid but the resource's state forbids it.
     #[error("{0}")]
     Conflict(String),
@@ -44,7 +62,12 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::Missing(_) => "not_found",
+            ApiError::BadKey(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::BadGateway(_) => "bad_gateway",
+            ApiError::GatewayTimeout(_) => "gateway_timeout",
+            ApiError::RateLimited(..) => "rate_limited",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Timeout(_) => "request_timeout",
@@ -59,7 +82,12 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::Missing(_) => StatusCode::NOT_FOUND,
+            ApiError::BadKey(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -75,6 +103,12 @@ impl ResponseError for ApiError {
         }
         if let ApiError::Unauthorized(_) = self {
             response.insert_header(("WWW-Authenticate", "JWT"));
+        }
+        if let ApiError::BadKey(_) = self {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if let ApiError::RateLimited(_, seconds) = self {
+            response.insert_header(("Retry-After", seconds.to_string()));
         }
         response.json(ErrorBody {
             error: self.code(),

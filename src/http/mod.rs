@@ -5,6 +5,7 @@
 //! path and behind one that does not.
 
 mod admin;
+mod bridge;
 mod connect;
 pub mod error;
 mod ops;
@@ -58,6 +59,10 @@ pub struct AppState {
     pub forward_client: reqwest::Client,
     /// Sync runs in flight per trigger.
     pub trigger_runs: Arc<crate::triggers::InFlight>,
+    /// Calls tenants' product APIs as the app (the proxy, reconciliation).
+    pub product: crate::product::ProductClient,
+    /// What scripts call out with.
+    pub script_calls: crate::product::ScriptCalls,
 }
 
 pub use sources::{forge_token_cache, source_secret_cache};
@@ -86,6 +91,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/forge/events", web::post().to(sources::forge_events))
         .route("/in/{id}", web::post().to(sources::admin_webhook))
         .configure(triggers::call_routes)
+        .configure(bridge::proxy_routes)
         .configure(admin::routes);
 }
 

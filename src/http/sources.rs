@@ -1,6 +1,6 @@
 //! The sources beside Connect: Forge Remote at `POST /forge/events`, Jira admin
 //! webhooks at `POST /in/{id}`, and the admin API that manages admin-webhook
-//! sources and lists tenants of every kind.
+//! sources.
 //!
 //! Each handler only proves who sent the request and builds the event;
 //! [`crate::intake::accept`] stores and publishes it. Refusals are 401 with
@@ -157,6 +157,7 @@ async fn forge_event(
         webhook_id: Some(event.dedupe_key.clone()),
         webhook_retry: event.retry,
         webhook_flow: None,
+        recovered: false,
         received_at: crate::domain::now_millis(),
         payload: event.payload.to_string(),
     };
@@ -315,6 +316,7 @@ async fn admin_event(
         webhook_id,
         webhook_retry: webhook_retry(req),
         webhook_flow: webhook_flow(req),
+        recovered: false,
         received_at: crate::domain::now_millis(),
         payload: body,
     };
@@ -376,7 +378,6 @@ pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .route("/sources/{id}", web::get().to(get_source))
         .route("/sources/{id}", web::patch().to(update_source))
         .route("/sources/{id}", web::delete().to(delete_source))
-        .route("/tenants", web::get().to(list_tenants))
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,6 +406,12 @@ struct SecretView {
 }
 
 #[derive(Serialize)]
+struct ApiTokenView {
+    email: String,
+    created_at: String,
+}
+
+#[derive(Serialize)]
 struct SourceView {
     id: String,
     #[serde(rename = "type")]
@@ -414,6 +421,9 @@ struct SourceView {
     url: String,
     product: Product,
     secrets: Vec<SecretView>,
+    /// The Atlassian API token product calls are made with, if attached
+    /// (its email and when; never the token).
+    api_token: Option<ApiTokenView>,
     created_at: String,
     updated_at: String,
     /// Only when a secret was just made: shown once.
@@ -444,7 +454,16 @@ async fn source_view(
             created_at: format_timestamp(s.created_at),
         })
         .collect();
+    let api_token = state
+        .store
+        .api_token(&tenant.client_key)
+        .await?
+        .map(|t| ApiTokenView {
+            email: t.email,
+            created_at: format_timestamp(t.created_at),
+        });
     Ok(SourceView {
+        api_token,
         url: source_url(state, &tenant.client_key.0),
         id: tenant.client_key.0,
         kind: TenantKind::JiraAdmin.as_str(),
@@ -617,65 +636,4 @@ async fn delete_source(
     state.auth.tenants().invalidate(&id.0).await;
     tracing::info!(source_id = %id, "admin-webhook source deleted");
     Ok(HttpResponse::NoContent().finish())
-}
-
-#[derive(Debug, Deserialize)]
-struct TenantQuery {
-    kind: Option<String>,
-}
-
-#[derive(Serialize)]
-struct TenantView {
-    client_key: String,
-    kind: &'static str,
-    product: Product,
-    base_url: String,
-    state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    display_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cloud_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    api_base_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    environment: Option<String>,
-    installed_at: String,
-    updated_at: String,
-}
-
-async fn list_tenants(
-    _: Admin,
-    query: web::Query<TenantQuery>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let kind = match query.kind.as_deref() {
-        None | Some("") => None,
-        Some(k) => Some(
-            TenantKind::parse(k)
-                .ok_or_else(|| bad("`kind` must be connect, forge or jira-admin"))?,
-        ),
-    };
-    let tenants: Vec<TenantView> = state
-        .store
-        .list_tenants(kind)
-        .await?
-        .into_iter()
-        .map(|t| TenantView {
-            client_key: t.client_key.0,
-            kind: t.kind.as_str(),
-            product: t.product,
-            base_url: t.base_url,
-            state: t.state.as_str(),
-            name: t.name,
-            display_url: t.display_url,
-            cloud_id: t.cloud_id,
-            api_base_url: t.api_base_url,
-            environment: t.environment,
-            installed_at: format_timestamp(t.installed_at),
-            updated_at: format_timestamp(t.updated_at),
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": tenants })))
 }

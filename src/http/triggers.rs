@@ -64,6 +64,8 @@ struct TriggerView<'a> {
     timeout_ms: u32,
     enabled: bool,
     description: Option<&'a str>,
+    /// The tenant `context.app.fetch` acts on.
+    tenant: Option<&'a str>,
     version: i64,
     created_at: String,
     updated_at: String,
@@ -113,6 +115,7 @@ fn view<'a>(state: &AppState, t: &'a Trigger, new: &'a NewSecrets) -> TriggerVie
         timeout_ms: t.timeout_ms,
         enabled: t.enabled,
         description: t.description.as_deref(),
+        tenant: t.tenant.as_ref().map(|k| k.0.as_str()),
         version: t.version,
         created_at: format_timestamp(t.created_at),
         updated_at: format_timestamp(t.updated_at),
@@ -147,6 +150,9 @@ struct Changes {
     enabled: Option<bool>,
     #[serde(default, deserialize_with = "super::subscriptions::present")]
     description: Option<Option<String>>,
+    /// The client key `context.app.fetch` acts on.
+    #[serde(default, deserialize_with = "super::subscriptions::present")]
+    tenant: Option<Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -286,6 +292,21 @@ async fn apply(
     if let Some(description) = changes.description {
         t.description = description;
     }
+    if let Some(tenant) = changes.tenant {
+        t.tenant = match tenant {
+            Some(key) => {
+                let key = crate::domain::ClientKey(key);
+                if state.store.tenant(&key).await?.is_none() {
+                    return Err(bad(format!(
+                        "tenant `{}` is not a tenant hookrelay knows (GET /admin/api/v1/tenants)",
+                        key.0
+                    )));
+                }
+                Some(key)
+            }
+            None => None,
+        };
+    }
     if let Some(script) = changes.script {
         if let Some(source) = &script {
             if source.len() > MAX_SCRIPT {
@@ -371,6 +392,7 @@ async fn create(
         timeout_ms: DEFAULT_TIMEOUT_MS,
         enabled: true,
         description: None,
+        tenant: None,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -696,6 +718,7 @@ async fn call_inner(
         webhook_id: None,
         webhook_retry: None,
         webhook_flow: None,
+        recovered: false,
         received_at: now,
         payload,
     };
@@ -746,9 +769,20 @@ async fn run_sync(
     let outcome = match (runtime, &trigger.script, &trigger.forward_url) {
         (Some((permit, _counted)), Some(source), _) => {
             let request = serde_json::to_value(request).unwrap_or_default();
-            let run =
-                triggers::run_script(permit, trigger, source, request, event_id, invocation_id)
-                    .await;
+            let bridge = state.script_calls.bridge(
+                trigger.tenant.clone(),
+                format!("trigger `{}`", trigger.name),
+            );
+            let run = triggers::run_script(
+                permit,
+                trigger,
+                source,
+                request,
+                event_id,
+                invocation_id,
+                bridge,
+            )
+            .await;
             script_outcome(run)
         }
         (_, _, Some(url)) => forward(state, trigger, url, event_id, request, timeout).await,

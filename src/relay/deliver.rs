@@ -130,6 +130,8 @@ pub struct Dispatcher {
     pub(super) attempts: TaskTracker,
     /// Runs subscriptions' transforms.
     scripts: Engine,
+    /// What transforms call out with.
+    calls: crate::product::ScriptCalls,
 }
 
 impl Dispatcher {
@@ -138,9 +140,11 @@ impl Dispatcher {
         config: Arc<Config>,
         wake: Arc<Notify>,
         scripts: Engine,
+        calls: crate::product::ScriptCalls,
     ) -> reqwest::Result<Self> {
         Ok(Self {
             scripts,
+            calls,
             client: client(&config)?,
             slots: Arc::new(Semaphore::new(config.relay_concurrency as usize)),
             bytes: ByteBudget::new(config.relay_memory),
@@ -438,9 +442,25 @@ impl Dispatcher {
             ),
             source: source.as_str().into(),
         };
+        // The context: which delivery this is, and `app.fetch` on the
+        // event's tenant.
+        let context = serde_json::json!({
+            "subscription": {"id": due.subscription.id},
+            "event_id": due.event.id,
+        });
+        let bridge = self.calls.bridge(
+            due.event.client_key.clone(),
+            format!("the transform of subscription {}", due.subscription.id),
+        );
         let run = self
             .scripts
-            .run(&script, vec![value], TRANSFORM_TIMEOUT, RunKind::Transform)
+            .run_with(
+                &script,
+                vec![value, context],
+                TRANSFORM_TIMEOUT,
+                RunKind::Transform,
+                Some(bridge),
+            )
             .await;
         match run.outcome {
             Ok(None | Some(serde_json::Value::Null)) => Ok(None),

@@ -60,18 +60,21 @@ pub fn start(
     broker: &Broker,
     wake: Arc<Notify>,
     scripts: Engine,
+    calls: crate::product::ScriptCalls,
 ) -> anyhow::Result<Relay> {
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         config.clone(),
         wake.clone(),
         scripts.clone(),
+        calls.clone(),
     )?);
     let runner = Arc::new(Runner::new(
         store.clone(),
         scripts,
         config.clone(),
         Arc::new(Notify::new()),
+        calls,
     ));
     let stop = CancellationToken::new();
     // Bodies of prefetched messages beyond a few KiB are not kept: the relay

@@ -33,15 +33,19 @@
 //!   into each fresh context.
 //! - **Sandbox**: only the standard ECMAScript built-ins plus a `console`
 //!   whose output is captured into [`Run::console`]; no file system,
-//!   process, network, timers or module imports.
+//!   process, timers or module imports. The network only through a
+//!   [`Bridge`], when the caller gives one: a global `fetch(url, init)` and
+//!   `context.app.fetch(path, init)` on the last argument (the context),
+//!   answered by its [`Host`] on the process's main runtime, at most
+//!   `max_calls` per run.
 //! - **Async**: a returned promise is driven by running QuickJS's job queue
-//!   until it settles. When the queue is empty and the promise still pending,
-//!   nothing can ever settle it: that is [`RunError::NeverSettled`], at once.
-//!   A host async function (say a `fetch` backed by a Rust future) would be
-//!   a `Function` wrapping `Promise::wrap_future`; its future runs on
-//!   rquickjs's scheduler, which `async_with` already polls, and the settle
-//!   loop would wait (not give up) while the run has such futures in flight.
-//!   The tokio timer around each run keeps the deadline for the whole run.
+//!   until it settles. When the queue is empty, no host call is in flight and
+//!   the promise is still pending, nothing can ever settle it: that is
+//!   [`RunError::NeverSettled`], at once. A host call is a native function
+//!   wrapping `Promise::wrap_future`; its future runs on rquickjs's
+//!   scheduler, which `async_with` polls, and the settle loop waits while
+//!   calls are in flight. The tokio timer around each run keeps the deadline
+//!   for the whole run, host calls included.
 //! - **Failures**: each bad script gets its own [`RunError`]; a panic inside
 //!   a run is caught, answered [`RunError::Crashed`], and its worker thread
 //!   replaced.
@@ -53,6 +57,7 @@
 //! and `hookrelay_script_capacity`.
 
 mod cache;
+mod host;
 mod pool;
 mod sandbox;
 #[cfg(test)]
@@ -127,6 +132,56 @@ pub struct ScriptRef {
     pub key: String,
     /// The module's source.
     pub source: Arc<str>,
+}
+
+/// Where a script's call goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostTarget {
+    /// `context.app.fetch`: a path on the run's tenant, as the app.
+    App,
+    /// `fetch`: any URL the delivery guard allows.
+    Web,
+}
+
+/// A call a script makes outside the sandbox.
+#[derive(Clone, Debug)]
+pub struct HostRequest {
+    pub target: HostTarget,
+    /// A path (`App`) or a URL (`Web`), as the script gave it.
+    pub url: String,
+    /// Upper case.
+    pub method: String,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
+}
+
+/// What a call answered.
+#[derive(Clone, Debug)]
+pub struct HostResponse {
+    pub status: u16,
+    /// Lower-case names; repeated headers joined by `, `.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The body as text (invalid UTF-8 replaced).
+    pub body: String,
+}
+
+/// A call in progress, on the host's runtime.
+pub type HostFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<HostResponse, String>> + Send>>;
+
+/// Answers the calls scripts make; an `Err` rejects the script's promise
+/// with that message.
+pub trait Host: Send + Sync {
+    fn fetch(&self, request: HostRequest) -> HostFuture;
+}
+
+/// What lets one run call out: the host, the runtime its calls run on, and
+/// how many calls one run may make.
+pub struct Bridge {
+    pub host: Arc<dyn Host>,
+    pub runtime: tokio::runtime::Handle,
+    pub max_calls: usize,
 }
 
 /// What a run is for; a label on the metrics.
@@ -338,10 +393,22 @@ impl Engine {
         timeout: Duration,
         kind: RunKind,
     ) -> Run {
+        self.run_with(script, args, timeout, kind, None).await
+    }
+
+    /// [`Engine::run`], with calls out through `bridge`.
+    pub async fn run_with(
+        &self,
+        script: &ScriptRef,
+        args: Vec<serde_json::Value>,
+        timeout: Duration,
+        kind: RunKind,
+        bridge: Option<Arc<Bridge>>,
+    ) -> Run {
         let started = Instant::now();
         let answer = match self.acquire().await {
             Some(permit) => {
-                let task = Task::run(script, args, timeout, kind);
+                let task = Task::run(script, args, timeout, kind, bridge);
                 self.hand_over(permit, task, timeout + REPLY_GRACE).await
             }
             None => Err(RunError::Busy),
@@ -463,9 +530,10 @@ impl Permit {
         args: Vec<serde_json::Value>,
         timeout: Duration,
         kind: RunKind,
+        bridge: Option<Arc<Bridge>>,
     ) -> Run {
         let started = Instant::now();
-        let task = Task::run(script, args, timeout, kind);
+        let task = Task::run(script, args, timeout, kind, bridge);
         let answer = self
             .engine
             .hand_over(self.permit, task, timeout + REPLY_GRACE)

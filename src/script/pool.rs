@@ -32,6 +32,7 @@ pub(super) enum Task {
         args: Vec<serde_json::Value>,
         timeout: Duration,
         kind: RunKind,
+        bridge: Option<Arc<super::Bridge>>,
     },
     /// Compile and load a script without calling it.
     Check { source: Arc<str>, timeout: Duration },
@@ -46,6 +47,7 @@ impl Task {
         args: Vec<serde_json::Value>,
         timeout: Duration,
         kind: RunKind,
+        bridge: Option<Arc<super::Bridge>>,
     ) -> Self {
         Task::Run {
             key: script.key.clone(),
@@ -53,6 +55,7 @@ impl Task {
             args,
             timeout,
             kind,
+            bridge,
         }
     }
 }
@@ -205,6 +208,7 @@ async fn execute(shared: &Shared, task: Task) -> Reply {
             args,
             timeout,
             kind,
+            bridge,
         } => {
             let started = Instant::now();
             let deadline = started + timeout;
@@ -226,7 +230,7 @@ async fn execute(shared: &Shared, task: Task) -> Reply {
             let console = std::rc::Rc::new(std::cell::RefCell::new(Console::default()));
             // The interrupt handler stops JavaScript at the deadline; the
             // timer stops the run if it is waiting on anything else.
-            let running = sandbox::run(program, args, deadline, &limits, console.clone());
+            let running = sandbox::run(program, args, deadline, &limits, console.clone(), bridge);
             let outcome = tokio::time::timeout_at(deadline.into(), running)
                 .await
                 .unwrap_or(Err(RunError::Timeout));

@@ -8,6 +8,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use rquickjs::allocator::{Allocator, RustAllocator};
@@ -20,7 +22,8 @@ use rquickjs::{
 };
 
 use super::cache::Cache;
-use super::{CompileError, ConsoleLine, RunError};
+use super::host::{self, Calls};
+use super::{Bridge, CompileError, ConsoleLine, RunError};
 
 /// The name the module is compiled under; stack traces and compile errors
 /// show it, as in `at f (script.js:3:11)`.
@@ -267,8 +270,10 @@ pub(super) async fn run(
     deadline: Instant,
     limits: &Limits,
     console: Rc<RefCell<Console>>,
+    bridge: Option<Arc<Bridge>>,
 ) -> Result<Option<serde_json::Value>, RunError> {
     let sandbox = Sandbox::new(limits.memory, deadline).await?;
+    let calls = Rc::new(Calls::default());
     let cached = program.cache.get(program.key, program.source);
     let signals = sandbox.signals.clone();
     let sink = console;
@@ -294,7 +299,7 @@ pub(super) async fn run(
                 module
             }
         };
-        let default = evaluate(&ctx, module, deadline, &signals)?;
+        let default = evaluate(&ctx, module, deadline, &signals, &calls).await?;
         let function = default.into_function().ok_or(RunError::NotAFunction)?;
         let mut values = Vec::with_capacity(args.len());
         for arg in &args {
@@ -302,9 +307,15 @@ pub(super) async fn run(
                 .map_err(|e| RunError::Crashed(format!("argument not serializable: {e}")))?;
             values.push(ctx.json_parse(text).catch(&ctx).map_err(fail)?);
         }
+        if let Some(bridge) = bridge {
+            let app = host::install(&ctx, bridge, calls.clone())
+                .catch(&ctx)
+                .map_err(fail)?;
+            host::attach(&values, app).catch(&ctx).map_err(fail)?;
+        }
         let returned: Value = function.call((Rest(values),)).catch(&ctx).map_err(fail)?;
         let value = match returned.as_promise() {
-            Some(promise) => settled(&ctx, promise, deadline, &signals)?,
+            Some(promise) => settled(&ctx, promise, deadline, &signals, &calls).await?,
             None => returned,
         };
         to_json(&ctx, value, output_limit, &signals)
@@ -329,7 +340,9 @@ pub(super) async fn check(
             RunError::Compile(error) => error,
             other => CompileError::plain(other.to_string()),
         })?;
-        let default = evaluate(&ctx, module, deadline, &signals).map_err(|error| match error {
+        let calls = Calls::default();
+        let evaluated = evaluate(&ctx, module, deadline, &signals, &calls).await;
+        let default = evaluated.map_err(|error| match error {
             RunError::Compile(error) => error,
             RunError::Threw { message, stack } => {
                 let (line, column) = stack.as_deref().map(position).unwrap_or_default();
@@ -380,15 +393,18 @@ fn load_bytecode<'js>(ctx: &Ctx<'js>, code: &[u8]) -> rquickjs::Result<Module<'j
 
 /// Evaluates the module's top level (awaiting a top-level `await`) and
 /// returns its default export.
-fn evaluate<'js>(
+async fn evaluate<'js>(
     ctx: &Ctx<'js>,
     module: Module<'js>,
     deadline: Instant,
     signals: &Signals,
+    calls: &Calls,
 ) -> Result<Value<'js>, RunError> {
     let fail = |error: CaughtError<'_>| import_failure(failure(error, signals));
     let (module, promise) = module.eval().catch(ctx).map_err(fail)?;
-    settled(ctx, &promise, deadline, signals).map_err(import_failure)?;
+    settled(ctx, &promise, deadline, signals, calls)
+        .await
+        .map_err(import_failure)?;
     module.get("default").catch(ctx).map_err(fail)
 }
 
@@ -410,32 +426,40 @@ fn import_failure(error: RunError) -> RunError {
 
 /// Runs QuickJS's job queue until `promise` settles, and returns its value.
 ///
-/// This is where host async functions would come in: a future started by a
-/// host function runs on rquickjs's scheduler, which `AsyncContext::async_with`
-/// polls between the polls of the run. With such futures in flight, an empty
-/// job queue no longer means "never settles"; this would become a `poll_fn`
-/// that returns `Pending` while the run's count of host futures is non-zero,
-/// and the deadline would still end it (the worker wraps the run in a timer).
-fn settled<'js>(
+/// A host call (`fetch`) runs as a future on rquickjs's scheduler, which
+/// `AsyncContext::async_with` polls between the polls of this one, and wakes
+/// the run when its task on the host's runtime answers. So an empty job
+/// queue means "never settles" only when no call is in flight; while one is,
+/// this waits (`Pending`), and the deadline still ends it (the worker wraps
+/// the run in a timer).
+async fn settled<'js>(
     ctx: &Ctx<'js>,
     promise: &Promise<'js>,
     deadline: Instant,
     signals: &Signals,
+    calls: &Calls,
 ) -> Result<Value<'js>, RunError> {
-    while promise.state() == PromiseState::Pending {
+    std::future::poll_fn(|_| loop {
+        if promise.state() != PromiseState::Pending {
+            return Poll::Ready(Ok(()));
+        }
         if Instant::now() >= deadline {
-            return Err(RunError::Timeout);
+            return Poll::Ready(Err(RunError::Timeout));
         }
         // A job interrupted at the deadline still counts as run; the check
         // above or `timed_out` below ends the loop.
-        if !ctx.execute_pending_job() {
-            return Err(if signals.timed_out.get() {
-                RunError::Timeout
-            } else {
-                RunError::NeverSettled
-            });
+        if ctx.execute_pending_job() {
+            continue;
         }
-    }
+        if signals.timed_out.get() {
+            return Poll::Ready(Err(RunError::Timeout));
+        }
+        if calls.in_flight() == 0 {
+            return Poll::Ready(Err(RunError::NeverSettled));
+        }
+        return Poll::Pending;
+    })
+    .await?;
     match promise.result::<Value>() {
         Some(result) => result.catch(ctx).map_err(|error| failure(error, signals)),
         None => Err(RunError::NeverSettled),

@@ -655,6 +655,7 @@ async fn reserved_permits_run() {
             vec![json!("r")],
             LIMIT,
             RunKind::Transform,
+            None,
         )
         .await;
     assert_eq!(run.outcome.unwrap(), Some(json!("r")));
@@ -806,4 +807,159 @@ async fn measure() {
         f64::from(total) / elapsed.as_secs_f64()
     );
     println!("after the runs: {} KiB RSS more", rss_kib() - before);
+}
+
+/// A host that answers each call after `delay` with what it was asked,
+/// or fails calls to URLs containing `fail`, and counts the calls it got.
+struct EchoHost {
+    delay: Duration,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Host for EchoHost {
+    fn fetch(&self, request: HostRequest) -> HostFuture {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            if request.url.contains("fail") {
+                return Err(format!("cannot reach {}", request.url));
+            }
+            let body = json!({
+                "target": format!("{:?}", request.target),
+                "url": request.url,
+                "method": request.method,
+                "headers": request.headers,
+                "body": request.body,
+            });
+            Ok(HostResponse {
+                status: 201,
+                headers: [("content-type".to_owned(), "application/json".to_owned())]
+                    .into_iter()
+                    .collect(),
+                body: body.to_string(),
+            })
+        })
+    }
+}
+
+fn bridge(delay: Duration, max_calls: usize) -> (Arc<Bridge>, Arc<EchoHost>) {
+    let host = Arc::new(EchoHost {
+        delay,
+        calls: Default::default(),
+    });
+    let bridge = Arc::new(Bridge {
+        host: host.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        max_calls,
+    });
+    (bridge, host)
+}
+
+async fn go_bridged(engine: &Engine, source: &str, bridge: Arc<Bridge>, limit: Duration) -> Run {
+    engine
+        .run_with(
+            &script(source, source),
+            vec![json!({"path": "/"}), json!({"trigger": {"id": "t"}})],
+            limit,
+            RunKind::Trigger,
+            Some(bridge),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_calls_are_awaited_and_shaped_like_fetch() {
+    let engine = engine();
+    let (bridge, host) = bridge(Duration::from_millis(30), 5);
+    let source = r#"export default async function (request, context) {
+        const app = await context.app.fetch("/rest/api/3/issue", {
+            method: "post", headers: {"Content-Type": "application/json"}, body: {summary: "x"}});
+        const web = await fetch("https://example.com/hook");
+        return {status: app.status, ok: app.ok, type: app.headers.get("Content-Type"),
+                sent: app.json(), web: web.json().target, text: typeof web.text()};
+    }"#;
+    let run = go_bridged(&engine, source, bridge, Duration::from_secs(2)).await;
+    let value = run.outcome.unwrap().unwrap();
+    assert_eq!(value["status"], 201);
+    assert_eq!(value["ok"], true);
+    assert_eq!(value["type"], "application/json");
+    assert_eq!(value["sent"]["target"], "App");
+    assert_eq!(value["sent"]["url"], "/rest/api/3/issue");
+    assert_eq!(value["sent"]["method"], "POST");
+    assert_eq!(
+        value["sent"]["headers"],
+        json!([["content-type", "application/json"]])
+    );
+    assert_eq!(value["sent"]["body"], r#"{"summary":"x"}"#);
+    assert_eq!(value["web"], "Web");
+    assert_eq!(value["text"], "string");
+    assert_eq!(host.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_failures_and_the_call_limit_reject_with_a_reason() {
+    let engine = engine();
+    let (bridge, host) = bridge(Duration::ZERO, 3);
+    let source = r#"export default async function (request, context) {
+        const reasons = [];
+        try { await fetch("https://fail.example/"); } catch (e) { reasons.push(e.message); }
+        await Promise.all([fetch("https://a.example/"), fetch("https://b.example/")]);
+        try { await context.app.fetch("/x"); } catch (e) { reasons.push(e.message); }
+        return reasons;
+    }"#;
+    let run = go_bridged(&engine, source, bridge, Duration::from_secs(2)).await;
+    let reasons = run.outcome.unwrap().unwrap();
+    assert_eq!(reasons[0], "cannot reach https://fail.example/");
+    assert_eq!(reasons[1], "too many calls: a run may make at most 3");
+    assert_eq!(host.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_call_ends_at_the_time_limit_and_a_lost_promise_is_still_caught() {
+    let engine = engine();
+    let (slow, _) = bridge(Duration::from_secs(30), 5);
+    let started = Instant::now();
+    let run = go_bridged(
+        &engine,
+        "export default async function () { await fetch('https://slow.example/'); return 1 }",
+        slow,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(
+        matches!(run.outcome, Err(RunError::Timeout)),
+        "{:?}",
+        run.outcome
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // After a call answers, a promise nothing can settle is still told apart.
+    let (quick, _) = bridge(Duration::from_millis(10), 5);
+    let run = go_bridged(
+        &engine,
+        "export default async function () { await fetch('https://a.example/'); await new Promise(() => {}); }",
+        quick,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        matches!(run.outcome, Err(RunError::NeverSettled)),
+        "{:?}",
+        run.outcome
+    );
+}
+
+#[tokio::test]
+async fn without_a_bridge_there_is_no_fetch() {
+    let engine = engine();
+    let run = go_with(
+        &engine,
+        "export default function (r, c) { return [typeof fetch, typeof c.app] }",
+        vec![json!({}), json!({})],
+    )
+    .await;
+    assert_eq!(
+        run.outcome.unwrap(),
+        Some(json!(["undefined", "undefined"]))
+    );
 }

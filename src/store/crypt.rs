@@ -90,14 +90,22 @@ pub const TRIGGER_FORWARD_SECRET: SecretColumn = SecretColumn {
     column: "forward_secret",
 };
 
+/// Atlassian API tokens attached to admin-webhook sources, for the bridge.
+pub const API_TOKEN: SecretColumn = SecretColumn {
+    table: "tenant_api_tokens",
+    key: "client_key",
+    column: "token",
+};
+
 /// Every secret column of the store. A new secret column goes here.
-pub const SECRET_COLUMNS: [SecretColumn; 6] = [
+pub const SECRET_COLUMNS: [SecretColumn; 7] = [
     TENANT_SECRET,
     SUBSCRIPTION_SECRET,
     SOURCE_SECRET,
     FORGE_TOKEN,
     TRIGGER_SECRET,
     TRIGGER_FORWARD_SECRET,
+    API_TOKEN,
 ];
 
 impl SecretColumn {

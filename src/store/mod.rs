@@ -15,8 +15,10 @@ mod relay;
 mod sqlite;
 #[macro_use]
 mod tenants;
+mod bridge;
 mod triggers;
 
+pub use bridge::{Activity, ApiKey, ApiToken, ReconcileState};
 pub use relay::{AttemptFilter, AttemptRecord, DeliveryFilter, DueDelivery, Recorded};
 pub use tenants::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret, TokenUse};
 pub use triggers::{ClaimedRun, InvocationWithRequest, RunRecord};

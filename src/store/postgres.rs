@@ -60,6 +60,7 @@ pub(in crate::store) struct EventRow {
     webhook_id: Option<String>,
     webhook_retry: Option<i32>,
     webhook_flow: Option<String>,
+    recovered: bool,
     received_at: DateTime<Utc>,
     payload: String,
 }
@@ -79,6 +80,7 @@ impl TryFrom<EventRow> for Event {
             webhook_id: row.webhook_id,
             webhook_retry: row.webhook_retry,
             webhook_flow: row.webhook_flow,
+            recovered: row.recovered,
             received_at: row.received_at,
             payload: row.payload,
         })
@@ -184,8 +186,8 @@ pub async fn insert_event(
         "WITH inserted AS (
              INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
                                  webhook_id, webhook_retry, webhook_flow, received_at, payload,
-                                 source_event)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13)
+                                 source_event, recovered)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14)
              ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
              RETURNING id
          ), queued AS (
@@ -206,6 +208,7 @@ pub async fn insert_event(
     .bind(&event.payload)
     .bind(publish_at)
     .bind(&event.source_event)
+    .bind(event.recovered)
     .fetch_optional(pool)
     .await?;
     Ok(inserted.is_some())

@@ -72,6 +72,7 @@ pub(in crate::store) struct EventRow {
     webhook_id: Option<String>,
     webhook_retry: Option<i32>,
     webhook_flow: Option<String>,
+    recovered: bool,
     received_at: String,
     payload: String,
 }
@@ -91,6 +92,7 @@ impl TryFrom<EventRow> for Event {
             webhook_id: row.webhook_id,
             webhook_retry: row.webhook_retry,
             webhook_flow: row.webhook_flow,
+            recovered: row.recovered,
             received_at: time(&row.received_at)?,
             payload: row.payload,
         })
@@ -203,8 +205,8 @@ pub async fn insert_event(
     let inserted = sqlx::query(
         "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
                              webhook_id, webhook_retry, webhook_flow, received_at, payload,
-                                 source_event)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                 source_event, recovered)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
          RETURNING id",
     )
@@ -220,6 +222,7 @@ pub async fn insert_event(
     .bind(format_timestamp(event.received_at))
     .bind(&event.payload)
     .bind(&event.source_event)
+    .bind(event.recovered)
     .fetch_optional(&mut *tx)
     .await?
     .is_some();

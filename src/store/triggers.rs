@@ -84,6 +84,7 @@ struct TriggerRow {
     version: i32,
     created_at: Ts,
     updated_at: Ts,
+    tenant: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -220,6 +221,7 @@ impl Store {
             timeout_ms: u32::try_from(row.timeout_ms).unwrap_or(0),
             enabled: row.enabled,
             description: row.description,
+            tenant: row.tenant.map(crate::domain::ClientKey),
             version: i64::from(row.version),
             created_at: row.created_at.0,
             updated_at: row.updated_at.0,
@@ -246,8 +248,9 @@ impl Store {
         let cols = self.trigger_columns(trigger)?;
         let sql = "INSERT INTO triggers (id, name, methods, mode, auth_type, auth_header, secret,
                                          script, forward_url, timeout_ms, enabled, description,
-                                         version, created_at, updated_at, forward_secret)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                                         version, created_at, updated_at, forward_secret, tenant)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                           $17)
                    ON CONFLICT (name) DO NOTHING";
         let inserted = on_pool!(self, write, |pool| bind_trigger!(
             sqlx::query(sql),
@@ -257,6 +260,7 @@ impl Store {
         .bind(Ts(trigger.created_at))
         .bind(Ts(trigger.updated_at))
         .bind(cols.forward_secret.expose_secret())
+        .bind(trigger.tenant.as_ref().map(|k| &k.0))
         .execute(pool)
         .await?
         .rows_affected());
@@ -276,7 +280,7 @@ impl Store {
         let sql = "UPDATE triggers SET name = $2, methods = $3, mode = $4, auth_type = $5,
                        auth_header = $6, secret = $7, script = $8, forward_url = $9,
                        timeout_ms = $10, enabled = $11, description = $12, version = $13,
-                       updated_at = $14, forward_secret = $16
+                       updated_at = $14, forward_secret = $16, tenant = $17
                    WHERE id = $1 AND version = $15";
         let outcome = on_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
@@ -292,6 +296,7 @@ impl Store {
                     .bind(Ts(trigger.updated_at))
                     .bind(i32::try_from(read_version).unwrap_or(i32::MAX))
                     .bind(cols.forward_secret.expose_secret())
+                    .bind(trigger.tenant.as_ref().map(|k| &k.0))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();

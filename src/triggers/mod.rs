@@ -31,6 +31,7 @@ pub async fn run_script(
     request: Value,
     event_id: EventId,
     invocation_id: InvocationId,
+    bridge: Arc<crate::script::Bridge>,
 ) -> Run {
     let context = serde_json::json!({
         "trigger": {"id": trigger.id.0, "name": trigger.name},
@@ -43,7 +44,13 @@ pub async fn run_script(
     };
     let timeout = Duration::from_millis(u64::from(trigger.timeout_ms));
     permit
-        .run(&script, vec![request, context], timeout, RunKind::Trigger)
+        .run(
+            &script,
+            vec![request, context],
+            timeout,
+            RunKind::Trigger,
+            Some(bridge),
+        )
         .await
 }
 

@@ -70,6 +70,8 @@ pub async fn queue(
 pub struct Runner {
     store: Store,
     engine: Engine,
+    /// What scripts call out with.
+    calls: crate::product::ScriptCalls,
     config: Arc<Config>,
     /// Rung when runs may have become due (queued, replayed, finished).
     pub wake: Arc<Notify>,
@@ -79,10 +81,17 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(store: Store, engine: Engine, config: Arc<Config>, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        store: Store,
+        engine: Engine,
+        config: Arc<Config>,
+        wake: Arc<Notify>,
+        calls: crate::product::ScriptCalls,
+    ) -> Self {
         Self {
             store,
             engine,
+            calls,
             config,
             wake,
             running: AtomicUsize::new(0),
@@ -200,7 +209,12 @@ impl Runner {
                 return;
             }
         };
-        let result = super::run_script(permit, &trigger, &source, request, event.id, inv.id).await;
+        let bridge = self.calls.bridge(
+            trigger.tenant.clone(),
+            format!("trigger `{}`", trigger.name),
+        );
+        let result =
+            super::run_script(permit, &trigger, &source, request, event.id, inv.id, bridge).await;
         let console = serde_json::to_string(&result.console).ok();
         let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
         let record = match &result.outcome {

@@ -72,6 +72,7 @@ fn event(name: &str) -> Event {
         webhook_id: None,
         webhook_retry: None,
         webhook_flow: None,
+        recovered: false,
         received_at: now_millis(),
         payload: format!(r#"{{"webhookEvent":"{name}","marker":"{id}"}}"#),
     }

@@ -30,6 +30,7 @@ fn big_event(kib: usize) -> Event {
         webhook_id: None,
         webhook_retry: None,
         webhook_flow: None,
+        recovered: false,
         received_at: now_millis(),
         payload: format!(r#"{{"fill":"{}"}}"#, "x".repeat(kib * 1024)),
     }

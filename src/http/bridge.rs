@@ -1,0 +1,598 @@
+//! The bridge's HTTP surface: the proxy external systems call the product
+//! through (`ANY /proxy/{clientKey}/{path…}`), the API keys they call it
+//! with, the tenants as the admin API shows them, reconciliation on demand,
+//! and the API tokens attached to admin-webhook sources.
+//!
+//! The proxy answers with the product's status, headers (less hop-by-hop
+//! ones and cookies) and body as they came. Its own refusals are the JSON
+//! error shape: 401 a missing or wrong key, 403 outside the key's scope,
+//! 404 an unknown or uninstalled tenant, 400 a path that could leave the
+//! site, 409 a tenant hookrelay holds no credentials for, 429 the tenant's
+//! rate limit, 502 the product unreachable, 504 no answer in time. Each call
+//! is logged with the key id, tenant, method, path and status.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use super::admin::{Admin, AdminBody};
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::{format_timestamp, ClientKey, Product, Tenant, TenantKind};
+use crate::product::reconcile::ReconcileError;
+use crate::product::{self, Call, CallError, Caller};
+use crate::store::{Activity, ApiKey, ApiToken};
+
+/// Where API keys start: easy to grep for in a leaked log or repository.
+const KEY_PREFIX: &str = "hrk_";
+/// Characters of a key kept to recognise it by.
+const SHOWN_PREFIX: usize = 12;
+/// Most entries in one scope list.
+const MAX_SCOPE: usize = 100;
+
+pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
+    scope
+        .route("/tenants", web::get().to(list_tenants))
+        .route("/tenants/{key:.+}/reconcile", web::post().to(reconcile))
+        .route("/tenants/{key:.+}", web::get().to(get_tenant))
+        .route("/api-keys", web::post().to(create_key))
+        .route("/api-keys", web::get().to(list_keys))
+        .route("/api-keys/{id}", web::get().to(get_key))
+        .route("/api-keys/{id}", web::delete().to(delete_key))
+        .route("/sources/{id}/api-token", web::put().to(set_api_token))
+        .route(
+            "/sources/{id}/api-token",
+            web::delete().to(delete_api_token),
+        )
+}
+
+pub fn proxy_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/proxy/{key}", web::route().to(proxy))
+        .route("/proxy/{key}/{tail:.*}", web::route().to(proxy));
+}
+
+fn bad(detail: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(detail.into())
+}
+
+// ------------------------------------------------------------------ tenants
+
+#[derive(Debug, Deserialize)]
+struct TenantQuery {
+    kind: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TenantView {
+    client_key: String,
+    kind: &'static str,
+    product: Product,
+    base_url: String,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cloud_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<String>,
+    installed_at: String,
+    updated_at: String,
+    /// Received time of the newest event stored for it.
+    last_event_at: Option<String>,
+    /// Events stored for it.
+    event_count: i64,
+    /// Connect Jira tenants: where reconciliation stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconcile: Option<ReconcileView>,
+}
+
+#[derive(Serialize)]
+struct ReconcileView {
+    cursor: Option<String>,
+    last_run_at: Option<String>,
+    last_error: Option<String>,
+    recovered: i64,
+}
+
+fn tenant_view(t: Tenant, activity: Activity, reconcile: Option<ReconcileView>) -> TenantView {
+    TenantView {
+        client_key: t.client_key.0,
+        kind: t.kind.as_str(),
+        product: t.product,
+        base_url: t.base_url,
+        state: t.state.as_str(),
+        name: t.name,
+        display_url: t.display_url,
+        cloud_id: t.cloud_id,
+        api_base_url: t.api_base_url,
+        environment: t.environment,
+        installed_at: format_timestamp(t.installed_at),
+        updated_at: format_timestamp(t.updated_at),
+        last_event_at: activity.last_event_at.map(format_timestamp),
+        event_count: activity.event_count,
+        reconcile,
+    }
+}
+
+async fn list_tenants(
+    _: Admin,
+    query: web::Query<TenantQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let kind = match query.kind.as_deref() {
+        None | Some("") => None,
+        Some(k) => Some(
+            TenantKind::parse(k)
+                .ok_or_else(|| bad("`kind` must be connect, forge or jira-admin"))?,
+        ),
+    };
+    let tenants = state.store.list_tenants(kind).await?;
+    let mut activity = state.store.activity().await?;
+    let data: Vec<TenantView> = tenants
+        .into_iter()
+        .map(|t| {
+            let seen = activity.remove(&t.client_key.0).unwrap_or_default();
+            tenant_view(t, seen, None)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+}
+
+async fn get_tenant(
+    _: Admin,
+    key: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = ClientKey(key.into_inner());
+    let tenant = state
+        .store
+        .tenant(&key)
+        .await?
+        .ok_or_else(|| ApiError::Missing(format!("there is no tenant `{}`", key.0)))?;
+    let activity = state.store.tenant_activity(&key).await?;
+    let reconcile = if tenant.kind == TenantKind::Connect && tenant.product == Product::Jira {
+        let kept = state.store.reconcile_state(&key).await?;
+        Some(match kept {
+            Some(s) => ReconcileView {
+                cursor: s.cursor,
+                last_run_at: s.last_run_at.map(format_timestamp),
+                last_error: s.last_error,
+                recovered: s.recovered,
+            },
+            None => ReconcileView {
+                cursor: None,
+                last_run_at: None,
+                last_error: None,
+                recovered: 0,
+            },
+        })
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(tenant_view(tenant, activity, reconcile)))
+}
+
+async fn reconcile(
+    _: Admin,
+    key: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = ClientKey(key.into_inner());
+    let reconciler = crate::product::reconcile::Reconciler::new(
+        state.product.clone(),
+        state.store.clone(),
+        state.publisher.clone(),
+        state.config.clone(),
+    );
+    match reconciler.reconcile_now(&key).await {
+        Ok(summary) => Ok(HttpResponse::Ok().json(summary)),
+        Err(ReconcileError::UnknownTenant(_)) => {
+            Err(ApiError::Missing(format!("there is no tenant `{}`", key.0)))
+        }
+        Err(ReconcileError::NotReconcilable(why)) => Err(ApiError::Conflict(why)),
+        Err(ReconcileError::Call(e)) => Err(call_error(e)),
+        Err(ReconcileError::Answer(why)) => Err(ApiError::BadGateway(why)),
+        Err(ReconcileError::Store(e)) => Err(e.into()),
+    }
+}
+
+// ----------------------------------------------------------------- API keys
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: Option<String>,
+    tenants: Option<Vec<String>>,
+    methods: Option<Vec<String>>,
+    paths: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct KeyView<'a> {
+    id: &'a str,
+    name: &'a str,
+    prefix: &'a str,
+    tenants: Option<&'a [String]>,
+    methods: Option<&'a [String]>,
+    paths: Option<&'a [String]>,
+    created_at: String,
+    /// Only in the answer to its creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+}
+
+fn key_view<'a>(key: &'a ApiKey, secret: Option<&'a str>) -> KeyView<'a> {
+    KeyView {
+        id: &key.id,
+        name: &key.name,
+        prefix: &key.prefix,
+        tenants: key.tenants.as_deref(),
+        methods: key.methods.as_deref(),
+        paths: key.paths.as_deref(),
+        created_at: format_timestamp(key.created_at),
+        key: secret,
+    }
+}
+
+/// The stored form of a key: hex SHA-256.
+fn key_hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn scope(
+    what: &str,
+    given: Option<Vec<String>>,
+    check: impl Fn(&str) -> Result<String, String>,
+) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    if given.is_empty() || given.len() > MAX_SCOPE {
+        return Err(bad(format!(
+            "`{what}` must list 1 to {MAX_SCOPE} entries, or be left out for any"
+        )));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for entry in given {
+        let entry = check(&entry).map_err(|why| bad(format!("`{what}`: {why}")))?;
+        if !out.contains(&entry) {
+            out.push(entry);
+        }
+    }
+    Ok(Some(out))
+}
+
+async fn create_key(
+    _: Admin,
+    state: web::Data<AppState>,
+    AdminBody(body): AdminBody,
+) -> Result<HttpResponse, ApiError> {
+    let given: NewKey = super::subscriptions::json_body(&body)?;
+    let name = given
+        .name
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty() && n.chars().count() <= 200 && !n.chars().any(char::is_control))
+        .ok_or_else(|| bad("`name` is required: 1 to 200 characters"))?;
+    let tenants = scope("tenants", given.tenants, |t| {
+        if t.is_empty() || t.len() > 255 || t.chars().any(char::is_control) {
+            Err(format!("`{t}` is not a client key"))
+        } else {
+            Ok(t.to_owned())
+        }
+    })?;
+    let methods = scope("methods", given.methods, |m| {
+        let upper = m.to_ascii_uppercase();
+        match upper.as_str() {
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => Ok(upper),
+            _ => Err(format!(
+                "`{m}` is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+            )),
+        }
+    })?;
+    let paths = scope("paths", given.paths, |p| {
+        product::check_path(p)
+            .map_err(|why| format!("`{p}`: {why}"))
+            .and_then(|()| {
+                if p.contains('?') {
+                    Err(format!("`{p}`: a path prefix takes no query"))
+                } else {
+                    Ok(p.to_owned())
+                }
+            })
+    })?;
+    let secret = {
+        use base64::Engine as _;
+        let bytes: [u8; 32] = rand::random();
+        format!(
+            "{KEY_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        )
+    };
+    let key = ApiKey {
+        id: uuid::Uuid::now_v7().to_string(),
+        name,
+        prefix: secret[..SHOWN_PREFIX].to_owned(),
+        tenants,
+        methods,
+        paths,
+        created_at: crate::domain::now_millis(),
+    };
+    state.store.insert_api_key(&key, &key_hash(&secret)).await?;
+    tracing::info!(api_key_id = %key.id, name = %key.name, "API key created");
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/admin/api/v1/api-keys/{}", key.id)))
+        .json(key_view(&key, Some(&secret))))
+}
+
+async fn list_keys(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let keys = state.store.api_keys().await?;
+    let data: Vec<KeyView> = keys.iter().map(|k| key_view(k, None)).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+}
+
+async fn get_key(
+    _: Admin,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let keys = state.store.api_keys().await?;
+    let key = keys
+        .iter()
+        .find(|k| k.id == *id)
+        .ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(key_view(key, None)))
+}
+
+async fn delete_key(
+    _: Admin,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.store.delete_api_key(&id).await? {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(api_key_id = %id, "API key deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+// ------------------------------------------------- sources' API tokens
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    email: String,
+    token: SecretString,
+}
+
+async fn set_api_token(
+    _: Admin,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+    AdminBody(body): AdminBody,
+) -> Result<HttpResponse, ApiError> {
+    use secrecy::ExposeSecret;
+    let id = ClientKey(id.into_inner());
+    let given: NewToken = super::subscriptions::json_body(&body)?;
+    let email = given.email.trim().to_owned();
+    if email.is_empty() || email.len() > 320 || !email.contains('@') || email.contains(':') {
+        return Err(bad("`email` must be the Atlassian account's email address"));
+    }
+    let token = given.token.expose_secret();
+    if token.is_empty() || token.len() > 1024 || token.chars().any(char::is_control) {
+        return Err(bad("`token` must be an Atlassian API token"));
+    }
+    if state.store.source(&id).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let token = ApiToken {
+        email,
+        token: given.token,
+        created_at: crate::domain::now_millis(),
+    };
+    if !state.store.set_api_token(&id, &token).await? {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(source_id = %id.0, "API token attached to source");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn delete_api_token(
+    _: Admin,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = ClientKey(id.into_inner());
+    if state.store.source(&id).await?.is_none() || !state.store.delete_api_token(&id).await? {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(source_id = %id.0, "API token removed from source");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+// -------------------------------------------------------------------- proxy
+
+/// `ANY /proxy/{clientKey}/{path…}`: the request, signed as the app, to the
+/// tenant; the product's answer back.
+async fn proxy(
+    req: HttpRequest,
+    path: web::Path<(String,)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = ClientKey(path.into_inner().0);
+    let span = tracing::info_span!(
+        "proxy",
+        client_key = %tenant.0,
+        method = %req.method(),
+        path = tracing::field::Empty,
+        api_key_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    async move {
+        let result = proxy_inner(&req, &tenant, payload, &state).await;
+        let status = match &result {
+            Ok(response) => response.status(),
+            Err(e) => actix_web::ResponseError::status_code(e),
+        };
+        tracing::Span::current().record("status", status.as_u16());
+        match &result {
+            Ok(_) => tracing::info!("proxied"),
+            Err(e) => tracing::warn!(reason = %e, "proxy call refused or failed"),
+        }
+        metrics::counter!("hookrelay_proxy_requests_total", "status" => status.as_u16().to_string())
+            .increment(1);
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn proxy_inner(
+    req: &HttpRequest,
+    tenant: &ClientKey,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::BadKey("missing `Authorization: Bearer <API key>`".into()))?;
+    let key = state
+        .store
+        .api_key_by_hash(&key_hash(presented))
+        .await?
+        .ok_or_else(|| ApiError::BadKey("unknown API key".into()))?;
+    tracing::Span::current().record("api_key_id", key.id.as_str());
+
+    let path = raw_tail(req, &state.config.context_path)
+        .ok_or_else(|| bad("the proxy path is `/proxy/{clientKey}/{path}`"))?;
+    tracing::Span::current().record("path", path.as_str());
+    product::check_path(&path).map_err(|why| bad(format!("path `{path}`: {why}")))?;
+    let method = req.method().clone();
+    if let Some(tenants) = &key.tenants {
+        if !tenants.contains(&tenant.0) {
+            return Err(ApiError::Forbidden(format!(
+                "this API key may not call tenant `{}`",
+                tenant.0
+            )));
+        }
+    }
+    if let Some(methods) = &key.methods {
+        if !methods.iter().any(|m| m == method.as_str()) {
+            return Err(ApiError::Forbidden(format!(
+                "this API key may not use {method}"
+            )));
+        }
+    }
+    if let Some(prefixes) = &key.paths {
+        if !prefixes.iter().any(|prefix| under(&path, prefix)) {
+            return Err(ApiError::Forbidden(format!(
+                "this API key may not call `{path}`"
+            )));
+        }
+    }
+    let (body, _held) =
+        super::connect::read_body(req, payload, state.config.max_body_bytes, state).await?;
+    let mut target = path;
+    if let Some(query) = req.uri().query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let headers = req
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_str().as_bytes()).ok()?;
+            let value = reqwest::header::HeaderValue::from_bytes(value.as_bytes()).ok()?;
+            Some((name, value))
+        })
+        .collect();
+    let call = Call {
+        method: reqwest::Method::from_bytes(method.as_str().as_bytes())
+            .map_err(|_| bad("unknown method"))?,
+        path: target,
+        headers,
+        body: body.to_vec(),
+    };
+    let answer = state
+        .product
+        .call(tenant, call, Caller::Proxy)
+        .await
+        .map_err(call_error)?;
+    let status = StatusCode::from_u16(answer.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = HttpResponse::build(status);
+    for (name, value) in &answer.headers {
+        response.append_header((name.as_str(), value.as_bytes()));
+    }
+    let mut response = response.body(answer.body);
+    // The product's answer, even an error, is not to be reshaped.
+    response
+        .extensions_mut()
+        .insert(super::triggers::HandlerAnswer);
+    Ok(response)
+}
+
+/// `{path…}` as it arrived (still percent-encoded), with a leading `/`.
+fn raw_tail(req: &HttpRequest, context_path: &str) -> Option<String> {
+    let path = crate::auth::qsh::strip_context_path(req.uri().path(), context_path);
+    let rest = path.strip_prefix("/proxy/")?;
+    let tail = match rest.split_once('/') {
+        Some((_, tail)) => tail,
+        None => "",
+    };
+    Some(format!("/{tail}"))
+}
+
+/// Whether `path` lies under `prefix` on a segment boundary.
+fn under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
+        None => false,
+    }
+}
+
+/// What a failed product call answers.
+fn call_error(error: CallError) -> ApiError {
+    match error {
+        CallError::UnknownTenant(_) | CallError::NotInstalled(..) => {
+            ApiError::Missing(error.to_string())
+        }
+        CallError::NoCredentials(why) => ApiError::Conflict(why),
+        CallError::BadPath(why) => ApiError::BadRequest(why),
+        CallError::RateLimited(wait) => {
+            let seconds = wait.as_secs().max(1);
+            ApiError::RateLimited(error.to_string(), seconds)
+        }
+        CallError::Unreachable(_) | CallError::TooLarge(_) => {
+            ApiError::BadGateway(error.to_string())
+        }
+        CallError::Timeout(_) => ApiError::GatewayTimeout(error.to_string()),
+        CallError::Store(e) => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_scopes_match_whole_segments() {
+        use super::under;
+        assert!(under("/rest/api/3/issue", "/rest/api/3/issue"));
+        assert!(under("/rest/api/3/issue/10001", "/rest/api/3/issue"));
+        assert!(under("/rest/api/3/issue/10001", "/rest/api/3/issue/"));
+        assert!(!under("/rest/api/3/issuetype", "/rest/api/3/issue"));
+        assert!(!under("/rest/api/2/issue", "/rest/api/3/issue"));
+        assert!(under("/anything", "/"));
+    }
+}

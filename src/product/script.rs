@@ -1,0 +1,175 @@
+//! The host behind a script's `context.app.fetch` (the product client, on
+//! the run's tenant) and its global `fetch` (any URL the delivery guard
+//! allows).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::Method;
+
+use super::{forwardable, Call, Caller, ProductClient};
+use crate::domain::ClientKey;
+use crate::script::{Bridge, Host, HostFuture, HostRequest, HostResponse, HostTarget};
+
+/// Most calls one run may make, both kinds together.
+pub const MAX_CALLS_PER_RUN: usize = 20;
+
+/// What scripts call out with; one per process, cheap to clone.
+#[derive(Clone)]
+pub struct ScriptCalls {
+    pub product: ProductClient,
+    /// The deliveries' client: the guard against private destinations
+    /// (unless allowed), no redirects, bounded waits.
+    pub web: reqwest::Client,
+    pub allow_private: bool,
+    pub max_response: usize,
+}
+
+impl ScriptCalls {
+    /// A bridge for one run acting on `tenant`; `what` names the run in
+    /// errors and logs (`trigger deploy-hook`).
+    pub fn bridge(&self, tenant: Option<ClientKey>, what: String) -> Arc<Bridge> {
+        Arc::new(Bridge {
+            host: Arc::new(RunHost {
+                calls: self.clone(),
+                tenant,
+                what,
+            }),
+            runtime: tokio::runtime::Handle::current(),
+            max_calls: MAX_CALLS_PER_RUN,
+        })
+    }
+}
+
+struct RunHost {
+    calls: ScriptCalls,
+    tenant: Option<ClientKey>,
+    what: String,
+}
+
+impl Host for RunHost {
+    fn fetch(&self, request: HostRequest) -> HostFuture {
+        let calls = self.calls.clone();
+        let tenant = self.tenant.clone();
+        let what = self.what.clone();
+        Box::pin(async move {
+            let method = Method::from_bytes(request.method.as_bytes())
+                .map_err(|_| format!("`{}` is not an HTTP method", request.method))?;
+            let headers = headers(&request.headers)?;
+            let body = request.body.unwrap_or_default().into_bytes();
+            match request.target {
+                HostTarget::App => {
+                    let tenant = tenant.ok_or_else(|| {
+                        format!(
+                            "context.app.fetch: {what} has no tenant to act on \
+                             (set the trigger's `tenant`)"
+                        )
+                    })?;
+                    let call = Call {
+                        method,
+                        path: request.url,
+                        headers,
+                        body,
+                    };
+                    let answer = calls
+                        .product
+                        .call(&tenant, call, Caller::Script)
+                        .await
+                        .map_err(|e| format!("context.app.fetch: {e}"))?;
+                    Ok(response(
+                        answer.status.as_u16(),
+                        &answer.headers,
+                        &answer.body,
+                    ))
+                }
+                HostTarget::Web => calls.web_fetch(method, &request.url, headers, body).await,
+            }
+        })
+    }
+}
+
+impl ScriptCalls {
+    async fn web_fetch(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<HostResponse, String> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| format!("fetch: `{url}` is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "fetch: only http and https URLs, not `{}`",
+                parsed.scheme()
+            ));
+        }
+        if !self.allow_private {
+            crate::relay::destination::check_literal(&parsed).map_err(|e| format!("fetch: {e}"))?;
+        }
+        let mut request = self
+            .web
+            .request(method, parsed)
+            .headers(forwardable(&headers));
+        if !body.is_empty() {
+            request = request.body(body);
+        }
+        let mut answer = request.send().await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            format!("fetch: {text}")
+        })?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = answer.chunk().await.map_err(|e| format!("fetch: {e}"))? {
+            if bytes.len() + chunk.len() > self.max_response {
+                return Err(format!(
+                    "fetch: the answer is over {} bytes",
+                    self.max_response
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(response(
+            answer.status().as_u16(),
+            &forwardable(answer.headers()),
+            &bytes,
+        ))
+    }
+}
+
+fn headers(given: &[(String, String)]) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in given {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("`{name}` is not a header name"))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of header `{name}` is not valid"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+fn response(status: u16, headers: &HeaderMap, body: &[u8]) -> HostResponse {
+    let mut joined: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        joined
+            .entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    HostResponse {
+        status,
+        headers: joined,
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+}
