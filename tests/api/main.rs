@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin;
 mod binary;
+mod bridge;
 mod consuming;
 mod descriptor;
 mod faults;
@@ -17,6 +18,7 @@ mod ops;
 mod publishing;
 mod rabbit;
 mod receiver;
+mod reconcile;
 mod relay;
 mod secrets;
 mod sources;
