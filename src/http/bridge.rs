@@ -579,6 +579,7 @@ fn call_error(error: CallError) -> ApiError {
             ApiError::BadGateway(error.to_string())
         }
         CallError::Timeout(_) => ApiError::GatewayTimeout(error.to_string()),
+        CallError::Busy => ApiError::Unavailable(error.to_string()),
         CallError::Store(e) => e.into(),
     }
 }

@@ -44,6 +44,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 
 use crate::auth::qsh;
+use crate::budget::{ByteBudget, Held};
 use crate::config::Config;
 use crate::domain::{ClientKey, Tenant, TenantKind, TenantState};
 use crate::store::{Store, StoreError};
@@ -89,11 +90,14 @@ pub struct Call {
 }
 
 /// The product's answer, as it came (hop-by-hop headers and cookies left out).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The body's share of the answers' byte budget, given back when the
+    /// answer is dropped.
+    pub held: Held,
 }
 
 /// Why a call was not made, or got no answer.
@@ -117,6 +121,9 @@ pub enum CallError {
     Timeout(Duration),
     #[error("the product's answer is over {0} bytes")]
     TooLarge(usize),
+    /// The answers in flight already hold the bytes this one needs.
+    #[error("too many large answers in flight; try again shortly")]
+    Busy,
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
 }
@@ -132,6 +139,7 @@ impl CallError {
             CallError::Unreachable(_) => "unreachable",
             CallError::Timeout(_) => "timeout",
             CallError::TooLarge(_) => "too_large",
+            CallError::Busy => "busy",
             CallError::Store(_) => "store",
         }
     }
@@ -150,7 +158,15 @@ struct Inner {
     limiter: DefaultKeyedRateLimiter<String>,
     timeout: Duration,
     max_response: usize,
+    /// What the bodies of answers being read and carried may take together.
+    answers: ByteBudget,
 }
+
+/// Most bytes of answers held at once: twice the largest answer, and at
+/// least this.
+const MIN_ANSWERS_BUDGET: usize = 64 * 1024 * 1024;
+/// How long reading an answer waits for room in the budget.
+const BUDGET_WAIT: Duration = Duration::from_secs(1);
 
 /// Where a call goes and how it is signed, worked out from the tenant.
 struct Target {
@@ -176,6 +192,12 @@ impl ProductClient {
                 limiter: RateLimiter::keyed(Quota::per_second(per_second)),
                 timeout: config.bridge_timeout,
                 max_response: config.bridge_max_response,
+                answers: ByteBudget::new(
+                    config
+                        .bridge_max_response
+                        .saturating_mul(2)
+                        .max(MIN_ANSWERS_BUDGET),
+                ),
             }),
         })
     }
@@ -183,6 +205,13 @@ impl ProductClient {
     /// The longest a call may take.
     pub fn timeout(&self) -> Duration {
         self.inner.timeout
+    }
+
+    /// `bytes` of an answer being read (here or by a script's `fetch`),
+    /// waiting a little for room; `None` when the answers in flight hold
+    /// the whole budget.
+    pub async fn room_for(&self, bytes: usize) -> Option<Held> {
+        self.inner.answers.take(bytes, BUDGET_WAIT).await
     }
 
     /// Calls `tenant` as the app. The answer is the product's, whatever its
@@ -402,6 +431,7 @@ impl ProductClient {
             return Err(CallError::TooLarge(limit));
         }
         let mut body = Vec::new();
+        let mut held = Held::none();
         while let Some(chunk) = response
             .chunk()
             .await
@@ -410,12 +440,14 @@ impl ProductClient {
             if body.len() + chunk.len() > limit {
                 return Err(CallError::TooLarge(limit));
             }
+            held.add(self.room_for(chunk.len()).await.ok_or(CallError::Busy)?);
             body.extend_from_slice(&chunk);
         }
         Ok(Answer {
             status: response.status(),
             headers: forwardable(response.headers()),
             body,
+            held,
         })
     }
 }
@@ -631,6 +663,7 @@ mod tests {
             .into_iter()
             .collect(),
             body: Vec::new(),
+            held: Held::none(),
         };
         let later = Instant::now() + Duration::from_secs(30);
         assert_eq!(

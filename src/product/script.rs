@@ -126,6 +126,7 @@ impl ScriptCalls {
             format!("fetch: {text}")
         })?;
         let mut bytes = Vec::new();
+        let mut held = crate::budget::Held::none();
         while let Some(chunk) = answer.chunk().await.map_err(|e| format!("fetch: {e}"))? {
             if bytes.len() + chunk.len() > self.max_response {
                 return Err(format!(
@@ -133,6 +134,8 @@ impl ScriptCalls {
                     self.max_response
                 ));
             }
+            let room = self.product.room_for(chunk.len()).await;
+            held.add(room.ok_or_else(|| format!("fetch: {}", super::CallError::Busy))?);
             bytes.extend_from_slice(&chunk);
         }
         Ok(response(

@@ -2119,3 +2119,81 @@ async fn a_trigger_names_a_known_tenant() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(admin.get(&path).await["tenant"], site.client_key.as_str());
 }
+
+/// An answer over `bridge_max_response` is refused (502) rather than carried,
+/// to the proxy and to a script alike; and one tenant's calls beyond its rate
+/// limit wait their turn for up to a second, then are answered 429.
+#[tokio::test]
+async fn oversized_answers_and_a_flood_of_calls_are_bounded() {
+    let fake = FakeProduct::start().await;
+    let app = spawn_app_with(Backend::Sqlite, |raw| {
+        bridging(raw);
+        raw.bridge_max_response = 4096;
+        raw.bridge_rate_limit = 2;
+    })
+    .await;
+    let admin = AdminApi::of(&app.address);
+    let site = fake.connect_site("jira");
+    install(&app, &site).await;
+    let (_, key) = create_key(&admin, json!({"name": "ci"})).await;
+    let big = json!({"values": "x".repeat(8192)});
+    fake.on(
+        "GET",
+        "/rest/api/3/big",
+        vec![Answer::json(200, big.clone()), Answer::json(200, big)],
+    );
+    let response = proxy(
+        &app,
+        Some(&key),
+        reqwest::Method::GET,
+        &site.client_key,
+        "/rest/api/3/big",
+        None,
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 502);
+    let body = error_body(response).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("over 4096 bytes"),
+        "{body}"
+    );
+
+    // Two calls a second for this tenant: a burst of eight gets some 429s
+    // with Retry-After, and the rest through; the product never sees more
+    // than the limit lets by.
+    fake.on(
+        "GET",
+        "/rest/api/3/myself",
+        (0..8).map(|_| Answer::json(200, json!({}))).collect(),
+    );
+    let calls = (0..8).map(|_| {
+        proxy(
+            &app,
+            Some(&key),
+            reqwest::Method::GET,
+            &site.client_key,
+            "/rest/api/3/myself",
+            None,
+        )
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let mut limited = 0;
+    for answer in &answers {
+        match answer.status().as_u16() {
+            200 => {}
+            429 => {
+                limited += 1;
+                assert!(answer.headers().contains_key("retry-after"));
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let through = answers.len() - limited;
+    assert!(limited >= 1, "nothing was limited");
+    assert_eq!(fake.seen_at("/rest/api/3/myself").len(), through);
+    assert!(
+        through <= 6,
+        "{through} calls got through in about a second"
+    );
+    fake.assert_all_verified();
+}
