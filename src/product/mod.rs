@@ -357,7 +357,8 @@ impl ProductClient {
                          it comes with the next event Forge sends"
                     ))
                 })?;
-                let (url, _) = build_url(base, &call.path)?;
+                let path = forge_path(tenant.product, &call.path);
+                let (url, _) = build_url(base, &path)?;
                 let (token, expires_at) = self
                     .inner
                     .store
@@ -555,6 +556,19 @@ pub fn build_url(base: &str, path: &str) -> Result<(url::Url, String), CallError
     Ok((url, context_path))
 }
 
+/// The path of a call to a Forge installation's `apiBaseUrl`. Confluence
+/// lives under `/wiki` there (`/ex/confluence/<cloudId>/wiki/rest/api/…`),
+/// while a Connect tenant's base URL already ends in `/wiki`: so that one
+/// script works for both, a Confluence path without `/wiki` gets it.
+fn forge_path(product: crate::domain::Product, path: &str) -> std::borrow::Cow<'_, str> {
+    let has_wiki = path == "/wiki" || path.starts_with("/wiki/") || path.starts_with("/wiki?");
+    if product == crate::domain::Product::Confluence && !has_wiki {
+        std::borrow::Cow::Owned(format!("/wiki{path}"))
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
+}
+
 /// Why `path` cannot be a relative product path, if it cannot.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
     let (path_part, _query) = path.split_once('?').unwrap_or((path, ""));
@@ -650,6 +664,27 @@ mod tests {
                 "{bad} was taken"
             );
         }
+    }
+
+    #[test]
+    fn forge_confluence_paths_are_under_wiki() {
+        use crate::domain::Product;
+        assert_eq!(
+            forge_path(Product::Confluence, "/rest/api/content"),
+            "/wiki/rest/api/content"
+        );
+        assert_eq!(
+            forge_path(Product::Confluence, "/wiki/api/v2/pages?limit=1"),
+            "/wiki/api/v2/pages?limit=1"
+        );
+        assert_eq!(
+            forge_path(Product::Confluence, "/wikipedia"),
+            "/wiki/wikipedia"
+        );
+        assert_eq!(
+            forge_path(Product::Jira, "/rest/api/3/issue"),
+            "/rest/api/3/issue"
+        );
     }
 
     #[test]
