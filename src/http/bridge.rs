@@ -535,12 +535,47 @@ async fn proxy_inner(
     for (name, value) in &answer.headers {
         response.append_header((name.as_str(), value.as_bytes()));
     }
-    let mut response = response.body(answer.body);
+    let mut response = response.body(HeldBody {
+        bytes: web::Bytes::from(answer.body),
+        _held: answer.held,
+    });
     // The product's answer, even an error, is not to be reshaped.
     response
         .extensions_mut()
         .insert(super::triggers::HandlerAnswer);
     Ok(response)
+}
+
+/// The product's answer on its way to the caller, keeping its share of the
+/// answers' byte budget until the last of it is handed to the connection. It
+/// goes in slices, which the server takes only as the connection drains, so
+/// a slow reader cannot make the bytes leave the budget early.
+struct HeldBody {
+    bytes: web::Bytes,
+    _held: crate::budget::Held,
+}
+
+/// Bytes handed to the connection at a time.
+const SLICE: usize = 64 * 1024;
+
+impl actix_web::body::MessageBody for HeldBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        actix_web::body::BodySize::Sized(self.bytes.len() as u64)
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if this.bytes.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let slice = this.bytes.split_to(this.bytes.len().min(SLICE));
+        std::task::Poll::Ready(Some(Ok(slice)))
+    }
 }
 
 /// `{path…}` as it arrived (still percent-encoded), with a leading `/`.

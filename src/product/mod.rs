@@ -261,6 +261,12 @@ impl ProductClient {
     }
 
     async fn call_inner(&self, key: &ClientKey, call: Call) -> Result<Answer, CallError> {
+        if !allowed_method(&call.method) {
+            return Err(CallError::BadPath(format!(
+                "method {} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+                call.method
+            )));
+        }
         let tenant = self
             .inner
             .store
@@ -423,7 +429,7 @@ impl ProductClient {
         let mut response = request
             .send()
             .await
-            .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+            .map_err(|e| CallError::Unreachable(error_chain(&e.without_url())))?;
         let limit = self.inner.max_response;
         if response
             .content_length()
@@ -436,7 +442,7 @@ impl ProductClient {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| CallError::Unreachable(error_chain(&e)))?
+            .map_err(|e| CallError::Unreachable(error_chain(&e.without_url())))?
         {
             if body.len() + chunk.len() > limit {
                 return Err(CallError::TooLarge(limit));
@@ -485,17 +491,20 @@ fn sensitive(value: String) -> Result<HeaderValue, CallError> {
     Ok(value)
 }
 
-/// Headers that are about one hop, or that carry the caller's own
-/// credentials, and so are never passed on in either direction.
-pub fn is_hop_or_credential(name: &HeaderName) -> bool {
+/// Headers that carry the caller's own credentials (or hand out new ones),
+/// and so are never passed between a caller and the product.
+fn is_credential(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "authorization"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "cookie"
-            | "set-cookie"
-            | "host"
+        "authorization" | "proxy-authorization" | "proxy-authenticate" | "cookie" | "set-cookie"
+    )
+}
+
+/// Headers that are about one hop of a request, never passed on.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
             | "content-length"
             | "transfer-encoding"
             | "connection"
@@ -514,13 +523,34 @@ pub fn is_hop_or_credential(name: &HeaderName) -> bool {
     )
 }
 
-/// `headers` without the ones [`is_hop_or_credential`] names.
+/// `headers` without hop-by-hop ones and credentials: what passes between a
+/// caller and the product, which only hookrelay authenticates to.
 pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
     headers
         .iter()
-        .filter(|(name, _)| !is_hop_or_credential(name))
+        .filter(|(name, _)| !is_hop_by_hop(name) && !is_credential(name))
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
+}
+
+/// `headers` without hop-by-hop ones: what a script's own `fetch` sends and
+/// gets, credentials included (the script brings its own).
+pub fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    headers
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// The methods a call may use: the ones REST APIs answer. `TRACE` (which
+/// may echo the request, credentials and all), `CONNECT` and made-up ones
+/// are refused.
+pub fn allowed_method(method: &Method) -> bool {
+    matches!(
+        method.as_str(),
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+    )
 }
 
 /// The URL of `path` (with its query) under `base`, and the base's context
@@ -536,8 +566,16 @@ pub fn build_url(base: &str, path: &str) -> Result<(url::Url, String), CallError
         CallError::NoCredentials(format!("the tenant's base URL is not valid: {e}"))
     })?;
     let context_path = base.path().trim_end_matches('/').to_owned();
-    let relative = qsh::strip_context_path(path, &context_path);
-    let relative = if relative.is_empty() { "/" } else { relative };
+    let (path_part, query) = match path.split_once('?') {
+        Some((part, query)) => (part, Some(query)),
+        None => (path, None),
+    };
+    let stripped = qsh::strip_context_path(path_part, &context_path);
+    let mut relative = if stripped.is_empty() { "/" } else { stripped }.to_owned();
+    if let Some(query) = query {
+        relative.push('?');
+        relative.push_str(query);
+    }
     let mut origin = base.clone();
     origin.set_path("");
     origin.set_query(None);
@@ -571,15 +609,21 @@ fn forge_path(product: crate::domain::Product, path: &str) -> std::borrow::Cow<'
 
 /// Why `path` cannot be a relative product path, if it cannot.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
-    let (path_part, _query) = path.split_once('?').unwrap_or((path, ""));
+    let (path_part, query) = path.split_once('?').unwrap_or((path, ""));
     if !path_part.starts_with('/') {
         return Err("it must start with `/` (a path under the site, not a URL)");
     }
-    if path.len() > 8 * 1024 {
-        return Err("it is over 8 KiB");
+    if path_part.len() > 4 * 1024 || query.len() > 28 * 1024 {
+        return Err("it is over 4 KiB (or its query over 28 KiB)");
     }
-    if path.contains('#') || path.contains('\\') {
-        return Err("it must not contain `#` or `\\`");
+    if path.contains('#') || path_part.contains('\\') {
+        return Err("it must not contain `#`, nor `\\` before the query");
+    }
+    // A `;` starts a path parameter, which servers such as Tomcat strip
+    // before they resolve `..`: `/allowed/..;/other` would leave a path
+    // scope. Atlassian's REST APIs use none.
+    if path_part.contains(';') {
+        return Err("it must not contain `;` before the query");
     }
     if path.chars().any(|c| c.is_control() || c == ' ') {
         return Err("it must not contain spaces or control characters");
@@ -632,6 +676,11 @@ mod tests {
         assert_eq!(context, "/wiki");
         let (url, _) = build_url("https://x.atlassian.net/wiki/", "/wiki/rest/api/space").unwrap();
         assert_eq!(url.as_str(), "https://x.atlassian.net/wiki/rest/api/space");
+        let (url, _) = build_url("https://x.atlassian.net/wiki", "/wiki?limit=1").unwrap();
+        assert_eq!(url.as_str(), "https://x.atlassian.net/wiki/?limit=1");
+        let (url, _) =
+            build_url("https://x.atlassian.net", "/rest/api/3/search?jql=a\\b;c").unwrap();
+        assert_eq!(url.path(), "/rest/api/3/search");
         let (url, _) = build_url("https://x.atlassian.net", "/rest/api/3/issue/").unwrap();
         assert_eq!(url.as_str(), "https://x.atlassian.net/rest/api/3/issue/");
         for bad in [
@@ -647,6 +696,8 @@ mod tests {
             "/rest/api#frag",
             "/rest/api 3",
             "/rest/.",
+            "/rest/api/3/issue/..;/..;/admin",
+            "/rest/api/3/issue;x=1",
             "/@evil.example/",
         ] {
             let result = build_url("https://x.atlassian.net/wiki", bad);

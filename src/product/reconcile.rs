@@ -35,8 +35,10 @@ use crate::store::{Store, StoreError};
 
 /// Items asked for per page.
 const PAGE_SIZE: u32 = 100;
-/// Most pages read in one run (Jira keeps 72 hours; the next run goes on).
+/// Most pages read in one timed run (Jira keeps 72 hours; the next run goes on).
 const MAX_PAGES: u32 = 200;
+/// Most pages read in one run on demand, which an HTTP request waits for.
+pub const MAX_PAGES_NOW: u32 = 20;
 /// How often the timer looks for tenants due, at most.
 const MAX_TICK: Duration = Duration::from_secs(60);
 
@@ -56,6 +58,9 @@ pub struct Summary {
     pub skipped: u32,
     /// Where the next run starts.
     pub cursor: Option<String>,
+    /// Whether the run read up to the last page; a run on demand stops after
+    /// [`MAX_PAGES_NOW`] pages, and the next one goes on from the cursor.
+    pub complete: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +142,7 @@ impl Reconciler {
             .reconcile_state(key)
             .await?
             .and_then(|s| s.cursor);
-        self.run(&tenant, cursor).await
+        self.run(&tenant, cursor, MAX_PAGES_NOW).await
     }
 
     /// Reads pages from `cursor` until the last one, or an error; progress
@@ -146,12 +151,13 @@ impl Reconciler {
         &self,
         tenant: &Tenant,
         cursor: Option<String>,
+        max_pages: u32,
     ) -> Result<Summary, ReconcileError> {
         let mut summary = Summary {
             cursor,
             ..Summary::default()
         };
-        let result = self.pages(tenant, &mut summary).await;
+        let result = self.pages(tenant, &mut summary, max_pages).await;
         let error = result.as_ref().err().map(ToString::to_string);
         if let Err(e) = self
             .store
@@ -183,8 +189,13 @@ impl Reconciler {
         result.map(|()| summary)
     }
 
-    async fn pages(&self, tenant: &Tenant, summary: &mut Summary) -> Result<(), ReconcileError> {
-        for _ in 0..MAX_PAGES {
+    async fn pages(
+        &self,
+        tenant: &Tenant,
+        summary: &mut Summary,
+        max_pages: u32,
+    ) -> Result<(), ReconcileError> {
+        for _ in 0..max_pages {
             let mut path = format!("/rest/api/3/webhook/failed?maxResults={PAGE_SIZE}");
             if let Some(cursor) = &summary.cursor {
                 path.push_str("&after=");
@@ -200,22 +211,34 @@ impl Reconciler {
             summary.pages += 1;
             let mut recovered = 0;
             let mut newest: Option<i64> = None;
+            // Failure times from the future (a clock gone wrong) would move
+            // the cursor past failures still to come.
+            let now = chrono::Utc::now().timestamp_millis();
             for item in page.values {
                 summary.listed += 1;
-                newest = newest.max(item.failure_time);
-                match self.store_item(tenant, item).await? {
-                    Some(false) => {
+                newest = newest.max(item.failure_time.filter(|t| (0..=now).contains(t)));
+                match self.store_item(tenant, item).await {
+                    Ok(Some(false)) => {
                         recovered += 1;
                         summary.recovered += 1;
                     }
-                    Some(true) => summary.duplicates += 1,
-                    None => summary.skipped += 1,
+                    Ok(Some(true)) => summary.duplicates += 1,
+                    Ok(None) => summary.skipped += 1,
+                    Err(e) => {
+                        // What this page stored so far is counted; the
+                        // cursor stays, so the page is read again.
+                        let _ = self
+                            .store
+                            .save_reconcile_cursor(&tenant.client_key, None, recovered)
+                            .await;
+                        return Err(e.into());
+                    }
                 }
             }
             let next = page.next.as_deref().and_then(after_of);
             let cursor = match (&next, newest) {
                 (Some(after), _) => Some(after.clone()),
-                (None, Some(newest)) => Some((newest - 1).max(0).to_string()),
+                (None, Some(newest)) => Some(newest.saturating_sub(1).max(0).to_string()),
                 (None, None) => None,
             };
             if cursor.is_some() {
@@ -225,6 +248,7 @@ impl Reconciler {
                 .save_reconcile_cursor(&tenant.client_key, summary.cursor.as_deref(), recovered)
                 .await?;
             if next.is_none() {
+                summary.complete = true;
                 return Ok(());
             }
         }
@@ -356,7 +380,7 @@ impl Reconciler {
             let Some(tenant) = self.store.tenant(&listed.client_key).await? else {
                 continue;
             };
-            let _ = self.run(&tenant, cursor).await;
+            let _ = self.run(&tenant, cursor, MAX_PAGES).await;
         }
         Ok(())
     }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Method;
 
-use super::{forwardable, Call, Caller, ProductClient};
+use super::{allowed_method, end_to_end, Call, Caller, ProductClient};
+use crate::budget::Held;
 use crate::domain::ClientKey;
 use crate::script::{Bridge, Host, HostFuture, HostRequest, HostResponse, HostTarget};
 
@@ -55,7 +56,14 @@ impl Host for RunHost {
         let what = self.what.clone();
         Box::pin(async move {
             let method = Method::from_bytes(request.method.as_bytes())
-                .map_err(|_| format!("`{}` is not an HTTP method", request.method))?;
+                .ok()
+                .filter(allowed_method)
+                .ok_or_else(|| {
+                    format!(
+                        "`{}` is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+                        request.method
+                    )
+                })?;
             let headers = headers(&request.headers)?;
             let body = request.body.unwrap_or_default().into_bytes();
             match request.target {
@@ -72,15 +80,17 @@ impl Host for RunHost {
                         headers,
                         body,
                     };
-                    let answer = calls
+                    let mut answer = calls
                         .product
                         .call(&tenant, call, Caller::Script)
                         .await
                         .map_err(|e| format!("context.app.fetch: {e}"))?;
+                    let held = std::mem::replace(&mut answer.held, Held::none());
                     Ok(response(
                         answer.status.as_u16(),
                         &answer.headers,
                         &answer.body,
+                        held,
                     ))
                 }
                 HostTarget::Web => calls.web_fetch(method, &request.url, headers, body).await,
@@ -111,11 +121,12 @@ impl ScriptCalls {
         let mut request = self
             .web
             .request(method, parsed)
-            .headers(forwardable(&headers));
+            .headers(end_to_end(&headers));
         if !body.is_empty() {
             request = request.body(body);
         }
         let mut answer = request.send().await.map_err(|e| {
+            let e = e.without_url();
             let mut text = e.to_string();
             let mut source = std::error::Error::source(&e);
             while let Some(cause) = source {
@@ -126,7 +137,7 @@ impl ScriptCalls {
             format!("fetch: {text}")
         })?;
         let mut bytes = Vec::new();
-        let mut held = crate::budget::Held::none();
+        let mut held = Held::none();
         while let Some(chunk) = answer.chunk().await.map_err(|e| format!("fetch: {e}"))? {
             if bytes.len() + chunk.len() > self.max_response {
                 return Err(format!(
@@ -140,8 +151,9 @@ impl ScriptCalls {
         }
         Ok(response(
             answer.status().as_u16(),
-            &forwardable(answer.headers()),
+            &end_to_end(answer.headers()),
             &bytes,
+            held,
         ))
     }
 }
@@ -158,7 +170,7 @@ fn headers(given: &[(String, String)]) -> Result<HeaderMap, String> {
     Ok(headers)
 }
 
-fn response(status: u16, headers: &HeaderMap, body: &[u8]) -> HostResponse {
+fn response(status: u16, headers: &HeaderMap, body: &[u8], held: Held) -> HostResponse {
     let mut joined: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -174,5 +186,6 @@ fn response(status: u16, headers: &HeaderMap, body: &[u8]) -> HostResponse {
         status,
         headers: joined,
         body: String::from_utf8_lossy(body).into_owned(),
+        held,
     }
 }

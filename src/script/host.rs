@@ -58,13 +58,18 @@ const PRELUDE: &str = r#"(function (call) {
       json: function () { return JSON.parse(answer.body); }
     };
   }
-  globalThis.fetch = function fetch(url, init) {
-    return call(1, String(url), options(init)).then(response);
-  };
-  return {
-    fetch: function fetch(path, init) {
-      return call(0, String(path), options(init)).then(response);
+  // Bad arguments reject, as they do for the standard fetch, rather
+  // than throw.
+  function start(kind, target, init) {
+    try {
+      return call(kind, String(target), options(init)).then(response);
+    } catch (error) {
+      return Promise.reject(error);
     }
+  }
+  globalThis.fetch = function fetch(url, init) { return start(1, url, init); };
+  return {
+    fetch: function fetch(path, init) { return start(0, path, init); }
   };
 })"#;
 
@@ -166,6 +171,7 @@ fn call<'js>(
             },
         };
         match outcome {
+            // Made while the answer still holds its share of the budget.
             Ok(response) => Ok(serde_json::json!({
                 "status": response.status,
                 "headers": response.headers,

@@ -157,13 +157,15 @@ pub struct HostRequest {
 }
 
 /// What a call answered.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct HostResponse {
     pub status: u16,
     /// Lower-case names; repeated headers joined by `, `.
     pub headers: std::collections::BTreeMap<String, String>,
     /// The body as text (invalid UTF-8 replaced).
     pub body: String,
+    /// The body's share of a byte budget, kept until the script has it.
+    pub held: crate::budget::Held,
 }
 
 /// A call in progress, on the host's runtime.

@@ -838,6 +838,7 @@ impl Host for EchoHost {
                     .into_iter()
                     .collect(),
                 body: body.to_string(),
+                held: crate::budget::Held::none(),
             })
         })
     }
@@ -906,12 +907,16 @@ async fn host_failures_and_the_call_limit_reject_with_a_reason() {
         try { await fetch("https://fail.example/"); } catch (e) { reasons.push(e.message); }
         await Promise.all([fetch("https://a.example/"), fetch("https://b.example/")]);
         try { await context.app.fetch("/x"); } catch (e) { reasons.push(e.message); }
+        const rejected = fetch("https://c.example/", "not options");
+        try { await rejected; } catch (e) { reasons.push(e.name); }
         return reasons;
     }"#;
     let run = go_bridged(&engine, source, bridge, Duration::from_secs(2)).await;
     let reasons = run.outcome.unwrap().unwrap();
     assert_eq!(reasons[0], "cannot reach https://fail.example/");
     assert_eq!(reasons[1], "too many calls: a run may make at most 3");
+    // Bad options reject the promise (a TypeError), as the standard fetch's do.
+    assert_eq!(reasons[2], "TypeError");
     assert_eq!(host.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 

@@ -1515,7 +1515,7 @@ async fn global_fetch_goes_through_the_destination_guard() {
     let script = format!(
         r#"export default async function () {{
   try {{
-    const r = await fetch({:?}, {{method: "POST", headers: {{"x-probe": "1"}}, body: "ping"}});
+    const r = await fetch({:?}, {{method: "POST", headers: {{"x-probe": "1", "authorization": "Bearer the-scripts-own"}}, body: "ping"}});
     return {{statusCode: 200, body: `${{r.status}}`}};
   }} catch (e) {{
     return {{statusCode: 200, body: `error: ${{e.message}}`}};
@@ -1556,9 +1556,11 @@ async fn global_fetch_goes_through_the_destination_guard() {
         ("POST", "ping")
     );
     assert_eq!(seen[0].header("x-probe"), Some("1"));
-    assert!(
-        seen[0].header("authorization").is_none(),
-        "the tenant's credentials stay with context.app.fetch"
+    // The script's own credentials go with its own fetch; the tenant's stay
+    // with context.app.fetch.
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer the-scripts-own")
     );
 }
 
@@ -1804,6 +1806,11 @@ async fn the_proxy_forwards_signed_within_the_keys_scope(backend: Backend) {
             site.client_key
         ),
         format!("/proxy/{}/rest/api/3/issue%2f10001", site.client_key),
+        // Path parameters, which Tomcat strips before resolving `..`.
+        format!(
+            "/proxy/{}/rest/api/3/issue/..;/..;/..;/rest/api/3/users/search",
+            site.client_key
+        ),
     ] {
         assert_eq!(
             raw_status(&app.address, "GET", &target, &full).await,
@@ -1811,6 +1818,9 @@ async fn the_proxy_forwards_signed_within_the_keys_scope(backend: Backend) {
             "{target}"
         );
     }
+    // Only the methods REST APIs answer: TRACE would echo the credential.
+    let target = format!("/proxy/{}/rest/api/3/myself", site.client_key);
+    assert_eq!(raw_status(&app.address, "TRACE", &target, &full).await, 400);
     assert_eq!(
         fake.seen().len(),
         seen_before,
