@@ -29,7 +29,6 @@ ALTER TABLE triggers ADD COLUMN tenant TEXT;
 -- Events stored by reconciliation (Jira's failed-webhook list) rather than
 -- received.
 ALTER TABLE events ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX events_tenant_received ON events (tenant_client_key, received_at);
 
 -- Reconciliation per Connect Jira tenant: where the failed-webhook list was
 -- read up to, when the next run is due (a claim: one process runs it), and
