@@ -2207,3 +2207,44 @@ async fn oversized_answers_and_a_flood_of_calls_are_bounded() {
     );
     fake.assert_all_verified();
 }
+
+/// The README's example trigger, taken from the README as written: a failed
+/// deploy posted to it becomes a Jira issue created as the app, and the
+/// caller gets Jira's answer.
+#[tokio::test]
+async fn the_readme_trigger_creates_a_jira_issue() {
+    let readme = std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR")))
+        .expect("README.md is readable");
+    let start = readme
+        .find("<<'JSON'\n")
+        .expect("the README has the trigger example")
+        + "<<'JSON'\n".len();
+    let end = start + readme[start..].find("\nJSON\n").expect("its JSON ends");
+    let mut body: Value = serde_json::from_str(&readme[start..end]).expect("its JSON parses");
+
+    let fake = FakeProduct::start().await;
+    let app = spawn_app_with(Backend::Sqlite, bridging).await;
+    let admin = AdminApi::of(&app.address);
+    let site = fake.connect_site("jira");
+    install(&app, &site).await;
+    body["tenant"] = json!(site.client_key);
+    fake.on(
+        "POST",
+        "/rest/api/3/issue",
+        vec![Answer::json(201, json!({"id": "10001", "key": "OPS-7"}))],
+    );
+    let trigger = create_trigger(&admin, body).await;
+    let (status, answer) = call_sync(&app, &trigger, r#"{"service": "billing"}"#).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&answer).unwrap(),
+        json!({"id": "10001", "key": "OPS-7"})
+    );
+    let seen = fake.seen_at("/rest/api/3/issue");
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    seen[0].assert_from(&site.client_key);
+    let sent = seen[0].json();
+    assert_eq!(sent["fields"]["summary"], "Deploy of billing failed");
+    assert_eq!(sent["fields"]["project"]["key"], "OPS");
+    fake.assert_all_verified();
+}
