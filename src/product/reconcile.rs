@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Call, CallError, Caller, ProductClient};
 use crate::config::Config;
-use crate::domain::{ClientKey, Event, EventId, Product, Source, Tenant, TenantKind, TenantState};
+use crate::domain::{ClientKey, Event, EventId, Product, Source, Tenant, TenantKind};
 use crate::publisher::Publisher;
 use crate::store::{Store, StoreError};
 
@@ -361,23 +361,13 @@ impl Reconciler {
     }
 
     async fn due(&self, interval: Duration) -> Result<(), StoreError> {
-        let tenants = self.store.list_tenants(Some(TenantKind::Connect)).await?;
-        for listed in tenants {
-            let live = matches!(listed.state, TenantState::Installed | TenantState::Enabled);
-            if listed.product != Product::Jira || !live {
-                continue;
-            }
+        for key in self.store.reconcilable_tenants().await? {
             let now = crate::domain::now_millis();
             let next = now + chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
-            let Some(cursor) = self
-                .store
-                .claim_reconcile(&listed.client_key, now, next)
-                .await?
-            else {
+            let Some(cursor) = self.store.claim_reconcile(&key, now, next).await? else {
                 continue;
             };
-            // The listing leaves secrets out: read the tenant whole.
-            let Some(tenant) = self.store.tenant(&listed.client_key).await? else {
+            let Some(tenant) = self.store.tenant(&key).await? else {
                 continue;
             };
             let _ = self.run(&tenant, cursor, MAX_PAGES).await;

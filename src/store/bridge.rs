@@ -242,6 +242,19 @@ impl Store {
             .collect())
     }
 
+    /// Every installed (or enabled) Connect Jira tenant: the ones Jira keeps
+    /// a failed-webhook list for.
+    pub async fn reconcilable_tenants(&self) -> Result<Vec<ClientKey>, StoreError> {
+        let sql = "SELECT client_key FROM tenants
+                   WHERE kind = 'connect' AND product = 'jira'
+                     AND state IN ('installed', 'enabled')
+                   ORDER BY client_key";
+        let rows: Vec<(String,)> = on_pool!(self, read, |pool| sqlx::query_as(sql)
+            .fetch_all(pool)
+            .await?);
+        Ok(rows.into_iter().map(|(key,)| ClientKey(key)).collect())
+    }
+
     /// Takes the next timed reconciliation of `tenant` if it is due (none
     /// yet, or `next_run_at` passed), moving it to `next`: of several
     /// processes, one gets it. `Some(cursor)` when taken.
