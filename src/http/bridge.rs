@@ -535,7 +535,13 @@ async fn proxy_inner(
     for (name, value) in &answer.headers {
         response.append_header((name.as_str(), value.as_bytes()));
     }
+    // A HEAD answer has no body, but says how long the GET's would be.
+    let size = match method {
+        actix_web::http::Method::HEAD => answer.declared_length.unwrap_or(0),
+        _ => answer.body.len() as u64,
+    };
     let mut response = response.body(HeldBody {
+        size,
         bytes: web::Bytes::from(answer.body),
         _held: answer.held,
     });
@@ -551,6 +557,9 @@ async fn proxy_inner(
 /// goes in slices, which the server takes only as the connection drains, so
 /// a slow reader cannot make the bytes leave the budget early.
 struct HeldBody {
+    /// What `content-length` says: the bytes' length, or for a HEAD the
+    /// product's.
+    size: u64,
     bytes: web::Bytes,
     _held: crate::budget::Held,
 }
@@ -562,7 +571,7 @@ impl actix_web::body::MessageBody for HeldBody {
     type Error = std::convert::Infallible;
 
     fn size(&self) -> actix_web::body::BodySize {
-        actix_web::body::BodySize::Sized(self.bytes.len() as u64)
+        actix_web::body::BodySize::Sized(self.size)
     }
 
     fn poll_next(

@@ -95,6 +95,9 @@ pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The `content-length` the product declared (for a `HEAD`, the length
+    /// of the body a `GET` would have had).
+    pub declared_length: Option<u64>,
     /// The body's share of the answers' byte budget, given back when the
     /// answer is dropped.
     pub held: Held,
@@ -437,6 +440,11 @@ impl ProductClient {
         {
             return Err(CallError::TooLarge(limit));
         }
+        let declared_length = response
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let mut body = Vec::new();
         let mut held = Held::none();
         while let Some(chunk) = response
@@ -454,6 +462,7 @@ impl ProductClient {
             status: response.status(),
             headers: forwardable(response.headers()),
             body,
+            declared_length,
             held,
         })
     }
@@ -749,6 +758,7 @@ mod tests {
             .into_iter()
             .collect(),
             body: Vec::new(),
+            declared_length: None,
             held: Held::none(),
         };
         let later = Instant::now() + Duration::from_secs(30);

@@ -2248,3 +2248,37 @@ async fn the_readme_trigger_creates_a_jira_issue() {
     assert_eq!(sent["fields"]["project"]["key"], "OPS");
     fake.assert_all_verified();
 }
+
+/// A HEAD through the proxy says how long the product's body would be, and
+/// sends none.
+#[tokio::test]
+async fn a_head_through_the_proxy_keeps_the_products_length() {
+    let fake = FakeProduct::start().await;
+    let app = spawn_app_with(Backend::Sqlite, bridging).await;
+    let admin = AdminApi::of(&app.address);
+    let site = fake.connect_site("jira");
+    install(&app, &site).await;
+    let (_, key) = create_key(&admin, json!({"name": "ci"})).await;
+    let body = json!({"key": "OPS-1", "fields": {"summary": "x".repeat(100)}});
+    fake.on(
+        "HEAD",
+        "/rest/api/3/issue/OPS-1",
+        vec![Answer::json(200, body.clone())],
+    );
+    let response = proxy(
+        &app,
+        Some(&key),
+        reqwest::Method::HEAD,
+        &site.client_key,
+        "/rest/api/3/issue/OPS-1",
+        None,
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers()["content-length"],
+        body.to_string().len().to_string().as_str()
+    );
+    assert!(response.bytes().await.unwrap().is_empty());
+    fake.assert_all_verified();
+}
