@@ -104,6 +104,7 @@ impl Application {
             trigger_runs: Arc::default(),
             product: script_calls.product.clone(),
             script_calls,
+            key_touches: http::key_touches(),
         });
 
         let listener = TcpListener::bind(&config.listen)

@@ -20,7 +20,12 @@ CREATE TABLE api_keys (
     tenants     TEXT,
     methods     TEXT,
     paths       TEXT,
-    created_at  TIMESTAMPTZ NOT NULL
+    created_at  TIMESTAMPTZ NOT NULL,
+    -- After this the key is refused; NULL: never.
+    expires_at  TIMESTAMPTZ,
+    -- Written at most once a minute per process, so a busy key costs no
+    -- write per call.
+    last_used_at TIMESTAMPTZ
 );
 
 -- A web trigger may act on one tenant (context.app.fetch).

@@ -32,6 +32,18 @@ const KEY_PREFIX: &str = "hrk_";
 const SHOWN_PREFIX: usize = 12;
 /// Most entries in one scope list.
 const MAX_SCOPE: usize = 100;
+/// How often a key's `last_used_at` is written, at most, per process.
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// API keys whose use this process wrote down in the last minute.
+pub type KeyTouches = moka::future::Cache<String, ()>;
+
+pub fn key_touches() -> KeyTouches {
+    moka::future::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(TOUCH_EVERY)
+        .build()
+}
 
 pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
     scope
@@ -212,6 +224,8 @@ struct NewKey {
     tenants: Option<Vec<String>>,
     methods: Option<Vec<String>>,
     paths: Option<Vec<String>>,
+    /// RFC 3339; the key is refused after it.
+    expires_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -223,6 +237,9 @@ struct KeyView<'a> {
     methods: Option<&'a [String]>,
     paths: Option<&'a [String]>,
     created_at: String,
+    expires_at: Option<String>,
+    /// The last call made with it, to the minute.
+    last_used_at: Option<String>,
     /// Only in the answer to its creation.
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
@@ -237,6 +254,8 @@ fn key_view<'a>(key: &'a ApiKey, secret: Option<&'a str>) -> KeyView<'a> {
         methods: key.methods.as_deref(),
         paths: key.paths.as_deref(),
         created_at: format_timestamp(key.created_at),
+        expires_at: key.expires_at.map(format_timestamp),
+        last_used_at: key.last_used_at.map(format_timestamp),
         key: secret,
     }
 }
@@ -307,6 +326,18 @@ async fn create_key(
                 }
             })
     })?;
+    let expires_at = match given.expires_at.as_deref() {
+        None => None,
+        Some(text) => {
+            let at = chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|e| bad(format!("`expires_at` is not an RFC 3339 time: {e}")))?
+                .with_timezone(&chrono::Utc);
+            if at <= chrono::Utc::now() {
+                return Err(bad("`expires_at` must be in the future"));
+            }
+            Some(at)
+        }
+    };
     let secret = {
         use base64::Engine as _;
         let bytes: [u8; 32] = rand::random();
@@ -323,6 +354,8 @@ async fn create_key(
         methods,
         paths,
         created_at: crate::domain::now_millis(),
+        expires_at,
+        last_used_at: None,
     };
     state.store.insert_api_key(&key, &key_hash(&secret)).await?;
     tracing::info!(api_key_id = %key.id, name = %key.name, "API key created");
@@ -474,6 +507,22 @@ async fn proxy_inner(
         .await?
         .ok_or_else(|| ApiError::BadKey("unknown API key".into()))?;
     tracing::Span::current().record("api_key_id", key.id.as_str());
+    if let Some(expired) = key.expires_at.filter(|at| *at <= chrono::Utc::now()) {
+        return Err(ApiError::BadKey(format!(
+            "this API key expired at {}",
+            format_timestamp(expired)
+        )));
+    }
+    if !state.key_touches.contains_key(&key.id) {
+        state.key_touches.insert(key.id.clone(), ()).await;
+        if let Err(e) = state
+            .store
+            .touch_api_key(&key.id, crate::domain::now_millis())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot note the API key's use; going on");
+        }
+    }
 
     let path = raw_tail(req, &state.config.context_path)
         .ok_or_else(|| bad("the proxy path is `/proxy/{clientKey}/{path}`"))?;

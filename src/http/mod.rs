@@ -63,8 +63,11 @@ pub struct AppState {
     pub product: crate::product::ProductClient,
     /// What scripts call out with.
     pub script_calls: crate::product::ScriptCalls,
+    /// API keys whose use was written down lately.
+    pub key_touches: bridge::KeyTouches,
 }
 
+pub use bridge::key_touches;
 pub use sources::{forge_token_cache, source_secret_cache};
 
 /// The route table.

@@ -40,6 +40,10 @@ pub struct ApiKey {
     pub methods: Option<Vec<String>>,
     pub paths: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
+    /// Refused after this; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Last accepted call (to the minute).
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// Events stored for a tenant, and when the newest was received.
@@ -72,6 +76,8 @@ struct ApiKeyRow {
     methods: Option<String>,
     paths: Option<String>,
     created_at: Ts,
+    expires_at: Option<Ts>,
+    last_used_at: Option<Ts>,
 }
 
 impl TryFrom<ApiKeyRow> for ApiKey {
@@ -93,6 +99,8 @@ impl TryFrom<ApiKeyRow> for ApiKey {
             name: row.name,
             prefix: row.prefix,
             created_at: row.created_at.0,
+            expires_at: row.expires_at.map(|t| t.0),
+            last_used_at: row.last_used_at.map(|t| t.0),
         })
     }
 }
@@ -103,7 +111,8 @@ fn scope_text(scope: &Option<Vec<String>>) -> Option<String> {
         .map(|s| serde_json::to_string(s).unwrap_or_else(|_| "[]".into()))
 }
 
-const API_KEY_COLUMNS: &str = "id, name, prefix, tenants, methods, paths, created_at";
+const API_KEY_COLUMNS: &str =
+    "id, name, prefix, tenants, methods, paths, created_at, expires_at, last_used_at";
 
 impl Store {
     /// Attaches (or replaces) a tenant's API token. `false`: no such tenant.
@@ -160,8 +169,8 @@ impl Store {
     /// Keeps a new API key under the hash of its secret part.
     pub async fn insert_api_key(&self, key: &ApiKey, hash: &str) -> Result<(), StoreError> {
         let sql = "INSERT INTO api_keys (id, name, key_hash, prefix, tenants, methods, paths,
-                                         created_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+                                         created_at, expires_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
         let _inserted = on_pool!(self, write, |pool| sqlx::query(sql)
             .bind(&key.id)
             .bind(&key.name)
@@ -171,6 +180,7 @@ impl Store {
             .bind(scope_text(&key.methods))
             .bind(scope_text(&key.paths))
             .bind(Ts(key.created_at))
+            .bind(key.expires_at.map(Ts))
             .execute(pool)
             .await?
             .rows_affected());
@@ -194,6 +204,18 @@ impl Store {
             .fetch_all(pool)
             .await?);
         rows.into_iter().map(ApiKey::try_from).collect()
+    }
+
+    /// Notes that a key was used at `at`.
+    pub async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let sql = "UPDATE api_keys SET last_used_at = $2 WHERE id = $1";
+        let _touched = on_pool!(self, write, |pool| sqlx::query(sql)
+            .bind(id)
+            .bind(Ts(at))
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
     }
 
     /// Deletes an API key; `false` when there is none with `id`.

@@ -2282,3 +2282,72 @@ async fn a_head_through_the_proxy_keeps_the_products_length() {
     assert!(response.bytes().await.unwrap().is_empty());
     fake.assert_all_verified();
 }
+
+/// A key may carry an expiry: it works until then and is refused (401) after;
+/// its last use shows in the listing; an expiry in the past is refused.
+#[tokio::test]
+async fn api_keys_expire_and_show_their_last_use() {
+    let fake = FakeProduct::start().await;
+    let app = spawn_app_with(Backend::Sqlite, bridging).await;
+    let admin = AdminApi::of(&app.address);
+    let site = fake.connect_site("jira");
+    install(&app, &site).await;
+    let past = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+    let (status, _) = admin
+        .post("/api-keys", json!({"name": "old", "expires_at": past}))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = admin
+        .post(
+            "/api-keys",
+            json!({"name": "bad", "expires_at": "tomorrow"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    let expiry = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let (id, key) = create_key(
+        &admin,
+        json!({"name": "short", "expires_at": expiry.to_rfc3339()}),
+    )
+    .await;
+    fake.on(
+        "GET",
+        "/rest/api/3/myself",
+        vec![Answer::json(200, json!({})), Answer::json(200, json!({}))],
+    );
+    let call = || {
+        proxy(
+            &app,
+            Some(&key),
+            reqwest::Method::GET,
+            &site.client_key,
+            "/rest/api/3/myself",
+            None,
+        )
+    };
+    assert_eq!(call().await.status().as_u16(), 200);
+    let listed = admin.get("/api-keys").await;
+    let shown = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert!(shown["last_used_at"].is_string(), "{shown}");
+    assert!(shown["expires_at"].is_string(), "{shown}");
+    assert!(shown.get("key").is_none(), "{shown}");
+
+    let wait = (expiry - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    let response = call().await;
+    assert_eq!(response.status().as_u16(), 401);
+    let body = error_body(response).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+    assert_eq!(fake.seen_at("/rest/api/3/myself").len(), 1);
+    fake.assert_all_verified();
+}
