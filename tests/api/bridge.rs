@@ -2351,3 +2351,50 @@ async fn api_keys_expire_and_show_their_last_use() {
     assert_eq!(fake.seen_at("/rest/api/3/myself").len(), 1);
     fake.assert_all_verified();
 }
+
+/// With the database gone, the proxy and a reconciliation answer 503 with
+/// Retry-After and call nothing; once it is back they work again.
+#[tokio::test]
+async fn the_proxy_answers_503_while_the_store_is_away() {
+    let fake = FakeProduct::start().await;
+    let app = spawn_app_with(Backend::Postgres, bridging).await;
+    let admin = AdminApi::of(&app.address);
+    let site = fake.connect_site("jira");
+    install(&app, &site).await;
+    let (_, key) = create_key(&admin, json!({"name": "ci"})).await;
+    fake.on(
+        "GET",
+        "/rest/api/3/myself",
+        vec![Answer::json(200, json!({"accountId": "app"}))],
+    );
+    let call = || {
+        proxy(
+            &app,
+            Some(&key),
+            reqwest::Method::GET,
+            &site.client_key,
+            "/rest/api/3/myself",
+            None,
+        )
+    };
+    let broken = app.break_store().await;
+    let response = call().await;
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    error_body(response).await;
+    let response = app
+        .client
+        .post(app.url(&format!(
+            "/admin/api/v1/tenants/{}/reconcile",
+            site.client_key
+        )))
+        .bearer_auth(crate::relay::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(fake.seen().is_empty(), "{:#?}", fake.seen());
+    broken.restore().await;
+    assert_eq!(call().await.status().as_u16(), 200);
+    fake.assert_all_verified();
+}
