@@ -82,7 +82,28 @@ pub struct ProductSettings {
     /// Options per event name.
     #[serde(default)]
     pub webhooks: BTreeMap<String, WebhookOptions>,
+    /// The descriptor's `scopes`: what the app may do when it calls the
+    /// product (scripts, the proxy). Unset means `["READ"]`; scripts that
+    /// create or edit need `WRITE`. A change is approved by the site's admin.
+    #[serde(
+        default,
+        deserialize_with = "opt_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub scopes: Option<Vec<String>>,
 }
+
+/// The scopes a Connect descriptor may ask for.
+pub const CONNECT_SCOPES: [&str; 8] = [
+    "READ",
+    "WRITE",
+    "DELETE",
+    "PROJECT_ADMIN",
+    "SPACE_ADMIN",
+    "ADMIN",
+    "ACT_AS_USER",
+    "ACCESS_EMAIL_ADDRESSES",
+];
 
 /// How a queue is stored by RabbitMQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -568,6 +589,17 @@ impl RawConfig {
             for name in product.events.iter().flatten() {
                 if !crate::descriptor::valid_event_name(name) {
                     return Err(invalid(setting, format!("invalid event name `{name}`")));
+                }
+            }
+            for scope in product.scopes.iter().flatten() {
+                if !CONNECT_SCOPES.contains(&scope.as_str()) {
+                    return Err(invalid(
+                        setting,
+                        format!(
+                            "unknown scope `{scope}`: scopes are {}",
+                            CONNECT_SCOPES.join(", ")
+                        ),
+                    ));
                 }
             }
         }

@@ -85,6 +85,9 @@ pub fn render(config: &Config, product: Product) -> Value {
     descriptor["key"] = json!(config.app_key);
     descriptor["baseUrl"] = json!(config.base_url.as_str().trim_end_matches('/'));
     descriptor["modules"]["webhooks"] = Value::Array(webhooks);
+    if let Some(scopes) = &settings.scopes {
+        descriptor["scopes"] = json!(scopes);
+    }
     descriptor
 }
 
@@ -106,6 +109,27 @@ mod tests {
         }
         assert!(default_events(Product::Jira).contains(&"jira:issue_created"));
         assert!(default_events(Product::Confluence).contains(&"page_updated"));
+    }
+
+    #[test]
+    fn scopes_are_read_unless_configured() {
+        let config = RawConfig::default().validate().unwrap();
+        assert_eq!(render(&config, Product::Jira)["scopes"], json!(["READ"]));
+        let mut raw = RawConfig::default();
+        raw.jira.scopes = Some(vec!["READ".into(), "WRITE".into()]);
+        let config = raw.validate().unwrap();
+        assert_eq!(
+            render(&config, Product::Jira)["scopes"],
+            json!(["READ", "WRITE"])
+        );
+        assert_eq!(
+            render(&config, Product::Confluence)["scopes"],
+            json!(["READ"])
+        );
+        let mut raw = RawConfig::default();
+        raw.confluence.scopes = Some(vec!["write".into()]);
+        let error = raw.validate().unwrap_err().to_string();
+        assert!(error.contains("unknown scope `write`"), "{error}");
     }
 
     #[test]
