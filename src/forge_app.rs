@@ -81,6 +81,9 @@ pub struct ManifestOptions {
     /// Empty: every event of the chosen products.
     events: Vec<&'static ForgeEvent>,
     app_id: Option<String>,
+    /// Scopes beyond what the events need, for the bridge's calls as the app
+    /// (`write:jira-work` to create issues).
+    extra_scopes: Vec<String>,
 }
 
 /// Why [`ManifestOptions::new`] refused its input.
@@ -91,6 +94,8 @@ pub enum OptionsError {
     Events(Vec<String>),
     #[error("`{0}` is not a Forge app id (ari:cloud:ecosystem::app/<uuid>, as `forge register` writes it)")]
     AppId(String),
+    #[error("`{0}` is not a Forge scope (such as write:jira-work or write:confluence-content)")]
+    Scope(String),
 }
 
 impl ManifestOptions {
@@ -136,7 +141,34 @@ impl ManifestOptions {
             products,
             events: chosen,
             app_id,
+            extra_scopes: Vec::new(),
         })
+    }
+
+    /// Adds scopes the app needs to call the product through the bridge,
+    /// such as `write:jira-work`. A scope is `verb:noun`, in lower case.
+    pub fn with_scopes(mut self, scopes: &[String]) -> Result<Self, OptionsError> {
+        for scope in scopes {
+            let scope = scope.trim();
+            let valid = scope.len() <= 100
+                && scope.split_once(':').is_some_and(|(verb, rest)| {
+                    !verb.is_empty()
+                        && verb.bytes().all(|b| b.is_ascii_lowercase())
+                        && !rest.is_empty()
+                        && rest.bytes().all(|b| {
+                            b.is_ascii_lowercase()
+                                || b.is_ascii_digit()
+                                || matches!(b, b'-' | b'.' | b':' | b'_')
+                        })
+                });
+            if !valid {
+                return Err(OptionsError::Scope(scope.to_owned()));
+            }
+            if !self.extra_scopes.iter().any(|s| s == scope) {
+                self.extra_scopes.push(scope.to_owned());
+            }
+        }
+        Ok(self)
     }
 
     pub fn products(&self) -> Products {
@@ -342,7 +374,11 @@ pub fn manifest(config: &Config, options: &ManifestOptions) -> String {
 
     y.line(0, "permissions:");
     y.line(1, "scopes:");
-    for scope in scopes(&events) {
+    let mut all: Vec<&str> = scopes(&events);
+    all.extend(options.extra_scopes.iter().map(String::as_str));
+    all.sort_unstable();
+    all.dedup();
+    for scope in all {
         y.line(2, &format!("- {}", quoted(scope)));
     }
     y.0
@@ -641,6 +677,28 @@ mod tests {
             "{plain}"
         );
         assert!(plain.contains("path: \"/forge/events\"\n"), "{plain}");
+    }
+
+    #[test]
+    fn extra_scopes_join_the_events_scopes_once_each() {
+        let c = config("https://relay.example.com", &[APP]);
+        let o = options(Products::Jira, &["avi:jira:created:issue"])
+            .with_scopes(&["write:jira-work".into(), " read:jira-work ".into()])
+            .unwrap();
+        let m = manifest(&c, &o);
+        let scopes_at = m.find("scopes:").unwrap();
+        assert_eq!(
+            &m[scopes_at..],
+            "scopes:\n    - \"read:app-system-token\"\n    - \"read:jira-work\"\n    - \"write:jira-work\"\n"
+        );
+        for bad in ["WRITE", "write", ":x", "write:jira work", "write:\"x\""] {
+            assert!(
+                options(Products::Jira, &[])
+                    .with_scopes(&[bad.into()])
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -85,6 +85,10 @@ struct ForgeArgs {
     /// The app id to write; default: the first of HOOKRELAY_FORGE_APP_IDS.
     #[arg(long, value_name = "ARI")]
     app_id: Option<String>,
+    /// A scope beyond what the events need, for calls through the bridge,
+    /// such as write:jira-work (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -200,6 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn forge(config: &Config, command: ForgeCommand) -> anyhow::Result<()> {
     let options = |args: ForgeArgs| {
         ManifestOptions::new(args.product.into(), &args.events, args.app_id)
+            .and_then(|options| options.with_scopes(&args.scopes))
             .context("invalid options for the Forge app")
     };
     let warn = |options: &ManifestOptions| {

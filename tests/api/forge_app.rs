@@ -115,6 +115,16 @@ fn manifests_for_jira_confluence_and_both_pass_the_forge_schema_and_lint_which_r
                 "avi:confluence:created:page",
             ]),
         ),
+        (
+            // Scopes for the bridge's calls as the app.
+            "bridge-scopes.yml",
+            manifest(&[
+                "--scope",
+                "write:jira-work",
+                "--scope",
+                "write:confluence-content",
+            ]),
+        ),
     ] {
         let path = tmp.path().join(name);
         std::fs::write(&path, text).unwrap();
