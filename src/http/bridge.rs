@@ -664,6 +664,7 @@ fn call_error(error: CallError) -> ApiError {
         }
         CallError::NoCredentials(why) => ApiError::Conflict(why),
         CallError::BadPath(why) => ApiError::BadRequest(why),
+        CallError::BadMethod(_) => ApiError::BadRequest(error.to_string()),
         CallError::RateLimited(wait) => {
             let seconds = wait.as_secs().max(1);
             ApiError::RateLimited(error.to_string(), seconds)

@@ -116,6 +116,9 @@ pub enum CallError {
     NoCredentials(String),
     #[error("{0}")]
     BadPath(String),
+    /// A method REST APIs do not answer (`TRACE` would echo the credential).
+    #[error("method {0} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")]
+    BadMethod(String),
     #[error("too many calls to this site: try again in {}s", .0.as_secs().max(1))]
     RateLimited(Duration),
     #[error("the product could not be reached: {0}")]
@@ -138,6 +141,7 @@ impl CallError {
             CallError::UnknownTenant(_) | CallError::NotInstalled(..) => "no_tenant",
             CallError::NoCredentials(_) => "no_credentials",
             CallError::BadPath(_) => "bad_path",
+            CallError::BadMethod(_) => "bad_method",
             CallError::RateLimited(_) => "rate_limited",
             CallError::Unreachable(_) => "unreachable",
             CallError::Timeout(_) => "timeout",
@@ -265,10 +269,7 @@ impl ProductClient {
 
     async fn call_inner(&self, key: &ClientKey, call: Call) -> Result<Answer, CallError> {
         if !allowed_method(&call.method) {
-            return Err(CallError::BadPath(format!(
-                "method {} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
-                call.method
-            )));
+            return Err(CallError::BadMethod(call.method.to_string()));
         }
         let tenant = self
             .inner
@@ -315,9 +316,8 @@ impl ProductClient {
             match self.inner.limiter.check_key(&key.0) {
                 Ok(()) => return Ok(()),
                 Err(not_until) => {
-                    let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                        &governor::clock::DefaultClock::default(),
-                    ));
+                    let now = governor::clock::Clock::now(self.inner.limiter.clock());
+                    let wait = not_until.wait_time_from(now);
                     if waited.elapsed() + wait > MAX_RATE_WAIT {
                         return Err(CallError::RateLimited(wait));
                     }

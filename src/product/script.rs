@@ -58,12 +58,7 @@ impl Host for RunHost {
             let method = Method::from_bytes(request.method.as_bytes())
                 .ok()
                 .filter(allowed_method)
-                .ok_or_else(|| {
-                    format!(
-                        "`{}` is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
-                        request.method
-                    )
-                })?;
+                .ok_or_else(|| super::CallError::BadMethod(request.method.clone()).to_string())?;
             let headers = headers(&request.headers)?;
             let body = request.body.unwrap_or_default().into_bytes();
             match request.target {
