@@ -14,6 +14,9 @@
 //! run in this process on loopback, so their work is all in the figures and
 //! in the resident memory (VmRSS) printed. Nothing is asserted.
 
+mod support;
+use support::{env_usize, percentiles, print_rss};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,29 +35,6 @@ const SCRIPT: &str = "export default async function (request, context) { \
             body: JSON.stringify({key: issue.json().key})}; }";
 
 const WARM_UP: usize = 200;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// This process's resident set size, in KiB (VmRSS of /proc/self/status).
-fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn print_rss(label: &str) {
-    match rss_kib() {
-        Some(kib) => println!("rss {label}: {:.1} MiB ({kib} kB)", kib as f64 / 1024.0),
-        None => println!("rss {label}: unavailable (no /proc/self/status)"),
-    }
-}
 
 /// A fake Jira: every request gets the same 1 KiB issue.
 async fn fake_jira() -> String {
@@ -266,20 +246,4 @@ async fn load(
         ok.len() as f64 / elapsed.as_secs_f64(),
         percentiles(&mut ok),
     );
-}
-
-fn percentiles(latencies: &mut [Duration]) -> String {
-    if latencies.is_empty() {
-        return "none".into();
-    }
-    latencies.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    format!(
-        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        ms(pct(0.50)),
-        ms(pct(0.90)),
-        ms(pct(0.99)),
-        ms(*latencies.last().unwrap()),
-    )
 }

@@ -13,6 +13,9 @@
 //! The app and the load run in one process on loopback, so the client's own work
 //! is in the figures.
 
+mod support;
+use support::env_usize;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,13 +29,6 @@ use sha2::{Digest, Sha256};
 use sqlx::Connection;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main]
 async fn main() {

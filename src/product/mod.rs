@@ -47,6 +47,7 @@ use crate::auth::qsh;
 use crate::budget::{ByteBudget, Held};
 use crate::config::Config;
 use crate::domain::{ClientKey, Tenant, TenantKind, TenantState};
+use crate::relay::deliver::chain;
 use crate::store::{Store, StoreError};
 
 pub use script::ScriptCalls;
@@ -432,7 +433,7 @@ impl ProductClient {
         let mut response = request
             .send()
             .await
-            .map_err(|e| CallError::Unreachable(error_chain(&e.without_url())))?;
+            .map_err(|e| CallError::Unreachable(chain(&e.without_url())))?;
         let limit = self.inner.max_response;
         if response
             .content_length()
@@ -450,7 +451,7 @@ impl ProductClient {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| CallError::Unreachable(error_chain(&e.without_url())))?
+            .map_err(|e| CallError::Unreachable(chain(&e.without_url())))?
         {
             if body.len() + chunk.len() > limit {
                 return Err(CallError::TooLarge(limit));
@@ -656,18 +657,6 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
 
 fn cut(path: &str) -> String {
     crate::triggers::cut(path.to_owned(), 200)
-}
-
-/// An error and its causes, for a log line or an answer.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -120,17 +120,10 @@ impl ScriptCalls {
         if !body.is_empty() {
             request = request.body(body);
         }
-        let mut answer = request.send().await.map_err(|e| {
-            let e = e.without_url();
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            format!("fetch: {text}")
-        })?;
+        let mut answer = request
+            .send()
+            .await
+            .map_err(|e| format!("fetch: {}", crate::relay::deliver::chain(&e.without_url())))?;
         let mut bytes = Vec::new();
         let mut held = Held::none();
         while let Some(chunk) = answer.chunk().await.map_err(|e| format!("fetch: {e}"))? {
