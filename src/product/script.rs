@@ -54,47 +54,57 @@ impl Host for RunHost {
         let calls = self.calls.clone();
         let tenant = self.tenant.clone();
         let what = self.what.clone();
-        Box::pin(async move {
-            let method = Method::from_bytes(request.method.as_bytes())
-                .ok()
-                .filter(allowed_method)
-                .ok_or_else(|| super::CallError::BadMethod(request.method.clone()).to_string())?;
-            let headers = headers(&request.headers)?;
-            let body = request.body.unwrap_or_default().into_bytes();
-            match request.target {
-                HostTarget::App => {
-                    let tenant = tenant.ok_or_else(|| {
-                        format!(
-                            "context.app.fetch: {what} has no tenant to act on \
-                             (set the trigger's `tenant`)"
-                        )
+        // The call runs on the main runtime, away from the run's span: this
+        // one names the run in the call's log lines.
+        let span = tracing::info_span!("script call", run = %what);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let method = Method::from_bytes(request.method.as_bytes())
+                    .ok()
+                    .filter(allowed_method)
+                    .ok_or_else(|| {
+                        super::CallError::BadMethod(request.method.clone()).to_string()
                     })?;
-                    let call = Call {
-                        method,
-                        path: request.url,
-                        headers,
-                        body,
-                    };
-                    let mut answer = calls
-                        .product
-                        .call(&tenant, call, Caller::Script)
-                        .await
-                        .map_err(|e| format!("context.app.fetch: {e}"))?;
-                    let held = std::mem::replace(&mut answer.held, Held::none());
-                    Ok(response(
-                        answer.status.as_u16(),
-                        &answer.headers,
-                        &answer.body,
-                        held,
-                    ))
+                let headers = headers(&request.headers)?;
+                let body = request.body.unwrap_or_default().into_bytes();
+                match request.target {
+                    HostTarget::App => {
+                        let tenant = tenant.ok_or_else(|| {
+                            format!(
+                                "context.app.fetch: {what} has no tenant to act on (a trigger \
+                             acts on its `tenant`, a transform on its event's tenant)"
+                            )
+                        })?;
+                        let call = Call {
+                            method,
+                            path: request.url,
+                            headers,
+                            body,
+                        };
+                        let mut answer = calls
+                            .product
+                            .call(&tenant, call, Caller::Script)
+                            .await
+                            .map_err(|e| format!("context.app.fetch: {e}"))?;
+                        let held = std::mem::replace(&mut answer.held, Held::none());
+                        Ok(response(
+                            answer.status.as_u16(),
+                            &answer.headers,
+                            &answer.body,
+                            held,
+                        ))
+                    }
+                    HostTarget::Web => calls.web_fetch(method, &request.url, headers, body).await,
                 }
-                HostTarget::Web => calls.web_fetch(method, &request.url, headers, body).await,
-            }
-        })
+            },
+            span,
+        ))
     }
 }
 
 impl ScriptCalls {
+    /// A script's `fetch`, logged with its method, host (never the whole
+    /// URL, whose query may hold a secret), status and duration.
     async fn web_fetch(
         &self,
         method: Method,
@@ -102,8 +112,33 @@ impl ScriptCalls {
         headers: HeaderMap,
         body: Vec<u8>,
     ) -> Result<HostResponse, String> {
-        let parsed =
-            url::Url::parse(url).map_err(|e| format!("fetch: `{url}` is not a URL: {e}"))?;
+        let started = std::time::Instant::now();
+        let host = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let shown = method.clone();
+        let result = self.web_fetch_inner(method, url, headers, body).await;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match &result {
+            Ok(answer) => {
+                tracing::info!(method = %shown, %host, status = answer.status, duration_ms, "script fetch")
+            }
+            Err(error) => {
+                tracing::warn!(method = %shown, %host, %error, duration_ms, "script fetch failed")
+            }
+        }
+        result
+    }
+
+    async fn web_fetch_inner(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<HostResponse, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("fetch: not a URL: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(format!(
                 "fetch: only http and https URLs, not `{}`",
@@ -126,7 +161,11 @@ impl ScriptCalls {
             .map_err(|e| format!("fetch: {}", crate::relay::deliver::chain(&e.without_url())))?;
         let mut bytes = Vec::new();
         let mut held = Held::none();
-        while let Some(chunk) = answer.chunk().await.map_err(|e| format!("fetch: {e}"))? {
+        while let Some(chunk) = answer
+            .chunk()
+            .await
+            .map_err(|e| format!("fetch: {}", crate::relay::deliver::chain(&e.without_url())))?
+        {
             if bytes.len() + chunk.len() > self.max_response {
                 return Err(format!(
                     "fetch: the answer is over {} bytes",
