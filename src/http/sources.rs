@@ -603,12 +603,17 @@ async fn update_source(
             None => return Err(bad(format!("no secret has the prefix `{prefix}`"))),
         }
     }
-    if !state
+    match state
         .store
         .update_source(&id, name.as_deref(), base_url.as_deref())
         .await?
     {
-        return Err(ApiError::NotFound);
+        None => return Err(ApiError::NotFound),
+        Some(true) => tracing::warn!(
+            source_id = %id,
+            "the source's site changed: its API token was dropped; attach one for the new site"
+        ),
+        Some(false) => {}
     }
     let mut shown = None;
     if change.add_secret {

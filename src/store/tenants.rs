@@ -426,26 +426,45 @@ impl Store {
             .filter(|t| t.kind == TenantKind::JiraAdmin))
     }
 
-    /// Renames a source or changes its site. `false` if there is no such source.
+    /// Renames a source or changes its site. A new site drops the API token
+    /// attached for the old one, in the same transaction: the token is an
+    /// account's credential for that site, and must never be sent to another
+    /// host because the URL changed. `None` if there is no such source;
+    /// otherwise whether a token was dropped.
     pub async fn update_source(
         &self,
         id: &ClientKey,
         name: Option<&str>,
         base_url: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<bool>, StoreError> {
         let now = Ts(crate::domain::now_millis());
+        let drop_token = "DELETE FROM tenant_api_tokens
+                          WHERE client_key = $1 AND $2 IS NOT NULL
+                            AND $2 <> (SELECT base_url FROM tenants WHERE client_key = $1)";
         let sql = "UPDATE tenants SET name = COALESCE($2, name), base_url = COALESCE($3, base_url),
                                       updated_at = $4
                    WHERE client_key = $1 AND kind = 'jira-admin'
                    RETURNING client_key";
-        let row: Option<(String,)> = on_pool!(self, write, |pool| sqlx::query_as(sql)
-            .bind(&id.0)
-            .bind(name)
-            .bind(base_url)
-            .bind(now)
-            .fetch_optional(pool)
-            .await?);
-        Ok(row.is_some())
+        let outcome = on_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let dropped = sqlx::query(drop_token)
+                .bind(&id.0)
+                .bind(base_url)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+            let row: Option<(String,)> = sqlx::query_as(sql)
+                .bind(&id.0)
+                .bind(name)
+                .bind(base_url)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            row.map(|_| dropped)
+        });
+        Ok(outcome)
     }
 
     /// Deletes a source and its secrets (its events stay). `false` if there

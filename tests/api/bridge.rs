@@ -2398,3 +2398,73 @@ async fn the_proxy_answers_503_while_the_store_is_away() {
     assert_eq!(call().await.status().as_u16(), 200);
     fake.assert_all_verified();
 }
+
+/// A source's API token is a credential for its site: when the site changes,
+/// the token is dropped in the same write, so it is never sent to the new
+/// host; the same site written again keeps it.
+#[tokio::test]
+async fn a_sources_api_token_does_not_follow_it_to_another_site() {
+    let fake = FakeProduct::start().await;
+    let elsewhere = FakeProduct::start().await;
+    let app = spawn_app_with(Backend::Sqlite, bridging).await;
+    let admin = AdminApi::of(&app.address);
+    let (status, source) = admin
+        .post(
+            "/sources",
+            json!({"type": "jira-admin", "name": "acme", "base_url": fake.url}),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let id = source["id"].as_str().unwrap().to_string();
+    let (email, token) = ("bot@acme.test", "ATATT3xFfGF0-not-a-real-token");
+    fake.trust_basic(&id, email, token);
+    let (status, _) = admin
+        .call(
+            reqwest::Method::PUT,
+            &format!("/sources/{id}/api-token"),
+            Some(json!({"email": email, "token": token})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, key) = create_key(&admin, json!({"name": "ci"})).await;
+    let myself = || Answer::json(200, json!({"emailAddress": email}));
+    fake.on("GET", "/rest/api/3/myself", vec![myself(), myself()]);
+    elsewhere.on("GET", "/rest/api/3/myself", vec![myself()]);
+    let call = || {
+        proxy(
+            &app,
+            Some(&key),
+            reqwest::Method::GET,
+            &id,
+            "/rest/api/3/myself",
+            None,
+        )
+    };
+
+    // The same site again: the token stays.
+    let (status, _) = admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/sources/{id}"),
+            Some(json!({"base_url": fake.url})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(call().await.status().as_u16(), 200);
+
+    // Another site: the token is gone, and nothing reaches the new host.
+    let (status, changed) = admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/sources/{id}"),
+            Some(json!({"base_url": elsewhere.url})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert!(changed["api_token"].is_null(), "{changed:#}");
+    let response = call().await;
+    assert_eq!(response.status().as_u16(), 409);
+    assert!(elsewhere.seen().is_empty(), "{:#?}", elsewhere.seen());
+    assert_eq!(fake.seen_at("/rest/api/3/myself").len(), 1);
+    fake.assert_all_verified();
+}
