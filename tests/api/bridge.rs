@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, HttpServer};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hookrelay::config::RawConfig;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rsa::pkcs1::EncodeRsaPrivateKey;
-use rsa::traits::PublicKeyParts;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,6 +27,8 @@ use crate::both_backends;
 use crate::helpers::*;
 use crate::receiver::{verify, Receiver};
 use crate::relay::{relaying, AdminApi};
+use crate::sources::{publish_jwks, SigningKey, APP_ID as FORGE_APP_ID, CLOUD_ID, INSTALLATION};
+use crate::triggers::{create, path_of};
 
 /// The app key hookrelay signs as (the default `app_key`).
 pub(crate) const APP_KEY: &str = "hookrelay";
@@ -679,22 +679,11 @@ pub(crate) async fn uninstall(app: &TestApp, site: &Site) {
     assert_eq!(response.status().as_u16(), 204);
 }
 
-async fn create_trigger(admin: &AdminApi, body: Value) -> Value {
-    let (status, created) = admin.post("/triggers", body).await;
-    assert_eq!(status, 201, "{created}");
-    created
-}
-
-fn trigger_path(trigger: &Value) -> String {
-    let url = trigger["url"].as_str().unwrap();
-    url.strip_prefix(BASE_URL).unwrap().to_string()
-}
-
 /// Calls a sync trigger; returns status and body text.
 async fn call_sync(app: &TestApp, trigger: &Value, body: &str) -> (u16, String) {
     let response = app
         .client
-        .post(app.url(&trigger_path(trigger)))
+        .post(app.url(&path_of(trigger)))
         .body(body.to_string())
         .send()
         .await
@@ -721,7 +710,7 @@ async fn fetching_trigger(admin: &AdminApi, name: &str, tenant: Option<&str>, pa
     if let Some(tenant) = tenant {
         body["tenant"] = json!(tenant);
     }
-    create_trigger(admin, body).await
+    create(admin, body).await
 }
 
 /// Creates an API key; returns (id, key).
@@ -781,39 +770,18 @@ async fn raw_status(address: &str, method: &str, target: &str, key: &str) -> u16
 
 // -------------------------------------------------------------- Forge bits
 
-const FORGE_APP_ID: &str = "ari:cloud:ecosystem::app/6f2a8c3e-2b4d-4e0c-9a55-0c1f5d7e8a90";
-const INSTALLATION: &str = "ari:cloud:ecosystem::installation/1b4c8a12-7d3e-4f60-8d2a-5e9b0c1d2e3f";
-const CLOUD_ID: &str = "5c2ed6a0-1d2e-4c3b-9a8f-7e6d5c4b3a21";
-
 /// A Forge app on a site: a JWKS with its key, and an invocation-token minter.
 struct Forge {
     jwks: DocServer,
-    kid: String,
-    encoding: EncodingKey,
+    key: SigningKey,
 }
 
 impl Forge {
     async fn start() -> Self {
         let jwks = DocServer::start().await;
-        let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
-        let pem = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap();
-        let public = private.to_public_key();
-        let kid = "forge-bridge-key".to_string();
-        let jwk = json!({
-            "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
-            "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
-            "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
-        });
-        jwks.publish(
-            "/.well-known/jwks.json",
-            "application/json",
-            json!({"keys": [jwk]}).to_string(),
-        );
-        Forge {
-            jwks,
-            kid,
-            encoding: EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
-        }
+        let key = SigningKey::new("forge-bridge-key");
+        publish_jwks(&jwks, "/.well-known/jwks.json", &[&key]);
+        Forge { jwks, key }
     }
 
     fn configure(&self, raw: &mut RawConfig) {
@@ -841,9 +809,7 @@ impl Forge {
             "context": {"cloudId": CLOUD_ID, "siteUrl": "https://acme.atlassian.net"},
             "principal": "557058:f0000000-0000-0000-0000-000000000000",
         });
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
+        self.key.sign(&claims)
     }
 
     /// Posts a Forge issue event carrying `system_token`.
@@ -940,7 +906,7 @@ async fn a_sync_script_creates_a_jira_issue_as_the_app(backend: Backend) {
         "/rest/api/3/search",
         vec![Answer::json(200, json!({"total": 1, "issues": []}))],
     );
-    let trigger = create_trigger(
+    let trigger = create(
         &admin,
         json!({"name": "create-issue", "mode": "sync", "tenant": site.client_key, "script": CREATE_ISSUE}),
     )
@@ -1050,7 +1016,7 @@ export default async function (request, context) {
   })};
 }
 "#;
-    let trigger = create_trigger(
+    let trigger = create(
         &admin,
         json!({"name": "make-page", "mode": "sync", "tenant": site.client_key, "script": script}),
     )
@@ -1138,14 +1104,14 @@ export default async function (request, context) {
   return {statusCode: 200, body: `${r.status} ${r.body}`};
 }
 "#;
-    let trigger = create_trigger(
+    let trigger = create(
         &admin,
         json!({"name": "comment", "mode": "async", "tenant": site.client_key, "script": script}),
     )
     .await;
     let response = app
         .client
-        .post(app.url(&trigger_path(&trigger)))
+        .post(app.url(&path_of(&trigger)))
         .body(r#"{"text": "Build 42 passed"}"#)
         .send()
         .await
@@ -1450,7 +1416,7 @@ async fn script_fetches_fail_with_a_reason(backend: Backend) {
     }
     assert!(fake.seen().is_empty(), "{:#?}", fake.seen());
 
-    let greedy = create_trigger(
+    let greedy = create(
         &admin,
         json!({"name": "greedy", "mode": "sync", "tenant": staying.client_key, "script": r#"
 export default async function (request, context) {
@@ -1532,7 +1498,7 @@ async fn global_fetch_goes_through_the_destination_guard() {
         let admin = AdminApi::of(&app.address);
         let site = fake.connect_site("jira");
         install(&app, &site).await;
-        let trigger = create_trigger(
+        let trigger = create(
             &admin,
             json!({"name": "outbound", "mode": "sync", "tenant": site.client_key, "script": script}),
         )
@@ -2108,7 +2074,7 @@ async fn a_trigger_names_a_known_tenant() {
         )
         .await;
     assert_eq!(status, 400, "{answer}");
-    let trigger = create_trigger(&admin, json!({"name": "plain"})).await;
+    let trigger = create(&admin, json!({"name": "plain"})).await;
     assert!(trigger["tenant"].is_null(), "{trigger}");
     let path = format!("/triggers/{}", trigger["id"].as_str().unwrap());
     let (status, answer) = admin
@@ -2233,7 +2199,7 @@ async fn the_readme_trigger_creates_a_jira_issue() {
         "/rest/api/3/issue",
         vec![Answer::json(201, json!({"id": "10001", "key": "OPS-7"}))],
     );
-    let trigger = create_trigger(&admin, body).await;
+    let trigger = create(&admin, body).await;
     let (status, answer) = call_sync(&app, &trigger, r#"{"service": "billing"}"#).await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(

@@ -23,20 +23,21 @@ use crate::rabbit::{amqp_url, delete_topology, test_exchange, Consumer};
 use crate::receiver::{verify, Receiver};
 use crate::relay::{relaying, AdminApi, TOKEN};
 
-const APP_ID: &str = "ari:cloud:ecosystem::app/6f2a8c3e-2b4d-4e0c-9a55-0c1f5d7e8a90";
+pub(crate) const APP_ID: &str = "ari:cloud:ecosystem::app/6f2a8c3e-2b4d-4e0c-9a55-0c1f5d7e8a90";
 const OTHER_APP: &str = "ari:cloud:ecosystem::app/00000000-0000-4000-8000-000000000000";
-const INSTALLATION: &str = "ari:cloud:ecosystem::installation/1b4c8a12-7d3e-4f60-8d2a-5e9b0c1d2e3f";
-const CLOUD_ID: &str = "5c2ed6a0-1d2e-4c3b-9a8f-7e6d5c4b3a21";
+pub(crate) const INSTALLATION: &str =
+    "ari:cloud:ecosystem::installation/1b4c8a12-7d3e-4f60-8d2a-5e9b0c1d2e3f";
+pub(crate) const CLOUD_ID: &str = "5c2ed6a0-1d2e-4c3b-9a8f-7e6d5c4b3a21";
 
 /// An RSA key made by the test, with its `kid`.
-struct SigningKey {
+pub(crate) struct SigningKey {
     kid: String,
     encoding: EncodingKey,
     jwk: Value,
 }
 
 impl SigningKey {
-    fn new(kid: &str) -> Self {
+    pub(crate) fn new(kid: &str) -> Self {
         let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
         let pem = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap();
         let public = private.to_public_key();
@@ -54,7 +55,7 @@ impl SigningKey {
         }
     }
 
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
@@ -62,7 +63,7 @@ impl SigningKey {
 }
 
 /// Serves a JWKS made of `keys` at `path` of `server`.
-fn publish_jwks(server: &DocServer, path: &str, keys: &[&SigningKey]) {
+pub(crate) fn publish_jwks(server: &DocServer, path: &str, keys: &[&SigningKey]) {
     let doc = json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
     server.publish(path, "application/json", doc.to_string());
 }

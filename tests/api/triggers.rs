@@ -36,14 +36,14 @@ fn triggering(raw: &mut hookrelay::config::RawConfig) {
 }
 
 /// Creates a trigger; returns its JSON.
-async fn create(admin: &AdminApi, body: Value) -> Value {
+pub(crate) async fn create(admin: &AdminApi, body: Value) -> Value {
     let (status, created) = admin.post("/triggers", body).await;
     assert_eq!(status, 201, "{created}");
     created
 }
 
 /// The URL path of a trigger (its `url` is under the configured base URL).
-fn path_of(trigger: &Value) -> String {
+pub(crate) fn path_of(trigger: &Value) -> String {
     let url = trigger["url"].as_str().unwrap();
     assert!(url.starts_with(BASE_URL), "{url}");
     url[BASE_URL.len()..].to_string()
