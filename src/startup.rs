@@ -206,7 +206,6 @@ fn script_calls(config: &Config, store: &Store) -> anyhow::Result<crate::product
         web: relay::deliver::client(config)
             .context("cannot build the HTTP client for scripts' fetch")?,
         allow_private: config.allow_private_destinations,
-        max_response: config.bridge_max_response,
     })
 }
 

@@ -126,7 +126,7 @@ pub enum CallError {
     Unreachable(String),
     #[error("the product did not answer within {}s", .0.as_secs_f64())]
     Timeout(Duration),
-    #[error("the product's answer is over {0} bytes")]
+    #[error("the answer is over {0} bytes")]
     TooLarge(usize),
     /// The answers in flight already hold the bytes this one needs.
     #[error("too many large answers in flight; try again shortly")]
@@ -210,16 +210,36 @@ impl ProductClient {
         })
     }
 
-    /// The longest a call may take.
-    pub fn timeout(&self) -> Duration {
-        self.inner.timeout
-    }
-
-    /// `bytes` of an answer being read (here or by a script's `fetch`),
-    /// waiting a little for room; `None` when the answers in flight hold
-    /// the whole budget.
-    pub async fn room_for(&self, bytes: usize) -> Option<Held> {
-        self.inner.answers.take(bytes, BUDGET_WAIT).await
+    /// Reads the body of an answer (the product's, or one a script's
+    /// `fetch` got), refusing one over the size cap, with its share of the
+    /// answers' byte budget, waiting a little for room when the answers in
+    /// flight hold all of it.
+    pub async fn read_body(
+        &self,
+        response: &mut reqwest::Response,
+    ) -> Result<(Vec<u8>, Held), CallError> {
+        let limit = self.inner.max_response;
+        if response
+            .content_length()
+            .is_some_and(|length| length > limit as u64)
+        {
+            return Err(CallError::TooLarge(limit));
+        }
+        let mut body = Vec::new();
+        let mut held = Held::none();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| CallError::Unreachable(chain(&e.without_url())))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(CallError::TooLarge(limit));
+            }
+            let room = self.inner.answers.take(chunk.len(), BUDGET_WAIT).await;
+            held.add(room.ok_or(CallError::Busy)?);
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, held))
     }
 
     /// Calls `tenant` as the app. The answer is the product's, whatever its
@@ -434,31 +454,12 @@ impl ProductClient {
             .send()
             .await
             .map_err(|e| CallError::Unreachable(chain(&e.without_url())))?;
-        let limit = self.inner.max_response;
-        if response
-            .content_length()
-            .is_some_and(|length| length > limit as u64)
-        {
-            return Err(CallError::TooLarge(limit));
-        }
         let declared_length = response
             .headers()
             .get(reqwest::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let mut body = Vec::new();
-        let mut held = Held::none();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| CallError::Unreachable(chain(&e.without_url())))?
-        {
-            if body.len() + chunk.len() > limit {
-                return Err(CallError::TooLarge(limit));
-            }
-            held.add(self.room_for(chunk.len()).await.ok_or(CallError::Busy)?);
-            body.extend_from_slice(&chunk);
-        }
+        let (body, held) = self.read_body(&mut response).await?;
         Ok(Answer {
             status: response.status(),
             headers: forwardable(response.headers()),

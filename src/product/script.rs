@@ -24,7 +24,6 @@ pub struct ScriptCalls {
     /// (unless allowed), no redirects, bounded waits.
     pub web: reqwest::Client,
     pub allow_private: bool,
-    pub max_response: usize,
 }
 
 impl ScriptCalls {
@@ -159,23 +158,14 @@ impl ScriptCalls {
             .send()
             .await
             .map_err(|e| format!("fetch: {}", crate::relay::deliver::chain(&e.without_url())))?;
-        let mut bytes = Vec::new();
-        let mut held = Held::none();
-        while let Some(chunk) = answer
-            .chunk()
+        let (bytes, held) = self
+            .product
+            .read_body(&mut answer)
             .await
-            .map_err(|e| format!("fetch: {}", crate::relay::deliver::chain(&e.without_url())))?
-        {
-            if bytes.len() + chunk.len() > self.max_response {
-                return Err(format!(
-                    "fetch: the answer is over {} bytes",
-                    self.max_response
-                ));
-            }
-            let room = self.product.room_for(chunk.len()).await;
-            held.add(room.ok_or_else(|| format!("fetch: {}", super::CallError::Busy))?);
-            bytes.extend_from_slice(&chunk);
-        }
+            .map_err(|e| match e {
+                super::CallError::Unreachable(detail) => format!("fetch: {detail}"),
+                other => format!("fetch: {other}"),
+            })?;
         Ok(response(
             answer.status().as_u16(),
             &end_to_end(answer.headers()),
