@@ -105,7 +105,7 @@ struct TenantView {
     reconcile: Option<ReconcileView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct ReconcileView {
     cursor: Option<String>,
     last_run_at: Option<String>,
@@ -171,20 +171,12 @@ async fn get_tenant(
     let activity = state.store.tenant_activity(&key).await?;
     let reconcile = if tenant.kind == TenantKind::Connect && tenant.product == Product::Jira {
         let kept = state.store.reconcile_state(&key).await?;
-        Some(match kept {
-            Some(s) => ReconcileView {
-                cursor: s.cursor,
-                last_run_at: s.last_run_at.map(format_timestamp),
-                last_error: s.last_error,
-                recovered: s.recovered,
-            },
-            None => ReconcileView {
-                cursor: None,
-                last_run_at: None,
-                last_error: None,
-                recovered: 0,
-            },
-        })
+        Some(kept.map_or_else(ReconcileView::default, |s| ReconcileView {
+            cursor: s.cursor,
+            last_run_at: s.last_run_at.map(format_timestamp),
+            last_error: s.last_error,
+            recovered: s.recovered,
+        }))
     } else {
         None
     };
@@ -375,12 +367,8 @@ async fn get_key(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let keys = state.store.api_keys().await?;
-    let key = keys
-        .iter()
-        .find(|k| k.id == *id)
-        .ok_or(ApiError::NotFound)?;
-    Ok(HttpResponse::Ok().json(key_view(key, None)))
+    let key = state.store.api_key(&id).await?.ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(key_view(&key, None)))
 }
 
 async fn delete_key(

@@ -197,6 +197,16 @@ impl Store {
         row.map(ApiKey::try_from).transpose()
     }
 
+    /// The API key `id`.
+    pub async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row: Option<ApiKeyRow> = on_pool!(self, read, |pool| sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?);
+        row.map(ApiKey::try_from).transpose()
+    }
+
     /// Every API key, oldest first.
     pub async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id");

@@ -1992,6 +1992,15 @@ async fn api_keys_are_created_listed_and_deleted() {
     let ci = data.iter().find(|k| k["id"] == id.as_str()).unwrap();
     assert_eq!(ci["name"], "ci");
     assert!(ci.get("key").is_none(), "{ci}");
+    let (status, one) = admin
+        .call(reqwest::Method::GET, &format!("/api-keys/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(&one, ci);
+    let (status, _) = admin
+        .call(reqwest::Method::GET, "/api-keys/no-such-key", None)
+        .await;
+    assert_eq!(status, 404);
 
     let (status, _) = admin
         .call(reqwest::Method::DELETE, &format!("/api-keys/{id}"), None)
