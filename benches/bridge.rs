@@ -15,17 +15,14 @@
 //! in the resident memory (VmRSS) printed. Nothing is asserted.
 
 mod support;
-use support::{env_usize, percentiles, print_rss};
+use support::{env_usize, percentiles, print_rss, Embedded};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpResponse, HttpServer};
-use hookrelay::config::RawConfig;
-use hookrelay::startup::Application;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 
@@ -69,27 +66,12 @@ async fn main() {
     let concurrency = env_usize("BRIDGE_CONCURRENCY", 16).max(1);
     let jira = fake_jira().await;
     let dir = tempfile::tempdir().unwrap();
-    let raw = RawConfig {
-        listen: "127.0.0.1:0".into(),
-        database_url: format!("sqlite://{}", dir.path().join("bench.db").display()),
-        admin_token: Some(ADMIN_TOKEN.into()),
-        reconcile_interval: "0".into(),
-        bridge_rate_limit: 1_000_000,
-        ..RawConfig::default()
-    };
-    let config = raw.validate().unwrap();
-    println!(
-        "hookrelay in this process (sqlite, in-process broker): http_workers {} (0 = one per core), \
-         script_concurrency {}, {} CPUs",
-        config.http_workers,
-        config.script_concurrency,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-    );
-    let app = Application::build(config).await.unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let app = Embedded::start(dir.path(), ADMIN_TOKEN, |raw| {
+        raw.reconcile_interval = "0".into();
+        raw.bridge_rate_limit = 1_000_000;
+    })
+    .await;
+    let address = app.address.clone();
     print_rss("after start-up");
 
     let client = reqwest::Client::builder()
@@ -181,8 +163,7 @@ async fn main() {
     .await;
     print_rss(&format!("after the trigger load ({requests} calls)"));
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[derive(Clone)]

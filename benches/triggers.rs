@@ -16,16 +16,13 @@
 //! after each load.
 
 mod support;
-use support::{env_usize, percentiles, print_rss};
+use support::{env_usize, percentiles, print_rss, Embedded};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hookrelay::config::RawConfig;
-use hookrelay::startup::Application;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 
@@ -38,26 +35,8 @@ async fn main() {
     let requests = env_usize("TRIGGER_REQUESTS", 5_000);
     let concurrency = env_usize("TRIGGER_CONCURRENCY", 16).max(1);
     let dir = tempfile::tempdir().unwrap();
-    let raw = RawConfig {
-        listen: "127.0.0.1:0".into(),
-        database_url: format!("sqlite://{}", dir.path().join("bench.db").display()),
-        admin_token: Some(ADMIN_TOKEN.into()),
-        ..RawConfig::default()
-    };
-    let config = raw.validate().unwrap();
-    println!(
-        "hookrelay in this process (sqlite, in-process broker): http_workers {} (0 = one per core), \
-         script_concurrency {}, {} CPUs",
-        config.http_workers,
-        config.script_concurrency,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-    );
-    let app = Application::build(config).await.unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    // Let the server's workers and the background tasks start.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let app = Embedded::start(dir.path(), ADMIN_TOKEN, |_| {}).await;
+    let address = app.address.clone();
     print_rss("after start-up, no trigger created or run");
 
     let client = reqwest::Client::builder()
@@ -125,8 +104,7 @@ async fn main() {
     .await;
     print_rss(&format!("after the async load ({requests} calls)"));
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 /// Creates a trigger through the admin API; returns the URL to call it at on

@@ -45,3 +45,53 @@ pub fn percentiles(latencies: &mut [Duration]) -> String {
         ms(*latencies.last().unwrap()),
     )
 }
+
+/// hookrelay serving in this process on loopback: SQLite in `dir`, the
+/// in-process broker, an admin token, and whatever `adjust` sets.
+pub struct Embedded {
+    pub address: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Embedded {
+    pub async fn start(
+        dir: &std::path::Path,
+        admin_token: &str,
+        adjust: impl FnOnce(&mut hookrelay::config::RawConfig),
+    ) -> Self {
+        let mut raw = hookrelay::config::RawConfig {
+            listen: "127.0.0.1:0".into(),
+            database_url: format!("sqlite://{}", dir.join("bench.db").display()),
+            admin_token: Some(admin_token.into()),
+            ..hookrelay::config::RawConfig::default()
+        };
+        adjust(&mut raw);
+        let config = raw.validate().unwrap();
+        println!(
+            "hookrelay in this process (sqlite, in-process broker): http_workers {} \
+             (0 = one per core), script_concurrency {}, {} CPUs",
+            config.http_workers,
+            config.script_concurrency,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+        );
+        let app = hookrelay::startup::Application::build(config)
+            .await
+            .unwrap();
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        // Let the server's workers and the background tasks start.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Embedded {
+            address,
+            shutdown,
+            server,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+    }
+}
