@@ -26,7 +26,7 @@ pub async fn accept(
         }
         None => event.received_at,
     };
-    let stored = store.insert_event(&event, publish_at).await?;
+    let (stored, event) = store.insert_event(event, publish_at).await?;
     tracing::Span::current().record("event_id", tracing::field::display(stored.id));
     if stored.duplicate {
         tracing::info!(

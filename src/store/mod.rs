@@ -9,6 +9,8 @@
 //! Secret columns are sealed on the way in and opened on the way out by the
 //! methods here (see `crypt.rs`), so callers only ever see plaintext secrets.
 
+mod batch;
+mod commit;
 pub mod crypt;
 mod postgres;
 mod relay;
@@ -85,6 +87,18 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// A connection that sat idle for a while is checked before it is handed
+/// out (a restarted database leaves dead ones in the pool); one in steady use
+/// is not, which saves a round trip per statement. (The pool still checks
+/// every connection when it comes back.)
+async fn ping_if_idle<C: sqlx::Connection>(
+    conn: &mut C,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> Result<bool, sqlx::Error> {
+    // A failed ping drops the connection and the pool takes or opens another.
+    Ok(meta.idle_for < Duration::from_secs(1) || conn.ping().await.is_ok())
+}
+
 /// Errors that mean "the store is not there right now", as opposed to a bad query.
 fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
@@ -157,6 +171,8 @@ pub struct SqlitePools {
     reader: SqlitePool,
     writer: SqlitePool,
     crypt: Arc<Crypt>,
+    /// Intake's group commit, through `writer`.
+    events: batch::Batcher<commit::Pending, commit::Written>,
 }
 
 /// The PostgreSQL pool, with the keys secrets are sealed with.
@@ -164,6 +180,8 @@ pub struct SqlitePools {
 pub struct PgPools {
     pool: PgPool,
     crypt: Arc<Crypt>,
+    /// Intake's group commit.
+    events: batch::Batcher<commit::Pending, commit::Written>,
 }
 
 impl std::ops::Deref for PgPools {
@@ -206,6 +224,8 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(config.database_max_connections)
                 .acquire_timeout(config.database_acquire_timeout)
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
                 .connect_with(options)
                 .await?;
             let crypt = if config.encryption_keys.is_empty() {
@@ -218,6 +238,7 @@ impl Store {
                 Crypt::new(&config.encryption_keys)?
             };
             Ok(Store::Postgres(PgPools {
+                events: commit::Writer::Postgres(pool.clone()).start(),
                 pool,
                 crypt: Arc::new(crypt),
             }))
@@ -232,6 +253,8 @@ impl Store {
                 SqlitePoolOptions::new()
                     .max_connections(max)
                     .acquire_timeout(config.database_acquire_timeout)
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
                     .connect_with(options.clone())
             };
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -244,6 +267,7 @@ impl Store {
                 pool(config.database_max_connections).await?
             };
             Ok(Store::Sqlite(SqlitePools {
+                events: commit::Writer::Sqlite(writer.clone()).start(),
                 reader,
                 writer,
                 crypt,
@@ -338,23 +362,27 @@ impl Store {
     }
 
     /// Stores an event once per (tenant, webhook identifier), together with its
-    /// outbox row, and returns after the commit. The row becomes claimable by any
-    /// publisher at `publish_at`: now, or later when this process means to publish
-    /// the event itself. A repeat returns the id of the event stored first.
+    /// outbox row, and returns after the commit, with the event handed back.
+    /// The row becomes claimable by any publisher at `publish_at`: now, or
+    /// later when this process means to publish the event itself. A repeat
+    /// returns the id of the event stored first. Concurrent calls share
+    /// commits (see `commit.rs`).
     pub async fn insert_event(
         &self,
-        event: &Event,
+        event: Event,
         publish_at: DateTime<Utc>,
-    ) -> Result<Stored, StoreError> {
-        let inserted = match self {
-            Store::Postgres(pool) => postgres::insert_event(pool, event, publish_at).await?,
-            Store::Sqlite(pools) => sqlite::insert_event(&pools.writer, event, publish_at).await?,
+    ) -> Result<(Stored, Event), StoreError> {
+        let events = match self {
+            Store::Postgres(pg) => &pg.events,
+            Store::Sqlite(pools) => &pools.events,
         };
+        let (inserted, event) = events.call((event, publish_at)).await?;
         if inserted {
-            return Ok(Stored {
+            let stored = Stored {
                 id: event.id,
                 duplicate: false,
-            });
+            };
+            return Ok((stored, event));
         }
         // Only a (tenant, webhook id) collision makes an insert a no-op.
         let (Some(client_key), Some(webhook_id)) = (&event.client_key, &event.webhook_id) else {
@@ -370,10 +398,11 @@ impl Store {
                 sqlite::event_id_by_webhook_id(&pools.reader, client_key, webhook_id).await?
             }
         };
-        Ok(Stored {
+        let stored = Stored {
             id,
             duplicate: true,
-        })
+        };
+        Ok((stored, event))
     }
 
     /// Claims up to `limit` outbox rows that are due, whose payloads come to at

@@ -176,42 +176,87 @@ pub async fn apply_lifecycle(
     Ok(Some(applied))
 }
 
-/// Inserts the event and, in the same statement, its outbox row.
-pub async fn insert_event(
+/// Inserts the events and, in the same statement, their outbox rows; returns
+/// whether each was inserted (not a repeat of a stored tenant and webhook
+/// identifier). The caller leaves out repeats within the batch.
+///
+/// Rows go in in the order of their (tenant, webhook identifier), so that two
+/// batches that meet on the unique index wait for each other in one order
+/// rather than deadlock.
+pub async fn insert_events(
     pool: &PgPool,
-    event: &Event,
-    publish_at: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let inserted = sqlx::query(
-        "WITH inserted AS (
+    batch: &[(&Event, DateTime<Utc>)],
+) -> Result<Vec<bool>, StoreError> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| {
+        let event = batch[i].0;
+        (event.client_key.as_ref().map(|k| &k.0), &event.webhook_id)
+    });
+    let events: Vec<&Event> = order.iter().map(|&i| batch[i].0).collect();
+    let col = |f: fn(&Event) -> Option<&str>| -> Vec<Option<&str>> {
+        events.iter().map(|e| f(e)).collect()
+    };
+    let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.id.0).collect();
+    let sources = col(|e| Some(e.source.as_str()));
+    let products = col(|e| e.product.map(|p| p.as_str()));
+    let names = col(|e| Some(&e.event));
+    let client_keys = col(|e| e.client_key.as_ref().map(|k| k.0.as_str()));
+    let base_urls = col(|e| e.tenant_base_url.as_deref());
+    let webhook_ids = col(|e| e.webhook_id.as_deref());
+    let retries: Vec<Option<i32>> = events.iter().map(|e| e.webhook_retry).collect();
+    let flows = col(|e| e.webhook_flow.as_deref());
+    let received: Vec<DateTime<Utc>> = events.iter().map(|e| e.received_at).collect();
+    let payloads = col(|e| Some(&e.payload));
+    let publish_at: Vec<DateTime<Utc>> = order.iter().map(|&i| batch[i].1).collect();
+    let source_events = col(|e| e.source_event.as_deref());
+    let recovered: Vec<bool> = events.iter().map(|e| e.recovered).collect();
+    let inserted: Vec<(uuid::Uuid,)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::int4[], $9::text[],
+                                  $10::timestamptz[], $11::text[], $12::timestamptz[],
+                                  $13::text[], $14::bool[])
+                 WITH ORDINALITY AS t(id, source, product, event, tenant_client_key,
+                                      tenant_base_url, webhook_id, webhook_retry, webhook_flow,
+                                      received_at, payload, publish_at, source_event, recovered,
+                                      ord)
+         ), inserted AS (
              INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
                                  webhook_id, webhook_retry, webhook_flow, received_at, payload,
                                  source_event, recovered)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14)
+             SELECT id, source, product, event, tenant_client_key, tenant_base_url, webhook_id,
+                    webhook_retry, webhook_flow, received_at, payload, source_event, recovered
+             FROM input ORDER BY ord
              ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
              RETURNING id
          ), queued AS (
-             INSERT INTO outbox (event_id, available_at) SELECT id, $12 FROM inserted
+             INSERT INTO outbox (event_id, available_at)
+             SELECT i.id, t.publish_at FROM inserted i JOIN input t ON t.id = i.id
          )
          SELECT id FROM inserted",
     )
-    .bind(event.id.0)
-    .bind(event.source.as_str())
-    .bind(event.product.map(|p| p.as_str()))
-    .bind(&event.event)
-    .bind(event.client_key.as_ref().map(|k| &k.0))
-    .bind(&event.tenant_base_url)
-    .bind(&event.webhook_id)
-    .bind(event.webhook_retry)
-    .bind(&event.webhook_flow)
-    .bind(event.received_at)
-    .bind(&event.payload)
+    .bind(ids)
+    .bind(sources)
+    .bind(products)
+    .bind(names)
+    .bind(client_keys)
+    .bind(base_urls)
+    .bind(webhook_ids)
+    .bind(retries)
+    .bind(flows)
+    .bind(received)
+    .bind(payloads)
     .bind(publish_at)
-    .bind(&event.source_event)
-    .bind(event.recovered)
-    .fetch_optional(pool)
+    .bind(source_events)
+    .bind(recovered)
+    .fetch_all(pool)
     .await?;
-    Ok(inserted.is_some())
+    let inserted: std::collections::HashSet<uuid::Uuid> =
+        inserted.into_iter().map(|(id,)| id).collect();
+    Ok(batch
+        .iter()
+        .map(|(event, _)| inserted.contains(&event.id.0))
+        .collect())
 }
 
 #[derive(sqlx::FromRow)]

@@ -195,46 +195,51 @@ pub async fn apply_lifecycle(
     Ok(Some(applied))
 }
 
-/// Inserts the event and its outbox row in one transaction.
-pub async fn insert_event(
+/// Inserts the events with their outbox rows in one transaction; returns
+/// whether each was inserted (not a repeat of a stored tenant and webhook
+/// identifier). The caller leaves out repeats within the batch.
+pub async fn insert_events(
     pool: &SqlitePool,
-    event: &Event,
-    publish_at: DateTime<Utc>,
-) -> Result<bool, StoreError> {
+    batch: &[(&Event, DateTime<Utc>)],
+) -> Result<Vec<bool>, StoreError> {
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
-                             webhook_id, webhook_retry, webhook_flow, received_at, payload,
+    let mut results = Vec::with_capacity(batch.len());
+    for (event, publish_at) in batch {
+        let inserted = sqlx::query(
+            "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
+                                 webhook_id, webhook_retry, webhook_flow, received_at, payload,
                                  source_event, recovered)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
-         RETURNING id",
-    )
-    .bind(event.id.to_string())
-    .bind(event.source.as_str())
-    .bind(event.product.map(|p| p.as_str()))
-    .bind(&event.event)
-    .bind(event.client_key.as_ref().map(|k| &k.0))
-    .bind(&event.tenant_base_url)
-    .bind(&event.webhook_id)
-    .bind(event.webhook_retry)
-    .bind(&event.webhook_flow)
-    .bind(format_timestamp(event.received_at))
-    .bind(&event.payload)
-    .bind(&event.source_event)
-    .bind(event.recovered)
-    .fetch_optional(&mut *tx)
-    .await?
-    .is_some();
-    if inserted {
-        sqlx::query("INSERT INTO outbox (event_id, available_at) VALUES (?, ?)")
-            .bind(event.id.to_string())
-            .bind(format_timestamp(publish_at))
-            .execute(&mut *tx)
-            .await?;
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(event.id.to_string())
+        .bind(event.source.as_str())
+        .bind(event.product.map(|p| p.as_str()))
+        .bind(&event.event)
+        .bind(event.client_key.as_ref().map(|k| &k.0))
+        .bind(&event.tenant_base_url)
+        .bind(&event.webhook_id)
+        .bind(event.webhook_retry)
+        .bind(&event.webhook_flow)
+        .bind(format_timestamp(event.received_at))
+        .bind(&event.payload)
+        .bind(&event.source_event)
+        .bind(event.recovered)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if inserted {
+            sqlx::query("INSERT INTO outbox (event_id, available_at) VALUES (?, ?)")
+                .bind(event.id.to_string())
+                .bind(format_timestamp(*publish_at))
+                .execute(&mut *tx)
+                .await?;
+        }
+        results.push(inserted);
     }
     tx.commit().await?;
-    Ok(inserted)
+    Ok(results)
 }
 
 /// A JSON array of ids, for `IN (SELECT value FROM json_each(?))`.

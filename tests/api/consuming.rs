@@ -361,7 +361,7 @@ async fn in_process_consumer_acks_requeues_and_rejects(backend: Backend) {
     // In-process queues refer to stored events, as intake leaves them.
     let events = [event("jira:issue_created"), event("jira:issue_updated")];
     for e in &events {
-        store.insert_event(e, now_millis()).await.unwrap();
+        store.insert_event(e.clone(), now_millis()).await.unwrap();
     }
     publish(&broker, &events).await;
 

@@ -44,7 +44,7 @@ async fn outbox_claims_stop_at_their_byte_budget(backend: Backend) {
     app.stop().await; // only the test claims
     for _ in 0..5 {
         app.store
-            .insert_event(&big_event(1024), now_millis())
+            .insert_event(big_event(1024), now_millis())
             .await
             .unwrap();
     }

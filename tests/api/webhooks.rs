@@ -9,6 +9,7 @@ use crate::helpers::*;
 both_backends!(
     fixture_payloads_are_stored_verbatim_before_the_answer,
     a_repeated_identifier_is_stored_once,
+    concurrent_repeats_share_one_commit_and_the_first_id,
     bad_requests_are_refused_and_store_nothing,
     token_in_query_and_context_path,
     store_down_answers_503_then_recovers,
@@ -138,6 +139,52 @@ async fn a_repeated_identifier_is_stored_once(backend: Backend) {
     app.webhook(&site, "comment_created", "{}", &[]).await;
     app.webhook(&site, "comment_created", "{}", &[]).await;
     assert_eq!(app.events(&site).await.len(), 3);
+}
+
+/// Intake commits concurrent requests together: repeats of one identifier
+/// that arrive at once (in one commit or in two) still give one event and its
+/// id, and every other request its own event.
+async fn concurrent_repeats_share_one_commit_and_the_first_id(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let site = Site::new("jira");
+    assert_eq!(app.install(&site).await.status(), 204);
+    let body = fixture("payloads/jira_issue_created.json");
+    let calls = (0..60).map(|i| {
+        let (app, site, body) = (&app, &site, body.clone());
+        async move {
+            // 20 identifiers, each sent three times at once; every fourth call
+            // carries none.
+            let id = format!("burst-{}", i % 20);
+            let headers = [("X-Atlassian-Webhook-Identifier", id.as_str())];
+            let headers: &[(&str, &str)] = if i % 4 == 3 { &[] } else { &headers };
+            let answer = app.webhook(site, "jira:issue_created", body, headers).await;
+            assert!(answer.status().is_success(), "{}", answer.status());
+            let answer: Value = answer.json().await.unwrap();
+            (headers.first().map(|h| h.1.to_string()), answer)
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let mut ids: std::collections::HashMap<String, String> = Default::default();
+    let mut anonymous = std::collections::HashSet::new();
+    for (identifier, answer) in &answers {
+        let id = answer["id"].as_str().unwrap().to_string();
+        match identifier {
+            Some(identifier) => {
+                let first = ids.entry(identifier.clone()).or_insert(id.clone());
+                assert_eq!(*first, id, "one identifier, two ids");
+            }
+            None => assert!(
+                anonymous.insert(id),
+                "two requests without an identifier, one id"
+            ),
+        }
+    }
+    let firsts = answers
+        .iter()
+        .filter(|(_, a)| a["duplicate"] == false)
+        .count();
+    assert_eq!(firsts, ids.len() + anonymous.len());
+    assert_eq!(app.events(&site).await.len(), ids.len() + anonymous.len());
 }
 
 async fn bad_requests_are_refused_and_store_nothing(backend: Backend) {
