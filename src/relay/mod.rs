@@ -190,6 +190,7 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
             }
         })
         .collect();
+    let mut ready: Vec<(Delivery, EventId, Vec<SubscriptionId>)> = Vec::with_capacity(batch.len());
     for delivery in batch {
         let message = delivery.message();
         let event_id = message.event_id;
@@ -241,34 +242,75 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
                 continue;
             }
         };
-        match with_store(stop, || store.create_deliveries(event_id, &matched)).await {
-            None => return None,
-            Some(Ok(())) => {
+        ready.push((delivery, event_id, matched));
+    }
+    let fan: Vec<(EventId, &[SubscriptionId])> = ready
+        .iter()
+        .map(|(_, event_id, matched)| (*event_id, matched.as_slice()))
+        .collect();
+    match with_store(stop, || store.create_deliveries(&fan)).await {
+        None => return None,
+        Some(Ok(())) => {
+            // One commit for the batch; then every message is acknowledged
+            // at once (the in-process broker deletes them together).
+            let acks = ready.into_iter().map(|(delivery, event_id, matched)| async move {
                 if !matched.is_empty() {
                     tracing::debug!(%event_id, deliveries = matched.len(), "deliveries created");
                 }
                 settle(event_id, delivery.ack().await);
+            });
+            futures_util::future::join_all(acks).await;
+        }
+        // One message may spoil the batch (an event this store does not
+        // hold): each is written alone, so that only that one is refused.
+        Some(Err(e)) => {
+            tracing::warn!(error = %deliver::chain(&e), messages = ready.len(), "cannot create a batch's deliveries; creating them one message at a time");
+            for (delivery, event_id, matched) in ready {
+                create_one(store, stop, delivery, event_id, &matched).await?;
             }
-            Some(Err(e)) => match store.event(event_id).await {
-                // An event this store does not hold (a message from another
-                // deployment on the same exchange): dead-lettered.
-                Ok(None) => {
-                    tracing::error!(%event_id, "relay message for an event this store does not hold; rejected");
-                    settle(event_id, delivery.reject().await);
-                }
-                // Anything else may pass: the message comes back later.
-                _ => {
-                    tracing::error!(%event_id, error = %deliver::chain(&e), "cannot create deliveries; message requeued");
-                    tokio::select! {
-                        _ = stop.cancelled() => return None,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    settle(event_id, delivery.requeue().await);
-                }
-            },
         }
     }
     Some(queued)
+}
+
+/// Creates one message's deliveries and settles it: acknowledged once
+/// written, rejected if its event is not in this store, requeued otherwise.
+/// `None` when stopped first.
+async fn create_one(
+    store: &Store,
+    stop: &CancellationToken,
+    delivery: Delivery,
+    event_id: EventId,
+    matched: &[SubscriptionId],
+) -> Option<()> {
+    let fan = [(event_id, matched)];
+    match with_store(stop, || store.create_deliveries(&fan)).await {
+        None => return None,
+        Some(Ok(())) => {
+            if !matched.is_empty() {
+                tracing::debug!(%event_id, deliveries = matched.len(), "deliveries created");
+            }
+            settle(event_id, delivery.ack().await);
+        }
+        Some(Err(e)) => match store.event(event_id).await {
+            // An event this store does not hold (a message from another
+            // deployment on the same exchange): dead-lettered.
+            Ok(None) => {
+                tracing::error!(%event_id, "relay message for an event this store does not hold; rejected");
+                settle(event_id, delivery.reject().await);
+            }
+            // Anything else may pass: the message comes back later.
+            _ => {
+                tracing::error!(%event_id, error = %deliver::chain(&e), "cannot create deliveries; message requeued");
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                settle(event_id, delivery.requeue().await);
+            }
+        },
+    }
+    Some(())
 }
 
 /// Records the invocation of a web trigger's event, looking the trigger up

@@ -124,6 +124,44 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     }
 }
 
+/// Writes `items` with one call of `write`; if that fails for a reason other
+/// than an outage (one item the database refuses, a deadlock), writes each
+/// alone, so that only the culprit fails. One result per item, in order.
+pub(crate) async fn whole_or_each<'a, T, R, F, Fut>(
+    what: &str,
+    items: &'a [T],
+    write: F,
+) -> Vec<Result<R, StoreError>>
+where
+    F: Fn(&'a [T]) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, StoreError>> + 'a,
+{
+    match write(items).await {
+        Ok(done) => done.into_iter().map(Ok).collect(),
+        Err(e) if e.is_unavailable() || items.len() == 1 => {
+            let mut all: Vec<_> = (1..items.len()).map(|_| Err(replicate(&e))).collect();
+            all.insert(0, Err(e));
+            all
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %crate::relay::deliver::chain(&e),
+                count = items.len(),
+                "a batch of {what} could not be written; writing them one by one"
+            );
+            let mut each = Vec::with_capacity(items.len());
+            for item in items.chunks(1) {
+                each.push(write(item).await.and_then(|mut done| {
+                    done.pop().ok_or_else(|| {
+                        StoreError::Corrupt(format!("a write of {what} answered nothing"))
+                    })
+                }));
+            }
+            each
+        }
+    }
+}
+
 /// The same error for another caller of a batch that failed as a whole.
 pub(crate) fn replicate(e: &StoreError) -> StoreError {
     let message = || sqlx::Error::Protocol(crate::relay::deliver::chain(e));

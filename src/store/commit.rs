@@ -5,9 +5,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, SqlitePool};
 
-use super::batch::{self, Batcher, Limits};
+use super::batch::{self, whole_or_each, Batcher, Limits};
 use super::{postgres, sqlite, StoreError};
-use crate::domain::Event;
+use crate::domain::{Event, EventId};
 
 /// An event to store, and when its outbox row becomes claimable.
 pub(crate) type Pending = (Event, DateTime<Utc>);
@@ -19,6 +19,17 @@ const MAX_EVENTS: usize = 256;
 /// A commit takes no more events once their payloads come to this.
 const MAX_BYTES: usize = 4 * 1024 * 1024;
 
+/// The writes that share commits, each with its writer task.
+#[derive(Clone, Debug)]
+pub(crate) struct Batched {
+    /// Intake's events with their outbox rows.
+    pub events: Batcher<Pending, Written>,
+    /// Delivery attempts' results.
+    pub attempts: Batcher<super::relay::AttemptWrite, super::Recorded>,
+    /// In-process messages acknowledged: (queue, event).
+    pub acks: Batcher<(String, EventId), ()>,
+}
+
 #[derive(Clone)]
 pub(crate) enum Writer {
     Postgres(PgPool),
@@ -26,23 +37,56 @@ pub(crate) enum Writer {
 }
 
 impl Writer {
-    /// The writer task. SQLite has one writer connection, so one commit at a
-    /// time; PostgreSQL overlaps a few, so one commit's round trips and fsync
-    /// are hidden behind another's.
-    pub(crate) fn start(self) -> Batcher<Pending, Written> {
-        let concurrency = match self {
-            Writer::Postgres(_) => 4,
+    /// The writer tasks.
+    pub(crate) fn start(self) -> Batched {
+        Batched {
+            events: self.clone().events(),
+            attempts: super::relay::attempt_writer(self.clone()),
+            acks: self.acks(),
+        }
+    }
+
+    /// How many writes of one kind overlap. SQLite has one writer
+    /// connection, so one at a time; PostgreSQL overlaps a few, so one
+    /// commit's round trips and fsync are hidden behind another's.
+    pub(crate) fn concurrency(&self, postgres: usize) -> usize {
+        match self {
+            Writer::Postgres(_) => postgres,
             Writer::Sqlite(_) => 1,
-        };
+        }
+    }
+
+    fn events(self) -> Batcher<Pending, Written> {
         let limits = Limits {
             count: MAX_EVENTS,
             bytes: MAX_BYTES,
             size: |(event, _): &Pending| event.payload.len(),
-            concurrency,
+            concurrency: self.concurrency(4),
         };
         Batcher::start("events", limits, move |batch| {
             let writer = self.clone();
             async move { writer.commit(batch).await }
+        })
+    }
+
+    fn acks(self) -> Batcher<(String, EventId), ()> {
+        let limits = Limits {
+            count: 1024,
+            bytes: usize::MAX,
+            size: |_| 0,
+            concurrency: self.concurrency(2),
+        };
+        Batcher::start("acks", limits, move |batch: Vec<(String, EventId)>| {
+            let writer = self.clone();
+            async move {
+                whole_or_each("acks", &batch, |acks| async {
+                    match &writer {
+                        Writer::Postgres(pool) => postgres::ack_local(pool, acks).await,
+                        Writer::Sqlite(pool) => sqlite::ack_local(pool, acks).await,
+                    }
+                })
+                .await
+            }
         })
     }
 
@@ -54,9 +98,7 @@ impl Writer {
     }
 
     /// Writes the batch: a repeat within it is written once (the later ones
-    /// share the first one's fate). If the batch fails for a reason other
-    /// than an outage (a value one event carries that the database refuses),
-    /// each event is written alone, so that only that one fails.
+    /// share the first one's fate); an event the database refuses fails alone.
     async fn commit(&self, batch: Vec<Pending>) -> Vec<Result<Written, StoreError>> {
         let firsts = batch::firsts(
             batch
@@ -69,31 +111,7 @@ impl Writer {
             .filter(|(_, first)| first.is_none())
             .map(|((event, at), _)| (event, *at))
             .collect();
-        let written: Vec<Result<bool, StoreError>> = match self.insert(&rows).await {
-            Ok(done) => done.into_iter().map(Ok).collect(),
-            Err(e) if e.is_unavailable() || rows.len() == 1 => {
-                let mut all: Vec<_> = (1..rows.len()).map(|_| Err(batch::replicate(&e))).collect();
-                all.insert(0, Err(e));
-                all
-            }
-            Err(e) => {
-                tracing::warn!(
-                    error = %crate::relay::deliver::chain(&e),
-                    events = rows.len(),
-                    "a batch of events could not be stored; storing them one by one"
-                );
-                let mut one_by_one = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let result = self.insert(std::slice::from_ref(row)).await;
-                    one_by_one.push(result.and_then(|done| {
-                        done.first()
-                            .copied()
-                            .ok_or_else(|| StoreError::Corrupt("an insert answered nothing".into()))
-                    }));
-                }
-                one_by_one
-            }
-        };
+        let written = whole_or_each("events", &rows, |rows| self.insert(rows)).await;
         // Back to the batch's order: a repeat gets its first's outcome, as
         // "not inserted" (the caller then looks up the first's id).
         let mut written = written.into_iter();

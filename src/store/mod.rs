@@ -171,8 +171,8 @@ pub struct SqlitePools {
     reader: SqlitePool,
     writer: SqlitePool,
     crypt: Arc<Crypt>,
-    /// Intake's group commit, through `writer`.
-    events: batch::Batcher<commit::Pending, commit::Written>,
+    /// The writes that share commits, through `writer`.
+    batched: commit::Batched,
 }
 
 /// The PostgreSQL pool, with the keys secrets are sealed with.
@@ -180,8 +180,8 @@ pub struct SqlitePools {
 pub struct PgPools {
     pool: PgPool,
     crypt: Arc<Crypt>,
-    /// Intake's group commit.
-    events: batch::Batcher<commit::Pending, commit::Written>,
+    /// The writes that share commits.
+    batched: commit::Batched,
 }
 
 impl std::ops::Deref for PgPools {
@@ -238,7 +238,7 @@ impl Store {
                 Crypt::new(&config.encryption_keys)?
             };
             Ok(Store::Postgres(PgPools {
-                events: commit::Writer::Postgres(pool.clone()).start(),
+                batched: commit::Writer::Postgres(pool.clone()).start(),
                 pool,
                 crypt: Arc::new(crypt),
             }))
@@ -267,7 +267,7 @@ impl Store {
                 pool(config.database_max_connections).await?
             };
             Ok(Store::Sqlite(SqlitePools {
-                events: commit::Writer::Sqlite(writer.clone()).start(),
+                batched: commit::Writer::Sqlite(writer.clone()).start(),
                 reader,
                 writer,
                 crypt,
@@ -372,11 +372,7 @@ impl Store {
         event: Event,
         publish_at: DateTime<Utc>,
     ) -> Result<(Stored, Event), StoreError> {
-        let events = match self {
-            Store::Postgres(pg) => &pg.events,
-            Store::Sqlite(pools) => &pools.events,
-        };
-        let (inserted, event) = events.call((event, publish_at)).await?;
+        let (inserted, event) = self.batched().events.call((event, publish_at)).await?;
         if inserted {
             let stored = Stored {
                 id: event.id,
@@ -509,17 +505,19 @@ impl Store {
         }
     }
 
-    /// Acknowledges (`requeue_at` None: removes) or requeues an in-process message.
+    /// Acknowledges (`requeue_at` None: removes) or requeues an in-process
+    /// message. Concurrent acknowledgements share one delete.
     pub async fn settle_local(
         &self,
         queue: &str,
         id: EventId,
         requeue_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(pool) => postgres::settle_local(pool, queue, id, requeue_at).await,
-            Store::Sqlite(pools) => {
-                sqlite::settle_local(&pools.writer, queue, id, requeue_at).await
+        match (self, requeue_at) {
+            (_, None) => self.batched().acks.call((queue.to_string(), id)).await,
+            (Store::Postgres(pool), Some(at)) => postgres::requeue_local(pool, queue, id, at).await,
+            (Store::Sqlite(pools), Some(at)) => {
+                sqlite::requeue_local(&pools.writer, queue, id, at).await
             }
         }
     }
@@ -536,6 +534,13 @@ impl Store {
         match self {
             Store::Postgres(pool) => postgres::list_events(pool, filter).await,
             Store::Sqlite(pools) => sqlite::list_events(&pools.reader, filter).await,
+        }
+    }
+
+    fn batched(&self) -> &commit::Batched {
+        match self {
+            Store::Postgres(pg) => &pg.batched,
+            Store::Sqlite(pools) => &pools.batched,
         }
     }
 

@@ -415,32 +415,36 @@ pub async fn claim_local(
     .collect()
 }
 
-pub async fn settle_local(
+/// Acknowledges in-process messages: they leave their queues.
+pub async fn ack_local(pool: &PgPool, acks: &[(String, EventId)]) -> Result<Vec<()>, StoreError> {
+    let queues: Vec<&str> = acks.iter().map(|(q, _)| q.as_str()).collect();
+    let ids: Vec<uuid::Uuid> = acks.iter().map(|(_, id)| id.0).collect();
+    sqlx::query(
+        "DELETE FROM local_queue_messages
+         WHERE (queue, event_id) IN (SELECT * FROM UNNEST($1::text[], $2::uuid[]))",
+    )
+    .bind(queues)
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(vec![(); acks.len()])
+}
+
+/// Hands an in-process message out again at `at`.
+pub async fn requeue_local(
     pool: &PgPool,
     queue: &str,
     id: EventId,
-    requeue_at: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    match requeue_at {
-        None => {
-            sqlx::query("DELETE FROM local_queue_messages WHERE queue = $1 AND event_id = $2")
-                .bind(queue)
-                .bind(id.0)
-                .execute(pool)
-                .await?
-        }
-        Some(at) => {
-            sqlx::query(
-                "UPDATE local_queue_messages SET available_at = $3
-                 WHERE queue = $1 AND event_id = $2",
-            )
-            .bind(queue)
-            .bind(id.0)
-            .bind(at)
-            .execute(pool)
-            .await?
-        }
-    };
+    sqlx::query(
+        "UPDATE local_queue_messages SET available_at = $3 WHERE queue = $1 AND event_id = $2",
+    )
+    .bind(queue)
+    .bind(id.0)
+    .bind(at)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -441,32 +441,40 @@ pub async fn claim_local(
     Ok(claimed)
 }
 
-pub async fn settle_local(
+/// Acknowledges in-process messages: they leave their queues.
+pub async fn ack_local(
+    pool: &SqlitePool,
+    acks: &[(String, EventId)],
+) -> Result<Vec<()>, StoreError> {
+    let pairs: Vec<[String; 2]> = acks
+        .iter()
+        .map(|(queue, id)| [queue.clone(), id.to_string()])
+        .collect();
+    sqlx::query(
+        "DELETE FROM local_queue_messages WHERE (queue, event_id) IN
+             (SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?1) AS j)",
+    )
+    .bind(serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into()))
+    .execute(pool)
+    .await?;
+    Ok(vec![(); acks.len()])
+}
+
+/// Hands an in-process message out again at `at`.
+pub async fn requeue_local(
     pool: &SqlitePool,
     queue: &str,
     id: EventId,
-    requeue_at: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    match requeue_at {
-        None => {
-            sqlx::query("DELETE FROM local_queue_messages WHERE queue = ?1 AND event_id = ?2")
-                .bind(queue)
-                .bind(id.to_string())
-                .execute(pool)
-                .await?
-        }
-        Some(at) => {
-            sqlx::query(
-                "UPDATE local_queue_messages SET available_at = ?3
-                 WHERE queue = ?1 AND event_id = ?2",
-            )
-            .bind(queue)
-            .bind(id.to_string())
-            .bind(format_timestamp(at))
-            .execute(pool)
-            .await?
-        }
-    };
+    sqlx::query(
+        "UPDATE local_queue_messages SET available_at = ?3 WHERE queue = ?1 AND event_id = ?2",
+    )
+    .bind(queue)
+    .bind(id.to_string())
+    .bind(format_timestamp(at))
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

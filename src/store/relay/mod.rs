@@ -12,6 +12,8 @@ mod sqlite;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::batch::{whole_or_each, Batcher, Limits};
+use super::commit::Writer;
 use super::crypt::SUBSCRIPTION_SECRET;
 use super::{lease_window, Store, StoreError};
 use crate::domain::{
@@ -50,12 +52,73 @@ pub struct AttemptRecord<'a> {
     pub disable_if_failing_since: DateTime<Utc>,
 }
 
-impl AttemptRecord<'_> {
+/// An attempt's result as the writer takes it: the delivery's ids rather
+/// than the delivery, so that it can wait for a shared commit.
+#[derive(Debug, Clone)]
+pub(crate) struct AttemptWrite {
+    pub delivery: DeliveryId,
+    pub claim: Uuid,
+    pub event: EventId,
+    pub subscription: SubscriptionId,
+    pub attempted_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    pub outcome: AttemptOutcome,
+    pub next_attempt_at: DateTime<Utc>,
+    pub disable: Option<String>,
+    pub disable_if_failing_since: DateTime<Utc>,
+}
+
+impl From<&AttemptRecord<'_>> for AttemptWrite {
+    fn from(r: &AttemptRecord<'_>) -> Self {
+        Self {
+            delivery: r.delivery.id,
+            claim: r.delivery.claim,
+            event: r.delivery.event.id,
+            subscription: r.delivery.subscription.id,
+            attempted_at: r.attempted_at,
+            duration_ms: r.duration_ms,
+            status_code: r.status_code,
+            error: r.error.map(str::to_string),
+            response_body: r.response_body.map(str::to_string),
+            outcome: r.outcome,
+            next_attempt_at: r.next_attempt_at,
+            disable: r.disable.map(str::to_string),
+            disable_if_failing_since: r.disable_if_failing_since,
+        }
+    }
+}
+
+/// The writer of attempts' results: concurrent attempts share a commit.
+pub(crate) fn attempt_writer(writer: Writer) -> Batcher<AttemptWrite, Recorded> {
+    let limits = Limits {
+        count: 256,
+        bytes: usize::MAX, // response bodies are cut to a few KiB
+        size: |_| 0,
+        concurrency: writer.concurrency(2),
+    };
+    Batcher::start("attempts", limits, move |batch: Vec<AttemptWrite>| {
+        let writer = writer.clone();
+        async move {
+            whole_or_each("attempts", &batch, |records| async {
+                match &writer {
+                    Writer::Postgres(pool) => postgres::record_attempts(pool, records).await,
+                    Writer::Sqlite(pool) => sqlite::record_attempts(pool, records).await,
+                }
+            })
+            .await
+        }
+    })
+}
+
+impl AttemptWrite {
     /// Why the subscription is to be disabled after this failed attempt, given
     /// when its run of failures began; `None` to leave it enabled.
     fn disable_reason(&self, failing_since: DateTime<Utc>) -> Option<String> {
-        if let Some(reason) = self.disable {
-            return Some(reason.to_string());
+        if let Some(reason) = &self.disable {
+            return Some(reason.clone());
         }
         (failing_since <= self.disable_if_failing_since).then(|| {
             format!(
@@ -159,24 +222,20 @@ impl Store {
         subs.into_iter().map(|sub| self.opened(sub)).collect()
     }
 
-    /// Creates a pending delivery of the event to each subscription, due now.
-    /// Idempotent: a delivery that exists is left alone (a redelivered message).
+    /// Creates a pending delivery of each event to each of its subscriptions,
+    /// due now, in one statement. Idempotent: a delivery that exists is left
+    /// alone (a redelivered message).
     pub async fn create_deliveries(
         &self,
-        event: EventId,
-        subscriptions: &[SubscriptionId],
+        fan_out: &[(EventId, &[SubscriptionId])],
     ) -> Result<(), StoreError> {
-        if subscriptions.is_empty() {
+        if fan_out.iter().all(|(_, subs)| subs.is_empty()) {
             return Ok(());
         }
         let now = crate::domain::now_millis();
         match self {
-            Store::Postgres(pool) => {
-                postgres::create_deliveries(pool, event, subscriptions, now).await
-            }
-            Store::Sqlite(pools) => {
-                sqlite::create_deliveries(&pools.writer, event, subscriptions, now).await
-            }
+            Store::Postgres(pool) => postgres::create_deliveries(pool, fan_out, now).await,
+            Store::Sqlite(pools) => sqlite::create_deliveries(&pools.writer, fan_out, now).await,
         }
     }
 
@@ -231,12 +290,12 @@ impl Store {
 
     /// Logs an attempt and, if the claim still holds, moves the delivery on, in
     /// one commit; keeps the subscription's failure streak and disables it when
-    /// asked to or when the streak is too long.
+    /// asked to or when the streak is too long. Concurrent calls share commits.
     pub async fn record_attempt(&self, record: &AttemptRecord<'_>) -> Result<Recorded, StoreError> {
-        match self {
-            Store::Postgres(pool) => postgres::record_attempt(pool, record).await,
-            Store::Sqlite(pools) => sqlite::record_attempt(&pools.writer, record).await,
-        }
+        self.batched()
+            .attempts
+            .call(AttemptWrite::from(record))
+            .await
     }
 
     /// Reopens the event's deliveries to these subscriptions (creating those

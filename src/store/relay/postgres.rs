@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    assemble, AttemptFilter, AttemptRecord, AttemptRow, ClaimRow, DeliveryFilter, DeliveryRow,
+    assemble, AttemptFilter, AttemptRow, AttemptWrite, ClaimRow, DeliveryFilter, DeliveryRow,
     DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
 };
 use crate::domain::{Attempt, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId};
@@ -149,22 +149,25 @@ pub async fn subscriptions(
 
 pub async fn create_deliveries(
     pool: &PgPool,
-    event: EventId,
-    subscriptions: &[SubscriptionId],
+    fan_out: &[(EventId, &[SubscriptionId])],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let ids: Vec<Uuid> = subscriptions.iter().map(|_| DeliveryId::new().0).collect();
+    let pairs = fan_out
+        .iter()
+        .flat_map(|(event, subs)| subs.iter().map(move |sub| (event.0, sub.0)));
+    let (events, subs): (Vec<Uuid>, Vec<Uuid>) = pairs.unzip();
+    let ids: Vec<Uuid> = events.iter().map(|_| DeliveryId::new().0).collect();
     sqlx::query(
         "INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
              created_at, updated_at)
-         SELECT t.d, $2, t.s, 'pending', $4, $4, $4
-         FROM UNNEST($1::uuid[], $3::uuid[]) AS t(d, s)
+         SELECT t.d, t.e, t.s, 'pending', $4, $4, $4
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[]) AS t(d, e, s)
          JOIN subscriptions sub ON sub.id = t.s -- one deleted meanwhile is skipped
          ON CONFLICT (event_id, subscription_id) DO NOTHING",
     )
     .bind(ids)
-    .bind(event.0)
-    .bind(uuids(subscriptions, |s| s.0))
+    .bind(events)
+    .bind(subs)
     .bind(now)
     .execute(pool)
     .await?;
@@ -250,39 +253,57 @@ pub async fn unclaim_deliveries(
     Ok(())
 }
 
-pub async fn record_attempt(pool: &PgPool, r: &AttemptRecord<'_>) -> Result<Recorded, StoreError> {
-    let d = r.delivery;
+/// Records the attempts in one transaction, in the order of their
+/// subscriptions, so that two writers lock subscription rows in one order.
+pub(crate) async fn record_attempts(
+    pool: &PgPool,
+    records: &[AttemptWrite],
+) -> Result<Vec<Recorded>, StoreError> {
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by_key(|&i| (records[i].subscription.0, records[i].delivery.0));
+    let mut recorded = vec![None; records.len()];
     let mut tx = pool.begin().await?;
+    for i in order {
+        recorded[i] = Some(record_attempt(&mut tx, &records[i]).await?);
+    }
+    tx.commit().await?;
+    Ok(recorded.into_iter().flatten().collect())
+}
+
+async fn record_attempt(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    r: &AttemptWrite,
+) -> Result<Recorded, StoreError> {
     sqlx::query(
         "INSERT INTO delivery_attempts (id, delivery_id, event_id, subscription_id,
              attempted_at, duration_ms, status_code, error, response_body, outcome)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(Uuid::now_v7())
-    .bind(d.id.0)
-    .bind(d.event.id.0)
-    .bind(d.subscription.id.0)
+    .bind(r.delivery.0)
+    .bind(r.event.0)
+    .bind(r.subscription.0)
     .bind(r.attempted_at)
     .bind(r.duration_ms)
     .bind(r.status_code)
-    .bind(r.error)
-    .bind(r.response_body)
+    .bind(&r.error)
+    .bind(&r.response_body)
     .bind(r.outcome.as_str())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     let current = sqlx::query(
         "UPDATE deliveries SET state = $3, next_attempt_at = $4, claim = NULL,
              last_status = $5, last_error = $6, updated_at = $7
          WHERE id = $1 AND claim = $2",
     )
-    .bind(d.id.0)
-    .bind(d.claim)
+    .bind(r.delivery.0)
+    .bind(r.claim)
     .bind(r.outcome.state().as_str())
     .bind(r.next_attempt_at)
     .bind(r.status_code)
-    .bind(r.error)
+    .bind(&r.error)
     .bind(r.attempted_at)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?
     .rows_affected()
         > 0;
@@ -291,8 +312,8 @@ pub async fn record_attempt(pool: &PgPool, r: &AttemptRecord<'_>) -> Result<Reco
             "UPDATE subscriptions SET failing_since = NULL
              WHERE id = $1 AND failing_since IS NOT NULL",
         )
-        .bind(d.subscription.id.0)
-        .execute(&mut *tx)
+        .bind(r.subscription.0)
+        .execute(&mut **tx)
         .await?;
         None
     } else {
@@ -300,19 +321,19 @@ pub async fn record_attempt(pool: &PgPool, r: &AttemptRecord<'_>) -> Result<Reco
             "UPDATE subscriptions SET failing_since = COALESCE(failing_since, $2)
              WHERE id = $1 RETURNING failing_since",
         )
-        .bind(d.subscription.id.0)
+        .bind(r.subscription.0)
         .bind(r.attempted_at)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         match failing_since.and_then(|(since,)| r.disable_reason(since)) {
             Some(reason) => sqlx::query(
                 "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $2, updated_at = $3
                  WHERE id = $1 AND enabled",
             )
-            .bind(d.subscription.id.0)
+            .bind(r.subscription.0)
             .bind(&reason)
             .bind(r.attempted_at)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected()
             .gt(&0)
@@ -320,7 +341,6 @@ pub async fn record_attempt(pool: &PgPool, r: &AttemptRecord<'_>) -> Result<Reco
             None => None,
         }
     };
-    tx.commit().await?;
     Ok(Recorded { current, disabled })
 }
 

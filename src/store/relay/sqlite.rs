@@ -7,7 +7,7 @@ use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use super::{
-    assemble, AttemptFilter, AttemptRecord, AttemptRow, ClaimRow, DeliveryFilter, DeliveryRow,
+    assemble, AttemptFilter, AttemptRow, AttemptWrite, ClaimRow, DeliveryFilter, DeliveryRow,
     DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
 };
 use crate::domain::format_timestamp;
@@ -134,19 +134,30 @@ pub async fn subscriptions(
 
 pub async fn create_deliveries(
     pool: &SqlitePool,
-    event: EventId,
-    subscriptions: &[SubscriptionId],
+    fan_out: &[(EventId, &[SubscriptionId])],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let triples: Vec<[String; 3]> = fan_out
+        .iter()
+        .flat_map(|(event, subs)| {
+            subs.iter().map(move |sub| {
+                [
+                    DeliveryId::new().to_string(),
+                    event.to_string(),
+                    sub.to_string(),
+                ]
+            })
+        })
+        .collect();
     sqlx::query(
         "INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
              created_at, updated_at)
-         SELECT j.value ->> 0, ?2, j.value ->> 1, 'pending', ?3, ?3, ?3 FROM json_each(?1) AS j
-         JOIN subscriptions s ON s.id = j.value ->> 1 -- one deleted meanwhile is skipped
+         SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, 'pending', ?2, ?2, ?2
+         FROM json_each(?1) AS j
+         JOIN subscriptions s ON s.id = j.value ->> 2 -- one deleted meanwhile is skipped
          WHERE true ON CONFLICT (event_id, subscription_id) DO NOTHING",
     )
-    .bind(new_deliveries(subscriptions))
-    .bind(event.to_string())
+    .bind(serde_json::to_string(&triples).unwrap_or_else(|_| "[]".into()))
     .bind(format_timestamp(now))
     .execute(pool)
     .await?;
@@ -233,42 +244,57 @@ pub async fn unclaim_deliveries(
     Ok(())
 }
 
-pub async fn record_attempt(
+/// Records the attempts in one transaction, in the order of their
+/// subscriptions, so that two writers lock subscription rows in one order.
+pub(crate) async fn record_attempts(
     pool: &SqlitePool,
-    r: &AttemptRecord<'_>,
-) -> Result<Recorded, StoreError> {
-    let d = r.delivery;
+    records: &[AttemptWrite],
+) -> Result<Vec<Recorded>, StoreError> {
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by_key(|&i| (records[i].subscription.0, records[i].delivery.0));
+    let mut recorded = vec![None; records.len()];
     let mut tx = pool.begin().await?;
+    for i in order {
+        recorded[i] = Some(record_attempt(&mut tx, &records[i]).await?);
+    }
+    tx.commit().await?;
+    Ok(recorded.into_iter().flatten().collect())
+}
+
+async fn record_attempt(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    r: &AttemptWrite,
+) -> Result<Recorded, StoreError> {
     sqlx::query(
         "INSERT INTO delivery_attempts (id, delivery_id, event_id, subscription_id,
              attempted_at, duration_ms, status_code, error, response_body, outcome)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .bind(Uuid::now_v7().to_string())
-    .bind(d.id.to_string())
-    .bind(d.event.id.to_string())
-    .bind(d.subscription.id.to_string())
+    .bind(r.delivery.to_string())
+    .bind(r.event.to_string())
+    .bind(r.subscription.to_string())
     .bind(format_timestamp(r.attempted_at))
     .bind(r.duration_ms)
     .bind(r.status_code)
-    .bind(r.error)
-    .bind(r.response_body)
+    .bind(&r.error)
+    .bind(&r.response_body)
     .bind(r.outcome.as_str())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     let current = sqlx::query(
         "UPDATE deliveries SET state = ?3, next_attempt_at = ?4, claim = NULL,
              last_status = ?5, last_error = ?6, updated_at = ?7
          WHERE id = ?1 AND claim = ?2",
     )
-    .bind(d.id.to_string())
-    .bind(d.claim.to_string())
+    .bind(r.delivery.to_string())
+    .bind(r.claim.to_string())
     .bind(r.outcome.state().as_str())
     .bind(format_timestamp(r.next_attempt_at))
     .bind(r.status_code)
-    .bind(r.error)
+    .bind(&r.error)
     .bind(format_timestamp(r.attempted_at))
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?
     .rows_affected()
         > 0;
@@ -277,8 +303,8 @@ pub async fn record_attempt(
             "UPDATE subscriptions SET failing_since = NULL
              WHERE id = ?1 AND failing_since IS NOT NULL",
         )
-        .bind(d.subscription.id.to_string())
-        .execute(&mut *tx)
+        .bind(r.subscription.to_string())
+        .execute(&mut **tx)
         .await?;
         None
     } else {
@@ -286,9 +312,9 @@ pub async fn record_attempt(
             "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?2)
              WHERE id = ?1 RETURNING failing_since",
         )
-        .bind(d.subscription.id.to_string())
+        .bind(r.subscription.to_string())
         .bind(format_timestamp(r.attempted_at))
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let failing_since = failing_since.map(|(t,)| time(&t)).transpose()?;
         match failing_since.and_then(|since| r.disable_reason(since)) {
@@ -296,10 +322,10 @@ pub async fn record_attempt(
                 "UPDATE subscriptions SET enabled = FALSE, disabled_reason = ?2, updated_at = ?3
                  WHERE id = ?1 AND enabled",
             )
-            .bind(d.subscription.id.to_string())
+            .bind(r.subscription.to_string())
             .bind(&reason)
             .bind(format_timestamp(r.attempted_at))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected()
             .gt(&0)
@@ -307,7 +333,6 @@ pub async fn record_attempt(
             None => None,
         }
     };
-    tx.commit().await?;
     Ok(Recorded { current, disabled })
 }
 
