@@ -253,61 +253,114 @@ pub async fn unclaim_deliveries(
     Ok(())
 }
 
-/// Records the attempts in one transaction, in the order of their
-/// subscriptions, so that two writers lock subscription rows in one order.
+/// Records the attempts in one transaction: the attempts in one insert, the
+/// deliveries in one update. A subscription whose attempts here all
+/// succeeded has its failure streak cleared in one statement for all such
+/// subscriptions; one with a failure is taken attempt by attempt, in order,
+/// as it may be disabled. Rows are locked deliveries first, then
+/// subscriptions in id order, the order every writer uses.
 pub(crate) async fn record_attempts(
     pool: &PgPool,
     records: &[AttemptWrite],
 ) -> Result<Vec<Recorded>, StoreError> {
-    let mut order: Vec<usize> = (0..records.len()).collect();
-    order.sort_by_key(|&i| (records[i].subscription.0, records[i].delivery.0));
-    let mut recorded = vec![None; records.len()];
+    let column = |f: fn(&AttemptWrite) -> Option<&str>| -> Vec<Option<&str>> {
+        records.iter().map(f).collect()
+    };
     let mut tx = pool.begin().await?;
-    for i in order {
-        recorded[i] = Some(record_attempt(&mut tx, &records[i]).await?);
-    }
-    tx.commit().await?;
-    Ok(recorded.into_iter().flatten().collect())
-}
-
-async fn record_attempt(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    r: &AttemptWrite,
-) -> Result<Recorded, StoreError> {
     sqlx::query(
         "INSERT INTO delivery_attempts (id, delivery_id, event_id, subscription_id,
              attempted_at, duration_ms, status_code, error, response_body, outcome)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],
+                              $5::timestamptz[], $6::int4[], $7::int4[], $8::text[],
+                              $9::text[], $10::text[])",
     )
-    .bind(Uuid::now_v7())
-    .bind(r.delivery.0)
-    .bind(r.event.0)
-    .bind(r.subscription.0)
-    .bind(r.attempted_at)
-    .bind(r.duration_ms)
-    .bind(r.status_code)
-    .bind(&r.error)
-    .bind(&r.response_body)
-    .bind(r.outcome.as_str())
-    .execute(&mut **tx)
+    .bind(records.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(uuids(records, |r| r.delivery.0))
+    .bind(uuids(records, |r| r.event.0))
+    .bind(uuids(records, |r| r.subscription.0))
+    .bind(records.iter().map(|r| r.attempted_at).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.status_code).collect::<Vec<_>>())
+    .bind(column(|r| r.error.as_deref()))
+    .bind(column(|r| r.response_body.as_deref()))
+    .bind(column(|r| Some(r.outcome.as_str())))
+    .execute(&mut *tx)
     .await?;
-    let current = sqlx::query(
-        "UPDATE deliveries SET state = $3, next_attempt_at = $4, claim = NULL,
-             last_status = $5, last_error = $6, updated_at = $7
-         WHERE id = $1 AND claim = $2",
+    // Only where the claim still holds: a replay or a new claim since owns it.
+    let current: std::collections::HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
+        "UPDATE deliveries d SET state = t.state, next_attempt_at = t.next, claim = NULL,
+             last_status = t.status, last_error = t.error, updated_at = t.at
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int4[],
+                     $6::text[], $7::timestamptz[]) AS t(id, claim, state, next, status, error, at)
+         WHERE d.id = t.id AND d.claim = t.claim
+         RETURNING d.id",
     )
-    .bind(r.delivery.0)
-    .bind(r.claim)
-    .bind(r.outcome.state().as_str())
-    .bind(r.next_attempt_at)
-    .bind(r.status_code)
-    .bind(&r.error)
-    .bind(r.attempted_at)
-    .execute(&mut **tx)
+    .bind(uuids(records, |r| r.delivery.0))
+    .bind(uuids(records, |r| r.claim))
+    .bind(column(|r| Some(r.outcome.state().as_str())))
+    .bind(
+        records
+            .iter()
+            .map(|r| r.next_attempt_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(records.iter().map(|r| r.status_code).collect::<Vec<_>>())
+    .bind(column(|r| r.error.as_deref()))
+    .bind(records.iter().map(|r| r.attempted_at).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
     .await?
-    .rows_affected()
-        > 0;
-    let disabled = if r.outcome.is_success() {
+    .into_iter()
+    .map(|(id,)| id)
+    .collect();
+
+    let failing: std::collections::BTreeSet<Uuid> = records
+        .iter()
+        .filter(|r| !r.outcome.is_success())
+        .map(|r| r.subscription.0)
+        .collect();
+    let mut cleared: Vec<Uuid> = records
+        .iter()
+        .map(|r| r.subscription.0)
+        .filter(|s| !failing.contains(s))
+        .collect();
+    cleared.sort();
+    cleared.dedup();
+    if !cleared.is_empty() {
+        sqlx::query(
+            "UPDATE subscriptions SET failing_since = NULL
+             WHERE id = ANY($1) AND failing_since IS NOT NULL",
+        )
+        .bind(cleared)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut disabled: Vec<Option<String>> = vec![None; records.len()];
+    let mut streaks: Vec<usize> = (0..records.len())
+        .filter(|&i| failing.contains(&records[i].subscription.0))
+        .collect();
+    streaks.sort_by_key(|&i| (records[i].subscription.0, records[i].attempted_at));
+    for i in streaks {
+        disabled[i] = streak(&mut tx, &records[i]).await?;
+    }
+    tx.commit().await?;
+    Ok(records
+        .iter()
+        .zip(disabled)
+        .map(|(r, disabled)| Recorded {
+            current: current.contains(&r.delivery.0),
+            disabled,
+        })
+        .collect())
+}
+
+/// Keeps a subscription's failure streak through one attempt: a success
+/// ends it, a failure starts it (if none is running) and may disable the
+/// subscription. Returns why it was disabled, if it was just now.
+async fn streak(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    r: &AttemptWrite,
+) -> Result<Option<String>, StoreError> {
+    if r.outcome.is_success() {
         sqlx::query(
             "UPDATE subscriptions SET failing_since = NULL
              WHERE id = $1 AND failing_since IS NOT NULL",
@@ -315,33 +368,29 @@ async fn record_attempt(
         .bind(r.subscription.0)
         .execute(&mut **tx)
         .await?;
-        None
-    } else {
-        let failing_since = sqlx::query_as::<_, (DateTime<Utc>,)>(
-            "UPDATE subscriptions SET failing_since = COALESCE(failing_since, $2)
-             WHERE id = $1 RETURNING failing_since",
-        )
-        .bind(r.subscription.0)
-        .bind(r.attempted_at)
-        .fetch_optional(&mut **tx)
-        .await?;
-        match failing_since.and_then(|(since,)| r.disable_reason(since)) {
-            Some(reason) => sqlx::query(
-                "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $2, updated_at = $3
-                 WHERE id = $1 AND enabled",
-            )
-            .bind(r.subscription.0)
-            .bind(&reason)
-            .bind(r.attempted_at)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-            .gt(&0)
-            .then_some(reason),
-            None => None,
-        }
+        return Ok(None);
+    }
+    let failing_since = sqlx::query_as::<_, (DateTime<Utc>,)>(
+        "UPDATE subscriptions SET failing_since = COALESCE(failing_since, $2)
+         WHERE id = $1 RETURNING failing_since",
+    )
+    .bind(r.subscription.0)
+    .bind(r.attempted_at)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(reason) = failing_since.and_then(|(since,)| r.disable_reason(since)) else {
+        return Ok(None);
     };
-    Ok(Recorded { current, disabled })
+    let done = sqlx::query(
+        "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $2, updated_at = $3
+         WHERE id = $1 AND enabled",
+    )
+    .bind(r.subscription.0)
+    .bind(&reason)
+    .bind(r.attempted_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok((done.rows_affected() > 0).then_some(reason))
 }
 
 pub async fn replay_deliveries(
