@@ -105,6 +105,20 @@ pub const CONNECT_SCOPES: [&str; 8] = [
     "ACCESS_EMAIL_ADDRESSES",
 ];
 
+/// When a SQLite commit reaches the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    /// Every commit is synced before it returns (and so before the answer):
+    /// nothing acknowledged is lost, even to a power cut. One disk sync per
+    /// commit bounds the commits a second.
+    #[default]
+    Full,
+    /// Commits are synced at checkpoints: a killed process loses nothing,
+    /// but the last commits before a power cut or an OS crash may be.
+    Normal,
+}
+
 /// How a queue is stored by RabbitMQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -202,6 +216,8 @@ pub struct RawConfig {
     pub allowed_audiences: Vec<String>,
     pub database_max_connections: u32,
     pub database_acquire_timeout: String,
+    /// SQLite only: when a commit reaches the disk.
+    pub sqlite_synchronous: SqliteSync,
     pub install_keys_timeout: String,
     pub tenant_cache_ttl: String,
     pub shutdown_timeout: String,
@@ -304,6 +320,7 @@ impl Default for RawConfig {
             allowed_audiences: Vec::new(),
             database_max_connections: 10,
             database_acquire_timeout: "5s".into(),
+            sqlite_synchronous: SqliteSync::Full,
             install_keys_timeout: "5s".into(),
             tenant_cache_ttl: "60s".into(),
             shutdown_timeout: "30s".into(),
@@ -393,6 +410,7 @@ pub struct Config {
     pub audiences: Vec<String>,
     pub database_max_connections: u32,
     pub database_acquire_timeout: Duration,
+    pub sqlite_synchronous: SqliteSync,
     pub install_keys_timeout: Duration,
     pub tenant_cache_ttl: Duration,
     pub shutdown_timeout: Duration,
@@ -740,6 +758,7 @@ impl RawConfig {
             )?,
             audiences,
             database_max_connections: self.database_max_connections,
+            sqlite_synchronous: self.sqlite_synchronous,
             database_acquire_timeout: bounded(
                 "database_acquire_timeout",
                 &self.database_acquire_timeout,

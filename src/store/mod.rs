@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
 use crate::config::Config;
@@ -247,6 +247,10 @@ impl Store {
                 .map_err(StoreError::Query)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(match config.sqlite_synchronous {
+                    crate::config::SqliteSync::Full => SqliteSynchronous::Full,
+                    crate::config::SqliteSync::Normal => SqliteSynchronous::Normal,
+                })
                 .busy_timeout(config.database_acquire_timeout)
                 .foreign_keys(true);
             let pool = |max: u32| {
@@ -716,5 +720,38 @@ mod decode {
 
     pub fn client_key(s: Option<String>) -> Option<ClientKey> {
         s.map(ClientKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sqlite_synchronous` reaches every SQLite connection.
+    #[tokio::test]
+    async fn sqlite_synchronous_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        for (setting, pragma) in [
+            (crate::config::SqliteSync::Full, 2),
+            (crate::config::SqliteSync::Normal, 1),
+        ] {
+            let raw = crate::config::RawConfig {
+                database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+                sqlite_synchronous: setting,
+                ..Default::default()
+            };
+            let store = Store::connect(&raw.validate().unwrap()).await.unwrap();
+            let Store::Sqlite(pools) = &store else {
+                panic!("not SQLite")
+            };
+            for pool in [&pools.writer, &pools.reader] {
+                let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+                assert_eq!(level, pragma, "{setting:?}");
+            }
+            store.close().await;
+        }
     }
 }
