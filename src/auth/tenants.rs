@@ -60,7 +60,24 @@ impl TenantCache {
         if self.missing.contains_key(client_key) {
             return Ok((None, true));
         }
-        Ok((self.read(client_key).await?, false))
+        // Concurrent misses of one key share one read; the others wait for it.
+        let read = self
+            .found
+            .try_get_with_by_ref(client_key, async {
+                match self.load(client_key).await {
+                    Ok(Some(tenant)) => Ok(tenant),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e)),
+                }
+            })
+            .await;
+        match read {
+            Ok(tenant) => Ok((Some(tenant), false)),
+            Err(e) => match &*e {
+                None => Ok((None, false)),
+                Some(e) => Err(e.replicate()),
+            },
+        }
     }
 
     /// Reads the tenant from the store again, unless the recheck budget is spent
@@ -73,22 +90,29 @@ impl TenantCache {
         Some(self.read(client_key).await)
     }
 
+    /// Reads the tenant from the store and caches the answer.
     async fn read(&self, client_key: &str) -> Result<Option<Tenant>, StoreError> {
+        let tenant = self.load(client_key).await?;
+        match &tenant {
+            Some(t) => self.found.insert(client_key.to_string(), t.clone()).await,
+            None => self.found.invalidate(client_key).await,
+        }
+        Ok(tenant)
+    }
+
+    /// Reads the tenant from the store; remembers for a moment if it is unknown.
+    async fn load(&self, client_key: &str) -> Result<Option<Tenant>, StoreError> {
         // No stored key holds NUL (PostgreSQL text cannot), so no tenant has it.
         if client_key.contains('\0') {
             return Ok(None);
         }
-        let key = client_key.to_string();
-        let tenant = self.store.tenant(&ClientKey(key.clone())).await?;
+        let tenant = self
+            .store
+            .tenant(&ClientKey(client_key.to_string()))
+            .await?;
         match &tenant {
-            Some(t) => {
-                self.missing.invalidate(&key).await;
-                self.found.insert(key, t.clone()).await;
-            }
-            None => {
-                self.found.invalidate(&key).await;
-                self.missing.insert(key, ()).await;
-            }
+            Some(_) => self.missing.invalidate(client_key).await,
+            None => self.missing.insert(client_key.to_string(), ()).await,
         }
         Ok(tenant)
     }

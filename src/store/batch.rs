@@ -139,7 +139,7 @@ where
     match write(items).await {
         Ok(done) => done.into_iter().map(Ok).collect(),
         Err(e) if e.is_unavailable() || items.len() == 1 => {
-            let mut all: Vec<_> = (1..items.len()).map(|_| Err(replicate(&e))).collect();
+            let mut all: Vec<_> = (1..items.len()).map(|_| Err(e.replicate())).collect();
             all.insert(0, Err(e));
             all
         }
@@ -159,18 +159,6 @@ where
             }
             each
         }
-    }
-}
-
-/// The same error for another caller of a batch that failed as a whole.
-pub(crate) fn replicate(e: &StoreError) -> StoreError {
-    let message = || sqlx::Error::Protocol(crate::relay::deliver::chain(e));
-    match e {
-        StoreError::Unavailable(_) => StoreError::Unavailable(message()),
-        StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
-        StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
-        StoreError::Secret(s) => StoreError::Secret(s.clone()),
-        StoreError::Query(_) | StoreError::Migrate(_) => StoreError::Query(message()),
     }
 }
 

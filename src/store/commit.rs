@@ -123,7 +123,7 @@ impl Writer {
                 }),
                 Some(i) => match &outcomes[*i] {
                     Ok(_) => Ok(false),
-                    Err(e) => Err(batch::replicate(e)),
+                    Err(e) => Err(e.replicate()),
                 },
             };
             outcomes.push(outcome);

@@ -65,6 +65,20 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// The same error again, for another caller waiting on the same failed
+    /// write or read (the driver's errors cannot be cloned: the copy carries
+    /// their message).
+    pub fn replicate(&self) -> StoreError {
+        let message = || sqlx::Error::Protocol(crate::relay::deliver::chain(self));
+        match self {
+            StoreError::Unavailable(_) => StoreError::Unavailable(message()),
+            StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
+            StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+            StoreError::Secret(s) => StoreError::Secret(s.clone()),
+            StoreError::Query(_) | StoreError::Migrate(_) => StoreError::Query(message()),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
