@@ -91,20 +91,39 @@ impl Busy {
 }
 
 /// One attempt's hold on a process slot and a subscription slot; both are
-/// given back when it is dropped, however the attempt ends.
+/// given back when it is dropped, however the attempt ends. The
+/// subscription's goes back as soon as its endpoint has answered
+/// ([`Slot::endpoint_done`]): it bounds requests to the endpoint, and
+/// recording the answer does not load it.
 struct Slot {
     dispatcher: Arc<Dispatcher>,
-    subscription: SubscriptionId,
+    subscription: Option<SubscriptionId>,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// The endpoint has answered: its subscription may take another attempt.
+    fn endpoint_done(&mut self) {
+        if let Some(subscription) = self.subscription.take() {
+            self.dispatcher
+                .busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .put(subscription);
+            self.dispatcher.wake.notify_one();
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.dispatcher
-            .busy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(self.subscription);
+        if let Some(subscription) = self.subscription.take() {
+            self.dispatcher
+                .busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .put(subscription);
+        }
         self.dispatcher.wake.notify_one();
     }
 }
@@ -228,7 +247,7 @@ impl Dispatcher {
                     .as_ref()
                     .and_then(|_| self.bytes.try_take(due.event.payload.len()));
                 match slot.zip(held) {
-                    Some((slot, held)) => {
+                    Some((mut slot, held)) => {
                         let this = self.clone();
                         let span = tracing::info_span!(
                             "delivery",
@@ -239,7 +258,7 @@ impl Dispatcher {
                         );
                         self.attempts.spawn(
                             async move {
-                                this.attempt(due).await;
+                                this.attempt(due, &mut slot).await;
                                 // The bytes first: the slot's drop wakes the dispatcher.
                                 drop(held);
                                 drop(slot);
@@ -295,7 +314,7 @@ impl Dispatcher {
             .take(due.subscription.id, limit);
         taken.then(|| Slot {
             dispatcher: self.clone(),
-            subscription: due.subscription.id,
+            subscription: Some(due.subscription.id),
             _permit: permit,
         })
     }
@@ -325,7 +344,7 @@ impl Dispatcher {
     }
 
     /// One attempt, start to finish: send, judge, record, log.
-    async fn attempt(&self, due: DueDelivery) {
+    async fn attempt(&self, due: DueDelivery, slot: &mut Slot) {
         let attempted_at = now_millis();
         let started = Instant::now();
         // Claims count attempts; more claims than attempts allowed means earlier
@@ -338,10 +357,14 @@ impl Dispatcher {
         } else {
             match self.body(&due).await {
                 Ok(Some(body)) => self.send(&due, attempted_at.timestamp(), body).await,
-                Ok(None) => return self.filtered(&due, attempted_at, started).await,
+                Ok(None) => {
+                    slot.endpoint_done();
+                    return self.filtered(&due, attempted_at, started).await;
+                }
                 Err(e) => Err(e),
             }
         };
+        slot.endpoint_done();
         let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
 
         let (status, retry_after, body, error) = match &sent {
