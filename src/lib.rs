@@ -32,10 +32,12 @@
 //! - [`descriptor`]: the app descriptor per product, from `descriptor/`.
 //! - [`http`]: routes, handlers and the one place errors become answers.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it.
+//! - [`bench`]: `hookrelay bench`, which measures a running hookrelay as a Jira site would.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
 
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod budget;
 pub mod config;

@@ -52,6 +52,8 @@ enum Command {
         #[command(subcommand)]
         command: ForgeCommand,
     },
+    /// Measure a running hookrelay as a Jira site would: intake, delivery, memory.
+    Bench(Box<hookrelay::bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -149,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Forge { command } => forge(&config, command)?,
+        Command::Bench(args) => hookrelay::bench::run(*args).await?,
         Command::Migrate => {
             let store = migrated_store(&config).await?;
             tracing::info!(store = store.backend(), "migrations applied");

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin;
+mod bench;
 mod binary;
 mod bridge;
 mod consuming;

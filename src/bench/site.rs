@@ -1,0 +1,499 @@
+//! The Jira site the bench plays: its install key and the server that
+//! publishes it, the hookrelay under test as its descriptor describes it, the
+//! signed install and uninstall, and what each webhook carries.
+//!
+//! Atlassian signs `installed` and `uninstalled` with RS256 under a `kid` whose
+//! public key it publishes at `<install keys URL>/<kid>`; hookrelay fetches it
+//! from `HOOKRELAY_INSTALL_KEYS_URL`. The bench makes a fresh RSA key per run,
+//! serves it itself, and so needs a hookrelay started with that setting
+//! pointing at the bench. Webhooks are then HS256 with the shared secret the
+//! install handed over, with the `qsh` of the request computed by hookrelay's
+//! own [`crate::auth::qsh`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, HttpRequest, HttpResponse, HttpServer};
+use anyhow::{bail, Context};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::pkcs8::{EncodePublicKey, LineEnding};
+use serde_json::{json, Value};
+use url::Url;
+
+use crate::auth::qsh;
+
+/// The product the bench plays.
+const PRODUCT: &str = "jira";
+/// The event every webhook of the bench is.
+pub const EVENT: &str = "jira:issue_created";
+/// How long a token the bench signs is valid (hookrelay allows its leeway besides).
+const TOKEN_LIFETIME_SECS: i64 = 180;
+/// Bits of the generated install key, as Atlassian's.
+const RSA_BITS: usize = 2048;
+
+/// Seconds since the Unix epoch (0 on a clock set before it).
+fn unix_now() -> i64 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+/// The RSA key pair the site's signed installs are signed with, published
+/// under a `kid` of this run only (hookrelay caches a key per kid).
+pub struct InstallKey {
+    pub kid: String,
+    signing: EncodingKey,
+    public_pem: String,
+}
+
+impl InstallKey {
+    /// A fresh key. It takes a moment: call it off the async threads.
+    pub fn generate(kid: String) -> anyhow::Result<Self> {
+        let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, RSA_BITS)
+            .context("cannot generate an RSA key")?;
+        let private_pem = private
+            .to_pkcs1_pem(LineEnding::LF)
+            .context("cannot encode the RSA private key")?;
+        let public_pem = private
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .context("cannot encode the RSA public key")?;
+        let signing = EncodingKey::from_rsa_pem(private_pem.as_bytes())
+            .context("cannot load the RSA private key for signing")?;
+        Ok(Self {
+            kid,
+            signing,
+            public_pem,
+        })
+    }
+
+    /// An RS256 token with this key's `kid` over `claims`.
+    fn sign(&self, claims: &Value) -> anyhow::Result<String> {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.signing)
+            .context("cannot sign the install token")
+    }
+}
+
+/// The URL a server on `addr` is reached at: an unspecified address (all
+/// interfaces) stands for loopback.
+fn url_of(addr: SocketAddr) -> anyhow::Result<Url> {
+    let addr = if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    };
+    Url::parse(&format!("http://{addr}")).context("cannot make a URL of the listen address")
+}
+
+/// Binds `listen`, and gives the listener and the URL it is reached at
+/// (`public`, when given).
+pub(super) fn bind(
+    listen: &str,
+    public: Option<&Url>,
+) -> std::io::Result<(TcpListener, anyhow::Result<Url>)> {
+    let listener = TcpListener::bind(listen)?;
+    let url = match public {
+        Some(url) => Ok(url.clone()),
+        None => listener
+            .local_addr()
+            .map_err(anyhow::Error::from)
+            .and_then(url_of),
+    };
+    Ok((listener, url))
+}
+
+struct KeyDoc {
+    kid: String,
+    pem: String,
+    hits: AtomicUsize,
+}
+
+/// Atlassian's install-key service, played on loopback: the public key of the
+/// run's `kid` at any path ending in `/<kid>` (so whatever path the server's
+/// `HOOKRELAY_INSTALL_KEYS_URL` has), 404 for anything else.
+pub struct KeyServer {
+    /// What `HOOKRELAY_INSTALL_KEYS_URL` must be for hookrelay to trust the bench.
+    pub url: Url,
+    doc: Arc<KeyDoc>,
+    handle: ServerHandle,
+}
+
+impl KeyServer {
+    /// Serves `key` on `listen`; `public` is the URL the server reaches it at,
+    /// when not the listen address.
+    pub fn start(listen: &str, public: Option<&Url>, key: &InstallKey) -> anyhow::Result<Self> {
+        let (listener, url) = bind(listen, public).with_context(|| {
+            format!("cannot listen on {listen} for the install-key server (--keys-listen)")
+        })?;
+        let url = url?;
+        let doc = Arc::new(KeyDoc {
+            kid: key.kid.clone(),
+            pem: key.public_pem.clone(),
+            hits: AtomicUsize::new(0),
+        });
+        let state = web::Data::from(doc.clone());
+        let server = HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(state.clone())
+                .default_service(web::get().to(serve_key))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .context("cannot start the install-key server")?
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Self { url, doc, handle })
+    }
+
+    /// How many times the run's key was fetched.
+    pub fn hits(&self) -> usize {
+        self.doc.hits.load(Ordering::Relaxed)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+async fn serve_key(req: HttpRequest, doc: web::Data<KeyDoc>) -> HttpResponse {
+    if req.path().rsplit('/').next() == Some(doc.kid.as_str()) {
+        doc.hits.fetch_add(1, Ordering::Relaxed);
+        HttpResponse::Ok()
+            .content_type("text/plain")
+            .body(doc.pem.clone())
+    } else {
+        HttpResponse::NotFound().finish()
+    }
+}
+
+/// The hookrelay under test, as its Jira descriptor (`/jira/atlassian-connect.json`)
+/// describes it: the base URL installs must name as `aud`, and the paths of
+/// the lifecycle callbacks and of the webhook.
+pub struct Target {
+    /// Where the bench reaches it (`--url`).
+    pub url: Url,
+    /// The descriptor's `baseUrl`.
+    pub base_url: String,
+    /// The path of `base_url`, which hookrelay strips before the qsh.
+    context_path: String,
+    installed: String,
+    uninstalled: String,
+    webhook: String,
+}
+
+impl Target {
+    /// Reads the descriptor. Fails when nothing answers at `url` or what
+    /// answers is not hookrelay.
+    pub async fn discover(client: &reqwest::Client, url: &Url) -> anyhow::Result<Self> {
+        let descriptor_url = join(url, &format!("/{PRODUCT}/atlassian-connect.json"));
+        let response =
+            client.get(&descriptor_url).send().await.with_context(|| {
+                format!("cannot reach hookrelay at {url} (GET {descriptor_url})")
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET {descriptor_url} answered {status}: is hookrelay serving there?");
+        }
+        let descriptor: Value = response.json().await.with_context(|| {
+            format!("GET {descriptor_url} did not answer a JSON descriptor: is this hookrelay?")
+        })?;
+        let Some(base_url) = descriptor["baseUrl"].as_str().filter(|s| !s.is_empty()) else {
+            bail!("the descriptor at {descriptor_url} has no baseUrl: is this hookrelay?");
+        };
+        let context_path = Url::parse(base_url)
+            .with_context(|| format!("the descriptor's baseUrl `{base_url}` is not a URL"))?
+            .path()
+            .trim_end_matches('/')
+            .to_string();
+        let path = |value: &Value, default: String| {
+            value
+                .as_str()
+                .filter(|p| p.starts_with('/') && !p.contains(['?', '#']))
+                .map_or(default, str::to_string)
+        };
+        let webhook = descriptor["modules"]["webhooks"]
+            .as_array()
+            .and_then(|hooks| hooks.iter().find(|h| h["event"] == EVENT))
+            .map(|hook| &hook["url"])
+            .unwrap_or(&Value::Null);
+        Ok(Self {
+            url: url.clone(),
+            base_url: base_url.to_string(),
+            context_path,
+            installed: path(
+                &descriptor["lifecycle"]["installed"],
+                format!("/{PRODUCT}/lifecycle/installed"),
+            ),
+            uninstalled: path(
+                &descriptor["lifecycle"]["uninstalled"],
+                format!("/{PRODUCT}/lifecycle/uninstalled"),
+            ),
+            webhook: path(webhook, format!("/{PRODUCT}/events/{EVENT}")),
+        })
+    }
+
+    /// The full URL of the webhook the bench sends.
+    pub fn webhook_url(&self) -> String {
+        join(&self.url, &self.webhook)
+    }
+
+    /// The `qsh` of a `POST` to `path` (one of the descriptor's), as hookrelay
+    /// computes it for the request the bench sends.
+    fn qsh(&self, path: &str) -> String {
+        let raw = format!("{}{path}", self.url.path().trim_end_matches('/'));
+        qsh::query_string_hash(&qsh::canonical_request(
+            "POST",
+            &raw,
+            "",
+            &self.context_path,
+        ))
+    }
+
+    /// The `qsh` of every webhook the bench sends.
+    pub fn webhook_qsh(&self) -> String {
+        self.qsh(&self.webhook)
+    }
+}
+
+/// `path` under `base`, keeping the path `base` has.
+fn join(base: &Url, path: &str) -> String {
+    format!("{}{path}", base.as_str().trim_end_matches('/'))
+}
+
+/// What a refused answer said: the `detail` of hookrelay's JSON errors, or
+/// the start of the body.
+pub(super) async fn answer_detail(response: reqwest::Response) -> String {
+    let text = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<Value>(&text) {
+        Ok(body) if body["detail"].is_string() => body["detail"].as_str().unwrap_or("").into(),
+        _ => text.chars().take(200).collect(),
+    }
+}
+
+/// A Connect installation of the bench: unique per run, so that runs never
+/// share a tenant, a secret or a webhook identifier.
+pub struct Site {
+    pub client_key: String,
+    pub base_url: String,
+    secret: String,
+    signing: EncodingKey,
+}
+
+impl Site {
+    /// A new site; `run` is the run's id. Its base URL is under `.invalid`,
+    /// which never resolves, so nothing hookrelay might call there goes out.
+    pub fn new(run: &str) -> Self {
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        Self {
+            client_key: format!("{PRODUCT}:hookrelay-bench-{run}"),
+            base_url: format!("https://hookrelay-bench-{run}.atlassian.invalid"),
+            signing: EncodingKey::from_secret(secret.as_bytes()),
+            secret,
+        }
+    }
+
+    /// The body Atlassian posts to every lifecycle URL.
+    fn lifecycle_body(&self, event_type: &str) -> Value {
+        json!({
+            "key": "hookrelay",
+            "clientKey": self.client_key,
+            "sharedSecret": self.secret,
+            "baseUrl": self.base_url,
+            "displayUrl": self.base_url,
+            "productType": PRODUCT,
+            "description": "hookrelay bench site",
+            "eventType": event_type,
+        })
+    }
+
+    /// Posts a signed `installed` (or `uninstalled`) callback and gives the
+    /// answer, or the error of a request that got none.
+    async fn callback(
+        &self,
+        client: &reqwest::Client,
+        target: &Target,
+        key: &InstallKey,
+        installed: bool,
+    ) -> anyhow::Result<reqwest::Response> {
+        let (path, event_type) = if installed {
+            (&target.installed, "installed")
+        } else {
+            (&target.uninstalled, "uninstalled")
+        };
+        let now = unix_now();
+        let token = key.sign(&json!({
+            "iss": self.client_key,
+            "sub": "hookrelay-bench",
+            "aud": [target.base_url],
+            "iat": now,
+            "exp": now + TOKEN_LIFETIME_SECS,
+            "qsh": target.qsh(path),
+        }))?;
+        let url = join(&target.url, path);
+        client
+            .post(&url)
+            .header("Authorization", format!("JWT {token}"))
+            .json(&self.lifecycle_body(event_type))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach hookrelay (POST {url})"))
+    }
+
+    /// The signed install. When it is refused and hookrelay never fetched the
+    /// key from `keys`, it does not trust the bench's key server, and the
+    /// error says how to start it.
+    pub async fn install(
+        &self,
+        client: &reqwest::Client,
+        target: &Target,
+        key: &InstallKey,
+        keys: &KeyServer,
+    ) -> anyhow::Result<()> {
+        let response = self.callback(client, target, key, true).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let detail = answer_detail(response).await;
+        let keys_url = keys.url.as_str().trim_end_matches('/');
+        if keys.hits() == 0 {
+            bail!(
+                "hookrelay does not trust the bench's install-key server: it refused the signed \
+                 install ({status}: {detail}) without fetching the key from {keys_url}. Start \
+                 hookrelay with HOOKRELAY_INSTALL_KEYS_URL={keys_url} (for the sink also \
+                 HOOKRELAY_ALLOW_PRIVATE_DESTINATIONS=true and HOOKRELAY_ADMIN_TOKEN) and run the \
+                 bench again; --keys-listen fixes the key server's address (default \
+                 127.0.0.1:8788), so that one start of the server serves every run"
+            );
+        }
+        bail!(
+            "hookrelay refused the bench's signed install ({status}: {detail}), after fetching \
+             the key from {keys_url}"
+        )
+    }
+
+    /// The signed uninstall, so that the run leaves no installed tenant behind.
+    pub async fn uninstall(
+        &self,
+        client: &reqwest::Client,
+        target: &Target,
+        key: &InstallKey,
+    ) -> anyhow::Result<()> {
+        let response = self.callback(client, target, key, false).await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "hookrelay refused the uninstall ({status}: {})",
+                answer_detail(response).await
+            );
+        }
+        Ok(())
+    }
+
+    /// A fresh Connect JWT for a webhook whose `qsh` is `qsh`, as Jira signs
+    /// one: HS256 with the shared secret.
+    pub fn webhook_token(&self, qsh: &str) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({
+                "iss": self.client_key,
+                "iat": now,
+                "exp": now + TOKEN_LIFETIME_SECS,
+                "qsh": qsh,
+            }),
+            &self.signing,
+        )
+    }
+
+    /// A `jira:issue_created` body as Jira Cloud sends it, `size` bytes long:
+    /// the issue's description is padded to reach it. A `size` below the
+    /// unpadded body gives the unpadded body.
+    pub fn issue_created_body(&self, size: usize) -> Vec<u8> {
+        let base = &self.base_url;
+        let account = "557058:6a3c1b5e-4d1f-9c0a-hookrelay-bench";
+        let user = json!({
+            "self": format!("{base}/rest/api/2/user?accountId={account}"),
+            "accountId": account,
+            "displayName": "hookrelay bench",
+            "active": true,
+            "timeZone": "Etc/UTC",
+            "accountType": "atlassian",
+        });
+        let body = |description: &str| {
+            json!({
+                "timestamp": unix_now() * 1000,
+                "webhookEvent": EVENT,
+                "issue_event_type_name": "issue_created",
+                "user": user,
+                "issue": {
+                    "id": "10042",
+                    "self": format!("{base}/rest/api/2/10042"),
+                    "key": "BENCH-42",
+                    "fields": {
+                        "issuetype": {"id": "10001", "name": "Task", "subtask": false},
+                        "project": {
+                            "id": "10000",
+                            "key": "BENCH",
+                            "name": "Bench",
+                            "projectTypeKey": "software",
+                        },
+                        "priority": {"id": "3", "name": "Medium"},
+                        "status": {
+                            "id": "10000",
+                            "name": "To Do",
+                            "statusCategory": {"id": 2, "key": "new", "name": "To Do"},
+                        },
+                        "summary": "Checkout fails with a timeout on large carts",
+                        "description": description,
+                        "labels": ["bench"],
+                        "reporter": {"accountId": account, "displayName": "hookrelay bench"},
+                        "assignee": null,
+                        "created": "2026-01-15T10:00:00.000+0000",
+                        "updated": "2026-01-15T10:00:00.000+0000",
+                    },
+                },
+            })
+            .to_string()
+        };
+        let unpadded = body("").len();
+        // ASCII without anything JSON escapes: each character is one byte.
+        const TEXT: &str = "Steps to reproduce: add forty items to the cart, open the \
+                            checkout and pay by card. Expected: the order is placed. \
+                            Actual: the page spins and times out after thirty seconds. ";
+        let padding: String = TEXT
+            .chars()
+            .cycle()
+            .take(size.saturating_sub(unpadded))
+            .collect();
+        body(&padding).into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_have_the_size_asked_for_and_are_json() {
+        let site = Site::new("test");
+        for size in [0, 100, 2048, 10_000] {
+            let body = site.issue_created_body(size);
+            let parsed: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(parsed["webhookEvent"], EVENT);
+            if size >= 1500 {
+                assert_eq!(body.len(), size);
+            }
+        }
+    }
+}
