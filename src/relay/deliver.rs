@@ -26,7 +26,7 @@ use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::domain::{now_millis, AttemptOutcome, SubscriptionId};
 use crate::script::{Engine, RunKind, ScriptRef};
-use crate::store::{AttemptRecord, DueDelivery, Store, StoreError};
+use crate::store::{AttemptRecord, ClaimLimits, DueDelivery, Store, StoreError};
 
 /// A transform's time limit.
 const TRANSFORM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,6 +78,14 @@ impl Busy {
         }
         entry.0 += 1;
         true
+    }
+
+    /// Slots taken, per subscription that has any.
+    fn taken(&self) -> Vec<(SubscriptionId, u32)> {
+        self.by_subscription
+            .iter()
+            .map(|(id, (taken, _))| (*id, *taken))
+            .collect()
     }
 
     fn put(&mut self, id: SubscriptionId) {
@@ -225,9 +233,17 @@ impl Dispatcher {
                 return Ok(()); // a finished attempt rings `wake`
             }
             let skip = self.skipped();
+            let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner()).taken();
             let claimed = self
                 .store
-                .claim_deliveries(free as u32, room, self.lease(), &skip)
+                .claim_deliveries(&ClaimLimits {
+                    rows: free as u32,
+                    bytes: room,
+                    lease: self.lease(),
+                    skip: &skip,
+                    busy: &busy,
+                    per_subscription: self.per_subscription(),
+                })
                 .await?;
             let got = claimed.len();
             let mut back = Vec::new();
@@ -289,6 +305,13 @@ impl Dispatcher {
         }
     }
 
+    /// The most attempts one subscription may have in flight in this
+    /// process, whatever its `max_concurrency`: half the process's slots, so
+    /// that one hanging endpoint can never hold all of them.
+    fn per_subscription(&self) -> u32 {
+        (self.config.relay_concurrency / 2).max(1)
+    }
+
     /// Subscriptions the next claim leaves out: those at their concurrency
     /// limit in this process, and those waiting out their rate limit.
     fn skipped(&self) -> Vec<SubscriptionId> {
@@ -305,8 +328,10 @@ impl Dispatcher {
     /// one hanging endpoint can never hold all of them.
     fn slot(self: &Arc<Self>, due: &DueDelivery) -> Option<Slot> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
-        let cap = (self.config.relay_concurrency / 2).max(1);
-        let limit = due.subscription.max_concurrency.min(cap);
+        let limit = due
+            .subscription
+            .max_concurrency
+            .min(self.per_subscription());
         let taken = self
             .busy
             .lock()

@@ -21,7 +21,7 @@ mod bridge;
 mod triggers;
 
 pub use bridge::{Activity, ApiKey, ApiToken, ReconcileState};
-pub use relay::{AttemptFilter, AttemptRecord, DeliveryFilter, DueDelivery, Recorded};
+pub use relay::{AttemptFilter, AttemptRecord, ClaimLimits, DeliveryFilter, DueDelivery, Recorded};
 pub use tenants::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret, TokenUse};
 pub use triggers::{ClaimedRun, InvocationWithRequest, RunRecord};
 

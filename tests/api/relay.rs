@@ -275,6 +275,34 @@ async fn fan_out_delivers_signed_envelopes_to_matching_subscriptions(backend: Ba
 
 both_backends!(retries_dead_letters_and_replays);
 
+both_backends!(an_endpoint_never_has_more_requests_than_its_max_concurrency);
+
+/// A backlog for an endpoint that does not answer: it gets exactly its
+/// `max_concurrency` requests at once, however many deliveries are due and
+/// however many slots the process has free.
+async fn an_endpoint_never_has_more_requests_than_its_max_concurrency(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(backend, |raw| {
+        relaying(raw);
+        raw.delivery_timeout = "30s".into();
+    })
+    .await;
+    let admin = AdminApi::of(&app.address);
+    let site = Site::new("jira");
+    app.install(&site).await;
+    receiver.script("/hang", vec![Reply::Hang]);
+    admin
+        .subscribe(json!({"url": receiver.url("/hang"), "events": ["*"], "max_concurrency": 3}))
+        .await;
+    for _ in 0..12 {
+        accepted(app.webhook(&site, "jira:issue_created", "{}", &[]).await).await;
+    }
+    receiver.wait_for("/hang", 3, Duration::from_secs(10)).await;
+    // Time for more to go out, if anything let them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.received("/hang").len(), 3);
+}
+
 /// 500 then 200; 429 with Retry-After; 410; a delivery that runs out of
 /// attempts and is replayed with the same event id.
 async fn retries_dead_letters_and_replays(backend: Backend) {

@@ -33,6 +33,34 @@ pub struct DueDelivery {
     pub subscription: Subscription,
 }
 
+/// What one claim of due deliveries may take.
+#[derive(Debug, Clone)]
+pub struct ClaimLimits<'a> {
+    /// Most deliveries.
+    pub rows: u32,
+    /// Most payload bytes (one delivery at least, if any is due).
+    pub bytes: u64,
+    /// How long the claim lasts.
+    pub lease: std::time::Duration,
+    /// Subscriptions left out (waiting out their rate limit, or full).
+    pub skip: &'a [SubscriptionId],
+    /// Attempts the claimer has in flight, per subscription: a subscription
+    /// gets at most its `max_concurrency` (capped at `per_subscription`)
+    /// less these, so that nothing claimed has to be handed back.
+    pub busy: &'a [(SubscriptionId, u32)],
+    pub per_subscription: u32,
+}
+
+impl ClaimLimits<'_> {
+    fn rows(&self) -> i64 {
+        i64::from(self.rows)
+    }
+
+    fn bytes(&self) -> i64 {
+        i64::try_from(self.bytes).unwrap_or(i64::MAX)
+    }
+}
+
 /// The result of one attempt, to be recorded.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord<'a> {
@@ -239,30 +267,21 @@ impl Store {
         }
     }
 
-    /// Claims up to `limit` due deliveries of enabled subscriptions, skipping the
-    /// subscriptions in `skip` (those this worker has no room for), for `lease`.
-    /// Each claim counts as an attempt, so a delivery that kills its worker
-    /// still runs out of attempts. The payloads of what is claimed come to at
-    /// most `max_bytes` (one delivery at least, if any is due).
+    /// Claims due deliveries of enabled subscriptions within `limits`, for
+    /// `limits.lease`. Each claim counts as an attempt, so a delivery that
+    /// kills its worker still runs out of attempts.
     pub async fn claim_deliveries(
         &self,
-        limit: u32,
-        max_bytes: u64,
-        lease: std::time::Duration,
-        skip: &[SubscriptionId],
+        limits: &ClaimLimits<'_>,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        let (now, until) = lease_window(lease);
+        let (now, until) = lease_window(limits.lease);
         let claim = Uuid::now_v7();
-        let limits = (
-            i64::from(limit),
-            i64::try_from(max_bytes).unwrap_or(i64::MAX),
-        );
         let due = match self {
             Store::Postgres(pool) => {
-                postgres::claim_deliveries(pool, limits, now, until, skip, claim).await?
+                postgres::claim_deliveries(pool, limits, now, until, claim).await?
             }
             Store::Sqlite(pools) => {
-                sqlite::claim_deliveries(&pools.writer, limits, now, until, skip, claim).await?
+                sqlite::claim_deliveries(&pools.writer, limits, now, until, claim).await?
             }
         };
         due.into_iter()

@@ -6,8 +6,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    assemble, AttemptFilter, AttemptRow, AttemptWrite, ClaimRow, DeliveryFilter, DeliveryRow,
-    DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
+    assemble, AttemptFilter, AttemptRow, AttemptWrite, ClaimLimits, ClaimRow, DeliveryFilter,
+    DeliveryRow, DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
 };
 use crate::domain::{Attempt, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId};
 use crate::store::postgres::{uuids, EventRow};
@@ -174,30 +174,37 @@ pub async fn create_deliveries(
     Ok(())
 }
 
-/// `(rows, bytes)`: at most that many deliveries, whose payloads come to at
-/// most that many bytes (the first always fits).
+/// Due rows are locked first (no window functions beside FOR UPDATE), then
+/// cut to each subscription's room and to the byte budget (the first row
+/// always fits); rows locked but left out stay as they were.
 pub async fn claim_deliveries(
     pool: &PgPool,
-    (limit, max_bytes): (i64, i64),
+    limits: &ClaimLimits<'_>,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
-    skip: &[SubscriptionId],
     claim: Uuid,
 ) -> Result<Vec<DueDelivery>, StoreError> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query_as::<_, ClaimRow<Uuid>>(
         "WITH candidates AS (
-             SELECT d.id, d.next_attempt_at, octet_length(e.payload) AS size
+             SELECT d.id, d.subscription_id, d.next_attempt_at,
+                    octet_length(e.payload) AS size,
+                    LEAST(s.max_concurrency, $9) AS room
              FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
                   JOIN events e ON e.id = d.event_id
              WHERE d.state = 'pending' AND d.next_attempt_at <= $1 AND s.enabled
                AND NOT (d.subscription_id = ANY($4))
              ORDER BY d.next_attempt_at LIMIT $3 FOR UPDATE OF d SKIP LOCKED
+         ), ranked AS (
+             SELECT c.id, c.size, c.room - COALESCE(b.taken, 0) AS room,
+                    row_number() OVER (PARTITION BY c.subscription_id
+                                       ORDER BY c.next_attempt_at, c.id) AS n,
+                    sum(c.size) OVER (ORDER BY c.next_attempt_at, c.id) - c.size AS before
+             FROM candidates c
+                  LEFT JOIN UNNEST($7::uuid[], $8::int8[]) AS b(sub, taken)
+                       ON b.sub = c.subscription_id
          ), within AS (
-             SELECT id FROM (
-                 SELECT id, size, sum(size) OVER (ORDER BY next_attempt_at, id) - size AS before
-                 FROM candidates) c
-             WHERE before = 0 OR before + size <= $6
+             SELECT id FROM ranked WHERE n <= room AND (before = 0 OR before + size <= $6)
          )
          UPDATE deliveries SET next_attempt_at = $2, claim = $5, attempts = attempts + 1,
              updated_at = $1
@@ -206,10 +213,19 @@ pub async fn claim_deliveries(
     )
     .bind(now)
     .bind(lease_until)
-    .bind(limit)
-    .bind(uuids(skip, |s| s.0))
+    .bind(limits.rows())
+    .bind(uuids(limits.skip, |s| s.0))
     .bind(claim)
-    .bind(max_bytes)
+    .bind(limits.bytes())
+    .bind(uuids(limits.busy, |(s, _)| s.0))
+    .bind(
+        limits
+            .busy
+            .iter()
+            .map(|(_, n)| i64::from(*n))
+            .collect::<Vec<_>>(),
+    )
+    .bind(i64::from(limits.per_subscription))
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {

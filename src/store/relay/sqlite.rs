@@ -7,8 +7,8 @@ use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use super::{
-    assemble, AttemptFilter, AttemptRow, AttemptWrite, ClaimRow, DeliveryFilter, DeliveryRow,
-    DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
+    assemble, AttemptFilter, AttemptRow, AttemptWrite, ClaimLimits, ClaimRow, DeliveryFilter,
+    DeliveryRow, DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
 };
 use crate::domain::format_timestamp;
 use crate::domain::{Attempt, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId};
@@ -164,40 +164,51 @@ pub async fn create_deliveries(
     Ok(())
 }
 
-/// `(rows, bytes)`: at most that many deliveries, whose payloads come to at
-/// most that many bytes (the first always fits).
+/// Due rows in order, cut to each subscription's room and to the byte
+/// budget (the first row always fits).
 pub async fn claim_deliveries(
     pool: &SqlitePool,
-    (limit, max_bytes): (i64, i64),
+    limits: &ClaimLimits<'_>,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
-    skip: &[SubscriptionId],
     claim: Uuid,
 ) -> Result<Vec<DueDelivery>, StoreError> {
+    let busy: Vec<(String, u32)> = limits
+        .busy
+        .iter()
+        .map(|(s, n)| (s.to_string(), *n))
+        .collect();
     let mut tx = pool.begin().await?;
     let rows = sqlx::query_as::<_, ClaimRow<String>>(
         "UPDATE deliveries SET next_attempt_at = ?2, claim = ?5, attempts = attempts + 1,
              updated_at = ?1
          WHERE id IN (
              SELECT id FROM (
-                 SELECT d.id, length(CAST(e.payload AS BLOB)) AS size,
-                        sum(length(CAST(e.payload AS BLOB)))
-                            OVER (ORDER BY d.next_attempt_at, d.id)
-                            - length(CAST(e.payload AS BLOB)) AS before
-                 FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
-                      JOIN events e ON e.id = d.event_id
-                 WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND s.enabled
-                   AND d.subscription_id NOT IN (SELECT value FROM json_each(?4))
-                 ORDER BY d.next_attempt_at, d.id LIMIT ?3)
-             WHERE before = 0 OR before + size <= ?6)
+                 SELECT c.id, c.size, c.room - COALESCE(b.value ->> 1, 0) AS room,
+                        row_number() OVER (PARTITION BY c.subscription_id
+                                           ORDER BY c.next_attempt_at, c.id) AS n,
+                        sum(c.size) OVER (ORDER BY c.next_attempt_at, c.id) - c.size AS before
+                 FROM (
+                     SELECT d.id, d.subscription_id, d.next_attempt_at,
+                            length(CAST(e.payload AS BLOB)) AS size,
+                            min(s.max_concurrency, ?8) AS room
+                     FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+                          JOIN events e ON e.id = d.event_id
+                     WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND s.enabled
+                       AND d.subscription_id NOT IN (SELECT value FROM json_each(?4))
+                     ORDER BY d.next_attempt_at, d.id LIMIT ?3) c
+                 LEFT JOIN json_each(?7) b ON b.value ->> 0 = c.subscription_id)
+             WHERE n <= room AND (before = 0 OR before + size <= ?6))
          RETURNING id, event_id, subscription_id, attempts",
     )
     .bind(format_timestamp(now))
     .bind(format_timestamp(lease_until))
-    .bind(limit)
-    .bind(id_list(skip))
+    .bind(limits.rows())
+    .bind(id_list(limits.skip))
     .bind(claim.to_string())
-    .bind(max_bytes)
+    .bind(limits.bytes())
+    .bind(serde_json::to_string(&busy).unwrap_or_else(|_| "[]".into()))
+    .bind(i64::from(limits.per_subscription))
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
