@@ -125,13 +125,8 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(subscription) = self.subscription.take() {
-            self.dispatcher
-                .busy
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .put(subscription);
-        }
+        self.endpoint_done();
+        // The process slot goes back too: the dispatcher may claim again.
         self.dispatcher.wake.notify_one();
     }
 }
