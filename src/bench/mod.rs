@@ -101,6 +101,16 @@ pub struct BenchArgs {
     /// HOOKRELAY_SUBSCRIPTION_CONCURRENCY).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub sink_concurrency: Option<u32>,
+    /// Subscribe the sink this many times: each request is owed a delivery
+    /// by every one (fan-out).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(sink::MAX_FAN)))]
+    pub subscriptions: u32,
+    /// Hold the sink's answers until the load ends, so that deliveries pile
+    /// up; the delivery rate is then that of the backlog's drain. Keep the
+    /// load shorter than the server's HOOKRELAY_DELIVERY_TIMEOUT, or the
+    /// held deliveries time out and wait for their retry.
+    #[arg(long, conflicts_with = "no_sink")]
+    pub backlog: bool,
     /// The server's process id, to read its memory from /proc when its
     /// /metrics does not report it.
     #[arg(long)]
@@ -254,71 +264,87 @@ impl Bench<'_> {
             let measured = self.measure(target, site, prefix, None).await;
             return Ok(self.report(site, measured, None));
         };
-        let tracker = Arc::new(Tracker::new(prefix.clone()));
+        let tracker = Arc::new(Tracker::new(prefix.clone(), args.subscriptions));
         let sink = Sink::start(
             &args.sink_listen,
             args.sink_url.as_ref(),
             &self.run_id,
             tracker.clone(),
+            args.backlog,
         )?;
         let admin = AdminApi {
             client: self.client.clone(),
             base: format!("{}/admin/api/v1", target.url.as_str().trim_end_matches('/')),
             token,
         };
-        let subscription = match admin
-            .subscribe(&sink, &site.client_key, args.sink_concurrency)
-            .await
-        {
-            Ok(subscription) => subscription,
-            Err(e) => {
-                sink.stop().await;
-                return Err(e);
+        let mut subscriptions = Vec::new();
+        for i in 0..args.subscriptions as usize {
+            match admin
+                .subscribe(&sink.url_of(i), &site.client_key, args.sink_concurrency)
+                .await
+            {
+                Ok(subscription) => subscriptions.push(subscription),
+                Err(e) => {
+                    self.unsubscribe(&admin, &subscriptions).await;
+                    sink.stop().await;
+                    return Err(e);
+                }
             }
-        };
-        if let Err(e) = sink.set_secret(&subscription.secret) {
+        }
+        let secrets: Vec<String> = subscriptions.iter().map(|s| s.secret.clone()).collect();
+        if let Err(e) = sink.set_secrets(&secrets) {
             self.say(&format!("warning: {e:#}; signatures are not checked"));
         }
         self.say(&format!(
-            "subscribed the sink at {} ({})",
-            sink.url, subscription.id
+            "subscribed the sink at {} {} time(s){}",
+            sink.url,
+            subscriptions.len(),
+            if args.backlog {
+                "; its answers are held until the load ends"
+            } else {
+                ""
+            }
         ));
         let measured = self
-            .measure(target, site, prefix, Some(tracker.clone()))
+            .measure(target, site, prefix, Some((tracker.clone(), &sink)))
             .await;
-        let deleted = match admin.unsubscribe(&subscription.id).await {
-            Ok(()) => true,
-            Err(e) => {
-                self.say(&format!("warning: {e:#}"));
-                false
-            }
-        };
+        let deleted = self.unsubscribe(&admin, &subscriptions).await;
         sink.stop().await;
         let tally = tracker.tally();
         let delivery = DeliveryReport {
-            subscription_id: subscription.id,
-            subscription_deleted: deleted,
-            expected: tally.expected,
-            delivered: tally.delivered,
-            losses: tally.losses,
-            duplicates: tally.duplicates,
-            unmatched: tally.unmatched,
-            bad_signatures: tally.bad_signatures,
-            delivered_not_accepted: tally.delivered_not_accepted,
+            subscription_ids: subscriptions.into_iter().map(|s| s.id).collect(),
+            subscriptions_deleted: deleted,
+            backlog: args.backlog,
+            counts: tally.counts,
+            per_sec: tally.per_sec,
             drain_secs: measured.drain.as_secs_f64(),
             latency_ms: Latency::of(&tally.latency),
         };
         Ok(self.report(site, measured, Some(delivery)))
     }
 
-    /// The load, then the drain; the server's memory before and after.
+    /// Deletes the subscriptions; false if one could not be.
+    async fn unsubscribe(&self, admin: &AdminApi, subscriptions: &[sink::Subscription]) -> bool {
+        let mut deleted = true;
+        for subscription in subscriptions {
+            if let Err(e) = admin.unsubscribe(&subscription.id).await {
+                self.say(&format!("warning: {e:#}"));
+                deleted = false;
+            }
+        }
+        deleted
+    }
+
+    /// The load, then the drain (the sink released first, if held); the
+    /// server's memory before and after.
     async fn measure(
         &self,
         target: &Target,
         site: &Arc<Site>,
         prefix: String,
-        tracker: Option<Arc<Tracker>>,
+        sink: Option<(Arc<Tracker>, &Sink)>,
     ) -> Measured {
+        let tracker = sink.as_ref().map(|(tracker, _)| tracker.clone());
         let args = self.args;
         let mut rss = RssReport::default();
         if let Some(sample) = report::server_rss(&self.client, &target.url, args.pid).await {
@@ -352,6 +378,9 @@ impl Bench<'_> {
             .await;
 
         let drain_started = Instant::now();
+        if let Some((_, sink)) = &sink {
+            sink.release();
+        }
         if let Some(tracker) = &tracker {
             let deadline = drain_started + args.drain;
             while tracker.pending() > 0 && Instant::now() < deadline && !self.stop.is_cancelled() {

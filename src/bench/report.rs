@@ -12,6 +12,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use url::Url;
 
+use super::sink::Counts;
+
 /// One run.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -68,27 +70,20 @@ pub struct IntakeReport {
 /// included).
 #[derive(Debug, Serialize)]
 pub struct DeliveryReport {
-    pub subscription_id: String,
-    /// Whether the subscription was deleted at the end.
-    pub subscription_deleted: bool,
-    /// Requests accepted by intake, the warm-up's included.
-    pub expected: u64,
-    /// Of them, delivered at least once.
-    pub delivered: u64,
-    /// Accepted and not delivered by the end of the drain.
-    pub losses: u64,
-    /// Deliveries beyond the first of a request.
-    pub duplicates: u64,
-    /// Deliveries that named no request of this run.
-    pub unmatched: u64,
-    /// Deliveries whose Standard Webhooks signature did not verify.
-    pub bad_signatures: u64,
-    /// Requests that failed at the bench (a timeout) but were delivered:
-    /// hookrelay had committed them.
-    pub delivered_not_accepted: u64,
+    /// The sink's subscriptions (`--subscriptions`).
+    pub subscription_ids: Vec<String>,
+    /// Whether every one was deleted at the end.
+    pub subscriptions_deleted: bool,
+    /// The sink held its answers until the load ended (`--backlog`).
+    pub backlog: bool,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Deliveries a second, from the first to the last that arrived.
+    pub per_sec: Option<f64>,
     /// How long the bench waited after the load for the last deliveries.
     pub drain_secs: f64,
-    /// From the moment a measured request was sent to its first delivery.
+    /// From the moment a measured request was sent to each of its first
+    /// deliveries.
     pub latency_ms: Option<Latency>,
 }
 
@@ -284,23 +279,39 @@ impl Report {
                 } else {
                     format!("lost (drained for {:.2} s)", d.drain_secs)
                 };
+                let c = &d.counts;
+                let fan = match d.subscription_ids.len() {
+                    1 => String::new(),
+                    n => format!(" to {n} subscriptions"),
+                };
                 let _ = writeln!(
                     out,
-                    "delivery:   {} of {} accepted{} delivered, {} duplicates, {} {lost}",
-                    count(d.delivered),
-                    count(d.expected),
+                    "delivery:   {} of {} owed{} delivered{fan}, {} duplicates, {} {lost}",
+                    count(c.delivered),
+                    count(c.expected),
                     if self.warmup_secs > 0.0 {
                         " (warm-up included)"
                     } else {
                         ""
                     },
-                    count(d.duplicates),
-                    count(d.losses),
+                    count(c.duplicates),
+                    count(c.losses),
                 );
+                if let Some(rate) = d.per_sec {
+                    let _ = writeln!(
+                        out,
+                        "            {rate:.1} deliveries/s{}",
+                        if d.backlog {
+                            " draining the backlog (held until the load ended)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
                 let odd: Vec<String> = [
-                    (d.unmatched, "unmatched"),
-                    (d.bad_signatures, "with a bad signature"),
-                    (d.delivered_not_accepted, "delivered though not accepted"),
+                    (c.unmatched, "unmatched"),
+                    (c.bad_signatures, "with a bad signature"),
+                    (c.delivered_not_accepted, "delivered though not accepted"),
                 ]
                 .iter()
                 .filter(|(n, _)| *n > 0)
@@ -310,11 +321,11 @@ impl Report {
                     let _ = writeln!(out, "            {}", odd.join(", "));
                 }
                 let _ = writeln!(out, "  end2end   {}", latency_line(&d.latency_ms));
-                if !d.subscription_deleted {
+                if !d.subscriptions_deleted {
                     let _ = writeln!(
                         out,
-                        "            subscription {} NOT deleted: delete it by hand",
-                        d.subscription_id
+                        "            subscriptions NOT all deleted: delete by hand those of {}",
+                        d.subscription_ids.join(", ")
                     );
                 }
             }

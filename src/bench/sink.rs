@@ -5,9 +5,10 @@
 //! Every webhook the bench sends carries its own `X-Atlassian-Webhook-Identifier`,
 //! `<prefix><n>`, which hookrelay keeps in the envelope's `webhook_id`. The sink
 //! reads it back, so it needs no answer from intake to match a delivery (one
-//! may arrive before the answer does). Each delivery's Standard Webhooks
-//! signature is checked with the subscription's secret, by hookrelay's own
-//! [`crate::relay::signing::verify`].
+//! may arrive before the answer does). With `--subscriptions N` the sink is
+//! subscribed N times, at `<url>/<i>`, and each request is owed N deliveries.
+//! Each delivery's Standard Webhooks signature is checked with its
+//! subscription's secret, by hookrelay's own [`crate::relay::signing::verify`].
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
@@ -16,7 +17,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpRequest, HttpResponse, HttpServer};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use url::Url;
 
@@ -31,12 +32,16 @@ pub(super) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant, valid bounds")
 }
 
+/// Most subscriptions of the sink (a request's deliveries are a bit mask).
+pub const MAX_FAN: u32 = 64;
+
 /// What the ledger knows of one request.
 #[derive(Clone, Copy, Default)]
 struct Slot {
     /// Microseconds from the ledger's start to the moment it was sent.
     sent_us: u64,
-    deliveries: u32,
+    /// Bit i: delivered to subscription i.
+    delivered_to: u64,
     sent: bool,
     accepted: bool,
     /// Sent after the warm-up: its end-to-end latency counts.
@@ -45,10 +50,15 @@ struct Slot {
 
 struct Ledger {
     slots: Vec<Slot>,
-    /// Accepted and not yet delivered.
+    /// Accepted and not yet delivered to every subscription.
     pending: u64,
-    /// Deliveries after the first of a request.
+    /// Deliveries after the first of a request to a subscription.
     duplicates: u64,
+    /// Deliveries of this run's requests, first ones only.
+    deliveries: u64,
+    /// When the first and the last of them arrived, in µs from the start.
+    first_us: Option<u64>,
+    last_us: u64,
     /// Deliveries that name no request of this run.
     unmatched: u64,
     /// Deliveries whose signature did not verify.
@@ -59,43 +69,67 @@ struct Ledger {
 /// Every request of the run by its number, and what was delivered for it.
 pub struct Tracker {
     prefix: String,
+    /// Subscriptions each request is owed a delivery by.
+    fan: u32,
     start: Instant,
     ledger: Mutex<Ledger>,
 }
 
-/// The ledger's counts at the end of the run. Losses and duplicates count the
-/// warm-up's requests too; the latency only those sent after it.
-pub struct Tally {
-    /// Requests accepted by intake.
+/// The ledger's counts at the end of the run, in deliveries (a request to
+/// N subscriptions owes N). Losses and duplicates count the warm-up's
+/// requests too.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counts {
+    /// Deliveries owed: requests accepted by intake, times the subscriptions.
     pub expected: u64,
-    /// Of them, delivered at least once.
+    /// Of them, made at least once.
     pub delivered: u64,
-    /// Accepted and never delivered.
+    /// Owed and never made.
     pub losses: u64,
+    /// Deliveries beyond the first of a request to a subscription.
     pub duplicates: u64,
+    /// Deliveries that named no request of this run.
     pub unmatched: u64,
+    /// Deliveries whose Standard Webhooks signature did not verify.
     pub bad_signatures: u64,
-    /// Requests the bench saw fail that were delivered all the same: hookrelay
-    /// committed them, but its answer did not arrive (a timeout).
+    /// Requests the bench saw fail (a timeout) that were delivered all the
+    /// same: hookrelay had committed them, but its answer did not arrive.
     pub delivered_not_accepted: u64,
+}
+
+pub struct Tally {
+    pub counts: Counts,
+    /// First deliveries a second, from the first to the last that arrived.
+    pub per_sec: Option<f64>,
+    /// From a measured request's sending to each of its first deliveries.
     pub latency: Histogram<u64>,
 }
 
 impl Tracker {
-    /// A ledger for webhook identifiers `<prefix><n>`.
-    pub fn new(prefix: String) -> Self {
+    /// A ledger for webhook identifiers `<prefix><n>`, each owed a delivery
+    /// by `fan` subscriptions (1 to [`MAX_FAN`]).
+    pub fn new(prefix: String, fan: u32) -> Self {
         Self {
             prefix,
+            fan: fan.clamp(1, MAX_FAN),
             start: Instant::now(),
             ledger: Mutex::new(Ledger {
                 slots: Vec::new(),
                 pending: 0,
                 duplicates: 0,
+                deliveries: 0,
+                first_us: None,
+                last_us: 0,
                 unmatched: 0,
                 bad_signatures: 0,
                 latency: histogram(),
             }),
         }
+    }
+
+    /// The mask of a request delivered to every subscription.
+    fn all(&self) -> u64 {
+        u64::MAX >> (64 - self.fan)
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -129,34 +163,47 @@ impl Tracker {
             return;
         };
         slot.accepted = true;
-        if slot.deliveries == 0 {
+        if slot.delivered_to != self.all() {
             ledger.pending += 1;
         }
     }
 
-    /// A delivery arrived, for the request whose webhook identifier it names.
-    fn delivered(&self, webhook_id: Option<&str>, signed: bool) {
+    /// A delivery arrived from subscription `sub`, for the request whose
+    /// webhook identifier it names.
+    fn delivered(&self, webhook_id: Option<&str>, sub: usize, signed: bool) {
         let now_us = self.start.elapsed().as_micros() as u64;
         let seq = webhook_id
             .and_then(|id| id.strip_prefix(self.prefix.as_str()))
             .and_then(|n| n.parse::<usize>().ok());
+        let all = self.all();
         let mut ledger = self.ledger();
         if !signed {
             ledger.bad_signatures += 1;
         }
-        let Some(slot) = seq.and_then(|i| ledger.slots.get_mut(i)).filter(|s| s.sent) else {
+        let bit = u32::try_from(sub)
+            .ok()
+            .filter(|&i| i < self.fan)
+            .map(|i| 1u64 << i);
+        let (Some(bit), Some(slot)) = (
+            bit,
+            seq.and_then(|i| ledger.slots.get_mut(i)).filter(|s| s.sent),
+        ) else {
             ledger.unmatched += 1;
             return;
         };
-        slot.deliveries = slot.deliveries.saturating_add(1);
-        if slot.deliveries > 1 {
+        if slot.delivered_to & bit != 0 {
             ledger.duplicates += 1;
             return;
         }
+        slot.delivered_to |= bit;
         let (accepted, measured, sent_us) = (slot.accepted, slot.measured, slot.sent_us);
-        if accepted {
+        let complete = slot.delivered_to == all;
+        if accepted && complete {
             ledger.pending = ledger.pending.saturating_sub(1);
         }
+        ledger.deliveries += 1;
+        ledger.first_us.get_or_insert(now_us);
+        ledger.last_us = now_us;
         if measured {
             ledger
                 .latency
@@ -171,38 +218,42 @@ impl Tracker {
 
     pub fn tally(&self) -> Tally {
         let ledger = self.ledger();
-        let mut tally = Tally {
-            expected: 0,
-            delivered: 0,
-            losses: 0,
+        let fan = u64::from(self.fan);
+        let mut counts = Counts {
             duplicates: ledger.duplicates,
             unmatched: ledger.unmatched,
             bad_signatures: ledger.bad_signatures,
-            delivered_not_accepted: 0,
-            latency: ledger.latency.clone(),
+            ..Counts::default()
         };
         for slot in ledger.slots.iter().filter(|s| s.sent) {
-            match (slot.accepted, slot.deliveries > 0) {
-                (true, true) => {
-                    tally.expected += 1;
-                    tally.delivered += 1;
-                }
-                (true, false) => {
-                    tally.expected += 1;
-                    tally.losses += 1;
-                }
-                (false, true) => tally.delivered_not_accepted += 1,
-                (false, false) => {}
+            let made = u64::from(slot.delivered_to.count_ones());
+            if slot.accepted {
+                counts.expected += fan;
+                counts.delivered += made;
+                counts.losses += fan - made;
+            } else if made > 0 {
+                counts.delivered_not_accepted += 1;
             }
         }
-        tally
+        let per_sec = ledger.first_us.and_then(|first| {
+            let span = ledger.last_us.saturating_sub(first);
+            (span > 0 && ledger.deliveries > 1)
+                .then(|| (ledger.deliveries - 1) as f64 / (span as f64 / 1e6))
+        });
+        Tally {
+            counts,
+            per_sec,
+            latency: ledger.latency.clone(),
+        }
     }
 }
 
 struct SinkState {
     tracker: Arc<Tracker>,
-    /// The subscription's signing key, once it is known.
-    key: OnceLock<Vec<u8>>,
+    /// Each subscription's signing key, once they are known.
+    keys: OnceLock<Vec<Vec<u8>>>,
+    /// Closed: deliveries are held unanswered (`--backlog`).
+    open: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The fields of the envelope the sink reads.
@@ -214,20 +265,23 @@ struct Envelope {
 
 /// The HTTP server deliveries arrive at.
 pub struct Sink {
-    /// What the subscription's `url` is.
+    /// Subscription i's `url` is `<url>/<i>`.
     pub url: String,
     state: Arc<SinkState>,
+    gate: tokio::sync::watch::Sender<bool>,
     handle: ServerHandle,
 }
 
 impl Sink {
     /// Listens on `listen`; `public` is the URL hookrelay reaches it at, when
-    /// not the listen address.
+    /// not the listen address. A sink started `held` answers nothing until
+    /// [`Sink::release`].
     pub fn start(
         listen: &str,
         public: Option<&Url>,
         run: &str,
         tracker: Arc<Tracker>,
+        held: bool,
     ) -> anyhow::Result<Self> {
         let (listener, url) = bind(listen, public)
             .with_context(|| format!("cannot listen on {listen} for the sink (--sink-listen)"))?;
@@ -235,9 +289,11 @@ impl Sink {
             "{}/hookrelay-bench/{run}",
             url?.as_str().trim_end_matches('/')
         );
+        let (gate, open) = tokio::sync::watch::channel(!held);
         let state = Arc::new(SinkState {
             tracker,
-            key: OnceLock::new(),
+            keys: OnceLock::new(),
+            open,
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -253,26 +309,53 @@ impl Sink {
         .run();
         let handle = server.handle();
         tokio::spawn(server);
-        Ok(Self { url, state, handle })
+        Ok(Self {
+            url,
+            state,
+            gate,
+            handle,
+        })
     }
 
-    /// The subscription's secret, that deliveries are signed with.
-    pub fn set_secret(&self, secret: &str) -> anyhow::Result<()> {
-        let key = signing::key(secret).context("the subscription's secret is not whsec_…")?;
-        let _ = self.state.key.set(key);
+    /// The URL of subscription `i`.
+    pub fn url_of(&self, i: usize) -> String {
+        format!("{}/{i}", self.url)
+    }
+
+    /// The subscriptions' secrets, in order, that deliveries are signed with.
+    pub fn set_secrets(&self, secrets: &[String]) -> anyhow::Result<()> {
+        let keys = secrets
+            .iter()
+            .map(|secret| signing::key(secret))
+            .collect::<Result<Vec<_>, _>>()
+            .context("a subscription's secret is not whsec_…")?;
+        let _ = self.state.keys.set(keys);
         Ok(())
     }
 
+    /// Answers the deliveries held so far, and those to come.
+    pub fn release(&self) {
+        let _ = self.gate.send(true);
+    }
+
     pub async fn stop(self) {
+        self.release();
         self.handle.stop(false).await;
     }
 }
 
-/// Every request is a delivery: checked, matched, answered 204.
+/// Every request is a delivery: checked, matched, answered 204. Its
+/// subscription is the last segment of the path.
 async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<SinkState>) -> HttpResponse {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let sub = req
+        .path()
+        .rsplit('/')
+        .next()
+        .and_then(|i| i.parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
     let signed = match (
-        state.key.get(),
+        state.keys.get().and_then(|keys| keys.get(sub)),
         header("webhook-id"),
         header("webhook-timestamp").and_then(|t| t.trim().parse::<i64>().ok()),
         header("webhook-signature"),
@@ -285,7 +368,10 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<SinkState>
     let webhook_id = serde_json::from_slice::<Envelope>(&body)
         .ok()
         .and_then(|e| e.webhook_id);
-    state.tracker.delivered(webhook_id.as_deref(), signed);
+    // Held: counted when answered, so that a backlog's drain is timed.
+    let mut open = state.open.clone();
+    let _ = open.wait_for(|open| *open).await;
+    state.tracker.delivered(webhook_id.as_deref(), sub, signed);
     HttpResponse::NoContent().finish()
 }
 
@@ -304,15 +390,15 @@ pub struct Subscription {
 }
 
 impl AdminApi {
-    /// Subscribes `sink` to the run's `jira:issue_created` events of `client_key`.
+    /// Subscribes `url` to the run's `jira:issue_created` events of `client_key`.
     pub async fn subscribe(
         &self,
-        sink: &Sink,
+        url: &str,
         client_key: &str,
         max_concurrency: Option<u32>,
     ) -> anyhow::Result<Subscription> {
         let mut body = json!({
-            "url": sink.url,
+            "url": url,
             "events": [EVENT],
             "tenants": [client_key],
             "description": format!("hookrelay bench sink for {client_key}; safe to delete"),
@@ -341,9 +427,8 @@ impl AdminApi {
             }
             if detail.contains("ALLOW_PRIVATE_DESTINATIONS") {
                 bail!(
-                    "hookrelay refuses to deliver to the bench's sink at {} ({detail}): start \
-                     hookrelay with HOOKRELAY_ALLOW_PRIVATE_DESTINATIONS=true, or run with --no-sink",
-                    sink.url
+                    "hookrelay refuses to deliver to the bench's sink at {url} ({detail}): start \
+                     hookrelay with HOOKRELAY_ALLOW_PRIVATE_DESTINATIONS=true, or run with --no-sink"
                 );
             }
             bail!("hookrelay refused the sink's subscription ({status}: {detail})");
@@ -388,7 +473,7 @@ mod tests {
 
     #[test]
     fn deliveries_are_matched_counted_and_timed() {
-        let tracker = Tracker::new("run-".into());
+        let tracker = Tracker::new("run-".into(), 1);
         // Request 0 is of the warm-up.
         for seq in 0..4 {
             tracker.sent(seq, seq > 0);
@@ -396,25 +481,61 @@ mod tests {
         tracker.accepted(0);
         tracker.accepted(1);
         // Delivered before intake's answer was read.
-        tracker.delivered(Some("run-2"), true);
+        tracker.delivered(Some("run-2"), 0, true);
         tracker.accepted(2);
         assert_eq!(tracker.pending(), 2);
-        tracker.delivered(Some("run-1"), true);
-        tracker.delivered(Some("run-1"), true);
+        tracker.delivered(Some("run-1"), 0, true);
+        tracker.delivered(Some("run-1"), 0, true);
         assert_eq!(tracker.pending(), 1);
         // Never accepted (a timeout at the bench), delivered all the same.
-        tracker.delivered(Some("run-3"), false);
-        tracker.delivered(Some("other-1"), true);
-        tracker.delivered(Some("run-99"), true);
-        tracker.delivered(None, true);
+        tracker.delivered(Some("run-3"), 0, false);
+        tracker.delivered(Some("other-1"), 0, true);
+        tracker.delivered(Some("run-99"), 0, true);
+        tracker.delivered(None, 0, true);
+        // From a subscription the bench did not make.
+        tracker.delivered(Some("run-0"), 1, true);
         let tally = tracker.tally();
-        assert_eq!(tally.expected, 3);
-        assert_eq!(tally.delivered, 2);
-        assert_eq!(tally.losses, 1);
-        assert_eq!(tally.duplicates, 1);
-        assert_eq!(tally.unmatched, 3);
-        assert_eq!(tally.bad_signatures, 1);
-        assert_eq!(tally.delivered_not_accepted, 1);
+        let c = tally.counts;
+        assert_eq!(c.expected, 3);
+        assert_eq!(c.delivered, 2);
+        assert_eq!(c.losses, 1);
+        assert_eq!(c.duplicates, 1);
+        assert_eq!(c.unmatched, 4);
+        assert_eq!(c.bad_signatures, 1);
+        assert_eq!(c.delivered_not_accepted, 1);
         assert_eq!(tally.latency.len(), 3);
+    }
+
+    #[test]
+    fn a_request_is_owed_a_delivery_by_every_subscription() {
+        let tracker = Tracker::new("run-".into(), 3);
+        for seq in 0..2 {
+            tracker.sent(seq, true);
+            tracker.accepted(seq);
+        }
+        assert_eq!(tracker.pending(), 2);
+        for sub in [0, 2, 1] {
+            tracker.delivered(Some("run-0"), sub, true);
+        }
+        tracker.delivered(Some("run-1"), 1, true);
+        tracker.delivered(Some("run-1"), 1, true);
+        tracker.delivered(Some("run-1"), 3, true);
+        assert_eq!(tracker.pending(), 1);
+        let tally = tracker.tally();
+        let c = tally.counts;
+        assert_eq!((c.expected, c.delivered, c.losses), (6, 4, 2));
+        assert_eq!((c.duplicates, c.unmatched), (1, 1));
+        assert_eq!(tally.latency.len(), 4);
+        assert!(tally.per_sec.is_some());
+
+        // All 64 bits of the mask.
+        let tracker = Tracker::new("run-".into(), MAX_FAN);
+        tracker.sent(0, true);
+        tracker.accepted(0);
+        for sub in 0..MAX_FAN as usize {
+            tracker.delivered(Some("run-0"), sub, true);
+        }
+        assert_eq!(tracker.pending(), 0);
+        assert_eq!(tracker.tally().counts.losses, 0);
     }
 }

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::SqlitePool;
+use sqlx::{Sqlite, SqlitePool};
 
 use super::{decode, Claimed, EventFilter, LocalRoute, StoreError};
 use crate::domain::{
@@ -202,45 +202,64 @@ pub async fn insert_events(
     pool: &SqlitePool,
     batch: &[(&Event, DateTime<Utc>)],
 ) -> Result<Vec<bool>, StoreError> {
+    // Each statement is a round trip to the connection's thread, so the
+    // batch is one multi-row insert for the events and one for the outbox
+    // rows of those inserted (13 parameters a row: 256 rows stay far
+    // below SQLite's limit of 32,766).
     let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for (event, publish_at) in batch {
-        let inserted = sqlx::query(
+    let mut inserted = std::collections::HashSet::with_capacity(batch.len());
+    for chunk in batch.chunks(INSERT_CHUNK) {
+        let mut events = sqlx::QueryBuilder::<Sqlite>::new(
             "INSERT INTO events (id, source, product, event, tenant_client_key, tenant_base_url,
                                  webhook_id, webhook_retry, webhook_flow, received_at, payload,
-                                 source_event, recovered)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(event.id.to_string())
-        .bind(event.source.as_str())
-        .bind(event.product.map(|p| p.as_str()))
-        .bind(&event.event)
-        .bind(event.client_key.as_ref().map(|k| &k.0))
-        .bind(&event.tenant_base_url)
-        .bind(&event.webhook_id)
-        .bind(event.webhook_retry)
-        .bind(&event.webhook_flow)
-        .bind(format_timestamp(event.received_at))
-        .bind(&event.payload)
-        .bind(&event.source_event)
-        .bind(event.recovered)
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
-        if inserted {
-            sqlx::query("INSERT INTO outbox (event_id, available_at) VALUES (?, ?)")
-                .bind(event.id.to_string())
-                .bind(format_timestamp(*publish_at))
-                .execute(&mut *tx)
-                .await?;
+                                 source_event, recovered) ",
+        );
+        events.push_values(chunk, |mut row, (event, _)| {
+            row.push_bind(event.id.to_string())
+                .push_bind(event.source.as_str())
+                .push_bind(event.product.map(|p| p.as_str()))
+                .push_bind(&event.event)
+                .push_bind(event.client_key.as_ref().map(|k| &k.0))
+                .push_bind(&event.tenant_base_url)
+                .push_bind(&event.webhook_id)
+                .push_bind(event.webhook_retry)
+                .push_bind(&event.webhook_flow)
+                .push_bind(format_timestamp(event.received_at))
+                .push_bind(&event.payload)
+                .push_bind(&event.source_event)
+                .push_bind(event.recovered);
+        });
+        events.push(" ON CONFLICT (tenant_client_key, webhook_id) DO NOTHING RETURNING id");
+        for (id,) in events
+            .build_query_as::<(String,)>()
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            inserted.insert(id);
         }
-        results.push(inserted);
+    }
+    let new: Vec<(String, String)> = batch
+        .iter()
+        .map(|(event, publish_at)| (event.id.to_string(), format_timestamp(*publish_at)))
+        .filter(|(id, _)| inserted.contains(id))
+        .collect();
+    for chunk in new.chunks(INSERT_CHUNK) {
+        let mut outbox =
+            sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO outbox (event_id, available_at) ");
+        outbox.push_values(chunk, |mut row, (id, at)| {
+            row.push_bind(id).push_bind(at);
+        });
+        outbox.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(results)
+    Ok(batch
+        .iter()
+        .map(|(event, _)| inserted.contains(&event.id.to_string()))
+        .collect())
 }
+
+/// Rows in one multi-row insert.
+const INSERT_CHUNK: usize = 256;
 
 /// A JSON array of ids, for `IN (SELECT value FROM json_each(?))`.
 pub(in crate::store) fn id_list<T: std::fmt::Display>(ids: impl IntoIterator<Item = T>) -> String {

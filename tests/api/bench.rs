@@ -126,12 +126,53 @@ async fn bench_measures_intake_and_delivery_and_cleans_up() {
     assert!(e2e["p99"].as_f64().unwrap() > 0.0, "{run}");
     assert!(e2e["p50"].as_f64().unwrap() <= e2e["p99"].as_f64().unwrap());
     assert_eq!(e2e["count"], accepted, "{run}");
-    assert_eq!(delivery["subscription_deleted"], true, "{run}");
+    assert_eq!(delivery["subscriptions_deleted"], true, "{run}");
+    assert_eq!(delivery["subscription_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(delivery["backlog"], false, "{run}");
     // hookrelay's /metrics has no process memory: read from /proc via --pid.
     let rss = &run["server_rss"];
     assert!(rss["source"].is_string(), "{run}");
     assert!(rss["end_bytes"].as_u64().unwrap() > 1024 * 1024, "{run}");
     assert_eq!(run["body_bytes"], 2048, "{run}");
+
+    // Fan-out from a backlog: three subscriptions, the sink's answers held
+    // until the load ends; every request delivered to each, once.
+    let output = bench(&[
+        "--url",
+        &address,
+        "--keys-listen",
+        &keys_listen,
+        "--json",
+        "--duration",
+        "1s",
+        "--concurrency",
+        "4",
+        "--subscriptions",
+        "3",
+        "--backlog",
+    ])
+    .await;
+    let fan = report(&output);
+    let accepted_fan = fan["intake"]["accepted"].as_u64().unwrap();
+    let delivery = &fan["delivery"];
+    assert!(accepted_fan > 0, "{fan}");
+    assert_eq!(delivery["expected"], 3 * accepted_fan, "{fan}");
+    assert_eq!(delivery["delivered"], 3 * accepted_fan, "{fan}");
+    assert_eq!(delivery["losses"], 0, "{fan}");
+    assert_eq!(delivery["duplicates"], 0, "{fan}");
+    assert_eq!(delivery["bad_signatures"], 0, "{fan}");
+    assert_eq!(delivery["latency_ms"]["count"], 3 * accepted_fan, "{fan}");
+    // Held: the first request sent waited out the whole second of load.
+    assert!(
+        delivery["latency_ms"]["max"].as_f64().unwrap() >= 900.0,
+        "{fan}"
+    );
+    assert!(delivery["per_sec"].as_f64().unwrap() > 0.0, "{fan}");
+    assert_eq!(delivery["backlog"], true, "{fan}");
+    let ids = delivery["subscription_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 3, "{fan}");
+    assert_ne!(ids[0], ids[1], "{fan}");
+    assert_eq!(delivery["subscriptions_deleted"], true, "{fan}");
 
     // What the server holds agrees: no subscription left, the site
     // uninstalled, one stored event per accepted request.

@@ -157,6 +157,29 @@ impl AttemptWrite {
     }
 }
 
+/// How a batch of attempts keeps the failure streaks: the subscriptions whose
+/// attempts here all succeeded are cleared together (sorted, once each); the
+/// attempts of a subscription with a failure among them are taken one by
+/// one, by subscription and then in the order they were made, as one may
+/// disable it. Subscriptions are so locked in id order by every writer.
+pub(crate) fn streaks(records: &[AttemptWrite]) -> (Vec<SubscriptionId>, Vec<usize>) {
+    let failing: std::collections::BTreeSet<SubscriptionId> = records
+        .iter()
+        .filter(|r| !r.outcome.is_success())
+        .map(|r| r.subscription)
+        .collect();
+    let cleared: std::collections::BTreeSet<SubscriptionId> = records
+        .iter()
+        .map(|r| r.subscription)
+        .filter(|s| !failing.contains(s))
+        .collect();
+    let mut one_by_one: Vec<usize> = (0..records.len())
+        .filter(|&i| failing.contains(&records[i].subscription))
+        .collect();
+    one_by_one.sort_by_key(|&i| (records[i].subscription, records[i].attempted_at));
+    (cleared.into_iter().collect(), one_by_one)
+}
+
 /// What recording an attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {

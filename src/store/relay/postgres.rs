@@ -6,8 +6,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    assemble, AttemptFilter, AttemptRow, AttemptWrite, ClaimLimits, ClaimRow, DeliveryFilter,
-    DeliveryRow, DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
+    assemble, streaks, AttemptFilter, AttemptRow, AttemptWrite, ClaimLimits, ClaimRow,
+    DeliveryFilter, DeliveryRow, DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
 };
 use crate::domain::{Attempt, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId};
 use crate::store::postgres::{uuids, EventRow};
@@ -174,9 +174,11 @@ pub async fn create_deliveries(
     Ok(())
 }
 
-/// Due rows are locked first (no window functions beside FOR UPDATE), then
-/// cut to each subscription's room and to the byte budget (the first row
-/// always fits); rows locked but left out stay as they were.
+/// Due rows are locked first, read from the due index alone in its order
+/// (no join the planner could put before the LIMIT: with a backlog of tens
+/// of thousands and stale statistics it chose to sort them all), then cut to
+/// each subscription's room and to the byte budget (the first row always
+/// fits); rows locked but left out stay as they were.
 pub async fn claim_deliveries(
     pool: &PgPool,
     limits: &ClaimLimits<'_>,
@@ -186,21 +188,23 @@ pub async fn claim_deliveries(
 ) -> Result<Vec<DueDelivery>, StoreError> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query_as::<_, ClaimRow<Uuid>>(
-        "WITH candidates AS (
-             SELECT d.id, d.subscription_id, d.next_attempt_at,
-                    octet_length(e.payload) AS size,
-                    LEAST(s.max_concurrency, $9) AS room
-             FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
-                  JOIN events e ON e.id = d.event_id
-             WHERE d.state = 'pending' AND d.next_attempt_at <= $1 AND s.enabled
-               AND NOT (d.subscription_id = ANY($4))
+        "WITH candidates AS MATERIALIZED (
+             SELECT d.id, d.event_id, d.subscription_id, d.next_attempt_at
+             FROM deliveries d
+             WHERE d.state = 'pending' AND d.next_attempt_at <= $1
+               AND d.subscription_id <> ALL($4)
+               AND d.subscription_id <> ALL(ARRAY(SELECT id FROM subscriptions
+                                                  WHERE NOT enabled))
              ORDER BY d.next_attempt_at LIMIT $3 FOR UPDATE OF d SKIP LOCKED
          ), ranked AS (
-             SELECT c.id, c.size, c.room - COALESCE(b.taken, 0) AS room,
+             SELECT c.id, octet_length(e.payload) AS size,
+                    LEAST(s.max_concurrency, $9) - COALESCE(b.taken, 0) AS room,
                     row_number() OVER (PARTITION BY c.subscription_id
                                        ORDER BY c.next_attempt_at, c.id) AS n,
-                    sum(c.size) OVER (ORDER BY c.next_attempt_at, c.id) - c.size AS before
-             FROM candidates c
+                    sum(octet_length(e.payload)) OVER (ORDER BY c.next_attempt_at, c.id)
+                        - octet_length(e.payload) AS before
+             FROM candidates c JOIN subscriptions s ON s.id = c.subscription_id
+                  JOIN events e ON e.id = c.event_id
                   LEFT JOIN UNNEST($7::uuid[], $8::int8[]) AS b(sub, taken)
                        ON b.sub = c.subscription_id
          ), within AS (
@@ -329,33 +333,18 @@ pub(crate) async fn record_attempts(
     .map(|(id,)| id)
     .collect();
 
-    let failing: std::collections::BTreeSet<Uuid> = records
-        .iter()
-        .filter(|r| !r.outcome.is_success())
-        .map(|r| r.subscription.0)
-        .collect();
-    let mut cleared: Vec<Uuid> = records
-        .iter()
-        .map(|r| r.subscription.0)
-        .filter(|s| !failing.contains(s))
-        .collect();
-    cleared.sort();
-    cleared.dedup();
+    let (cleared, one_by_one) = streaks(records);
     if !cleared.is_empty() {
         sqlx::query(
             "UPDATE subscriptions SET failing_since = NULL
              WHERE id = ANY($1) AND failing_since IS NOT NULL",
         )
-        .bind(cleared)
+        .bind(uuids(&cleared, |s| s.0))
         .execute(&mut *tx)
         .await?;
     }
     let mut disabled: Vec<Option<String>> = vec![None; records.len()];
-    let mut streaks: Vec<usize> = (0..records.len())
-        .filter(|&i| failing.contains(&records[i].subscription.0))
-        .collect();
-    streaks.sort_by_key(|&i| (records[i].subscription.0, records[i].attempted_at));
-    for i in streaks {
+    for i in one_by_one {
         disabled[i] = streak(&mut tx, &records[i]).await?;
     }
     tx.commit().await?;

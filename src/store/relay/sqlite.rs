@@ -3,12 +3,12 @@
 
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
-use sqlx::SqlitePool;
+use sqlx::{Sqlite, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    assemble, AttemptFilter, AttemptRow, AttemptWrite, ClaimLimits, ClaimRow, DeliveryFilter,
-    DeliveryRow, DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
+    assemble, streaks, AttemptFilter, AttemptRow, AttemptWrite, ClaimLimits, ClaimRow,
+    DeliveryFilter, DeliveryRow, DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
 };
 use crate::domain::format_timestamp;
 use crate::domain::{Attempt, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId};
@@ -257,59 +257,95 @@ pub async fn unclaim_deliveries(
 
 /// Records the attempts in one transaction, in the order of their
 /// subscriptions, so that two writers lock subscription rows in one order.
+/// Records the attempts in one transaction, in as few statements as the
+/// PostgreSQL side (each is a round trip to the connection's thread): the
+/// attempts in one insert, the deliveries in one update, the streaks of
+/// subscriptions that only succeeded cleared in one more (see [`streaks`]).
 pub(crate) async fn record_attempts(
     pool: &SqlitePool,
     records: &[AttemptWrite],
 ) -> Result<Vec<Recorded>, StoreError> {
-    let mut order: Vec<usize> = (0..records.len()).collect();
-    order.sort_by_key(|&i| (records[i].subscription.0, records[i].delivery.0));
-    let mut recorded = vec![None; records.len()];
     let mut tx = pool.begin().await?;
-    for i in order {
-        recorded[i] = Some(record_attempt(&mut tx, &records[i]).await?);
+    let mut current = std::collections::HashSet::with_capacity(records.len());
+    // 10 parameters a row: a chunk stays far below SQLite's 32,766.
+    for chunk in records.chunks(256) {
+        let mut attempts = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO delivery_attempts (id, delivery_id, event_id, subscription_id,
+                 attempted_at, duration_ms, status_code, error, response_body, outcome) ",
+        );
+        attempts.push_values(chunk, |mut row, r| {
+            row.push_bind(Uuid::now_v7().to_string())
+                .push_bind(r.delivery.to_string())
+                .push_bind(r.event.to_string())
+                .push_bind(r.subscription.to_string())
+                .push_bind(format_timestamp(r.attempted_at))
+                .push_bind(r.duration_ms)
+                .push_bind(r.status_code)
+                .push_bind(&r.error)
+                .push_bind(&r.response_body)
+                .push_bind(r.outcome.as_str());
+        });
+        attempts.build().execute(&mut *tx).await?;
+        // Only where the claim still holds: a replay or a new claim since owns it.
+        let mut deliveries = sqlx::QueryBuilder::<Sqlite>::new(
+            "WITH t (id, claim, state, next, status, error, at) AS (",
+        );
+        deliveries.push_values(chunk, |mut row, r| {
+            row.push_bind(r.delivery.to_string())
+                .push_bind(r.claim.to_string())
+                .push_bind(r.outcome.state().as_str())
+                .push_bind(format_timestamp(r.next_attempt_at))
+                .push_bind(r.status_code)
+                .push_bind(&r.error)
+                .push_bind(format_timestamp(r.attempted_at));
+        });
+        deliveries.push(
+            ") UPDATE deliveries SET state = t.state, next_attempt_at = t.next, claim = NULL,
+                 last_status = t.status, last_error = t.error, updated_at = t.at
+             FROM t WHERE deliveries.id = t.id AND deliveries.claim = t.claim
+             RETURNING deliveries.id",
+        );
+        for (id,) in deliveries
+            .build_query_as::<(String,)>()
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            current.insert(id);
+        }
+    }
+    let (cleared, one_by_one) = streaks(records);
+    if !cleared.is_empty() {
+        sqlx::query(
+            "UPDATE subscriptions SET failing_since = NULL
+             WHERE id IN (SELECT value FROM json_each(?1)) AND failing_since IS NOT NULL",
+        )
+        .bind(id_list(&cleared))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut disabled: Vec<Option<String>> = vec![None; records.len()];
+    for i in one_by_one {
+        disabled[i] = streak(&mut tx, &records[i]).await?;
     }
     tx.commit().await?;
-    Ok(recorded.into_iter().flatten().collect())
+    Ok(records
+        .iter()
+        .zip(disabled)
+        .map(|(r, disabled)| Recorded {
+            current: current.contains(&r.delivery.to_string()),
+            disabled,
+        })
+        .collect())
 }
 
-async fn record_attempt(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+/// Keeps a subscription's failure streak through one attempt: a success
+/// ends it, a failure starts it (if none is running) and may disable the
+/// subscription. Returns why it was disabled, if it was just now.
+async fn streak(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
     r: &AttemptWrite,
-) -> Result<Recorded, StoreError> {
-    sqlx::query(
-        "INSERT INTO delivery_attempts (id, delivery_id, event_id, subscription_id,
-             attempted_at, duration_ms, status_code, error, response_body, outcome)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .bind(Uuid::now_v7().to_string())
-    .bind(r.delivery.to_string())
-    .bind(r.event.to_string())
-    .bind(r.subscription.to_string())
-    .bind(format_timestamp(r.attempted_at))
-    .bind(r.duration_ms)
-    .bind(r.status_code)
-    .bind(&r.error)
-    .bind(&r.response_body)
-    .bind(r.outcome.as_str())
-    .execute(&mut **tx)
-    .await?;
-    let current = sqlx::query(
-        "UPDATE deliveries SET state = ?3, next_attempt_at = ?4, claim = NULL,
-             last_status = ?5, last_error = ?6, updated_at = ?7
-         WHERE id = ?1 AND claim = ?2",
-    )
-    .bind(r.delivery.to_string())
-    .bind(r.claim.to_string())
-    .bind(r.outcome.state().as_str())
-    .bind(format_timestamp(r.next_attempt_at))
-    .bind(r.status_code)
-    .bind(&r.error)
-    .bind(format_timestamp(r.attempted_at))
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
-        > 0;
-    let disabled = if r.outcome.is_success() {
+) -> Result<Option<String>, StoreError> {
+    if r.outcome.is_success() {
         sqlx::query(
             "UPDATE subscriptions SET failing_since = NULL
              WHERE id = ?1 AND failing_since IS NOT NULL",
@@ -317,34 +353,30 @@ async fn record_attempt(
         .bind(r.subscription.to_string())
         .execute(&mut **tx)
         .await?;
-        None
-    } else {
-        let failing_since = sqlx::query_as::<_, (String,)>(
-            "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?2)
-             WHERE id = ?1 RETURNING failing_since",
-        )
-        .bind(r.subscription.to_string())
-        .bind(format_timestamp(r.attempted_at))
-        .fetch_optional(&mut **tx)
-        .await?;
-        let failing_since = failing_since.map(|(t,)| time(&t)).transpose()?;
-        match failing_since.and_then(|since| r.disable_reason(since)) {
-            Some(reason) => sqlx::query(
-                "UPDATE subscriptions SET enabled = FALSE, disabled_reason = ?2, updated_at = ?3
-                 WHERE id = ?1 AND enabled",
-            )
-            .bind(r.subscription.to_string())
-            .bind(&reason)
-            .bind(format_timestamp(r.attempted_at))
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-            .gt(&0)
-            .then_some(reason),
-            None => None,
-        }
+        return Ok(None);
+    }
+    let failing_since = sqlx::query_as::<_, (String,)>(
+        "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?2)
+         WHERE id = ?1 RETURNING failing_since",
+    )
+    .bind(r.subscription.to_string())
+    .bind(format_timestamp(r.attempted_at))
+    .fetch_optional(&mut **tx)
+    .await?;
+    let failing_since = failing_since.map(|(t,)| time(&t)).transpose()?;
+    let Some(reason) = failing_since.and_then(|since| r.disable_reason(since)) else {
+        return Ok(None);
     };
-    Ok(Recorded { current, disabled })
+    let done = sqlx::query(
+        "UPDATE subscriptions SET enabled = FALSE, disabled_reason = ?2, updated_at = ?3
+         WHERE id = ?1 AND enabled",
+    )
+    .bind(r.subscription.to_string())
+    .bind(&reason)
+    .bind(format_timestamp(r.attempted_at))
+    .execute(&mut **tx)
+    .await?;
+    Ok((done.rows_affected() > 0).then_some(reason))
 }
 
 pub async fn replay_deliveries(
