@@ -61,7 +61,7 @@ impl Writer {
             count: MAX_EVENTS,
             bytes: MAX_BYTES,
             size: |(event, _): &Pending| event.payload.len(),
-            concurrency: self.concurrency(4),
+            concurrency: self.concurrency(2),
         };
         Batcher::start("events", limits, move |batch| {
             let writer = self.clone();

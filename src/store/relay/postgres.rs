@@ -1,4 +1,5 @@
 //! The relay's SQL for PostgreSQL.
+//! Batch statements are planned afresh on each run: see `store/postgres.rs`.
 
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
@@ -215,6 +216,7 @@ pub async fn claim_deliveries(
          WHERE id IN (SELECT id FROM within)
          RETURNING id, event_id, subscription_id, attempts",
     )
+    .persistent(false)
     .bind(now)
     .bind(lease_until)
     .bind(limits.rows())
@@ -238,6 +240,7 @@ pub async fn claim_deliveries(
     let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let sub_ids: Vec<Uuid> = rows.iter().map(|r| r.subscription_id).collect();
     let events = sqlx::query_as::<_, EventRow>("SELECT * FROM events WHERE id = ANY($1)")
+        .persistent(false)
         .bind(event_ids)
         .fetch_all(&mut *tx)
         .await?
@@ -246,6 +249,7 @@ pub async fn claim_deliveries(
         .collect::<Result<Vec<_>, _>>()?;
     let subscriptions =
         sqlx::query_as::<_, SubRow>("SELECT * FROM subscriptions WHERE id = ANY($1)")
+            .persistent(false)
             .bind(sub_ids)
             .fetch_all(&mut *tx)
             .await?
@@ -265,6 +269,7 @@ pub async fn unclaim_deliveries(
         "UPDATE deliveries SET next_attempt_at = $3, claim = NULL, attempts = attempts - 1
          WHERE id = ANY($1) AND claim = $2",
     )
+    .persistent(false)
     .bind(uuids(due, |d| d.id.0))
     .bind(due[0].claim)
     .bind(at)
@@ -315,6 +320,7 @@ pub(crate) async fn record_attempts(
          WHERE d.id = t.id AND d.claim = t.claim
          RETURNING d.id",
     )
+    .persistent(false)
     .bind(uuids(records, |r| r.delivery.0))
     .bind(uuids(records, |r| r.claim))
     .bind(column(|r| Some(r.outcome.state().as_str())))
@@ -339,6 +345,7 @@ pub(crate) async fn record_attempts(
             "UPDATE subscriptions SET failing_since = NULL
              WHERE id = ANY($1) AND failing_since IS NOT NULL",
         )
+        .persistent(false)
         .bind(uuids(&cleared, |s| s.0))
         .execute(&mut *tx)
         .await?;
