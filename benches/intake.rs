@@ -123,24 +123,13 @@ async fn run(
     let (endpoint, delivered) = endpoint();
     let now = hookrelay::domain::now_millis();
     store
-        .insert_subscription(&hookrelay::domain::Subscription {
-            id: hookrelay::domain::SubscriptionId::new(),
-            url: endpoint,
-            events: vec!["*".into()],
-            tenants: None,
-            filter: None,
-            headers: Default::default(),
-            secret: hookrelay::relay::signing::generate_secret().into(),
-            transform: None,
-            description: None,
-            rate_limit: None,
-            max_concurrency: config.relay_concurrency / 2,
-            enabled: true,
-            disabled_reason: None,
-            failing_since: None,
-            created_at: now,
-            updated_at: now,
-        })
+        .insert_subscription(&hookrelay::domain::Subscription::new(
+            endpoint,
+            vec!["*".into()],
+            hookrelay::relay::signing::generate_secret().into(),
+            config.relay_concurrency / 2,
+            now,
+        ))
         .await
         .unwrap();
     let secret = "bench-shared-secret-0123456789";

@@ -441,6 +441,37 @@ pub struct Subscription {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Subscription {
+    /// An enabled subscription of `url` to `events`, made `now`, with every
+    /// other setting at its default.
+    pub fn new(
+        url: String,
+        events: Vec<String>,
+        secret: secrecy::SecretString,
+        max_concurrency: u32,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: SubscriptionId::new(),
+            url,
+            events,
+            tenants: None,
+            filter: None,
+            headers: std::collections::BTreeMap::new(),
+            secret,
+            transform: None,
+            description: None,
+            rate_limit: None,
+            max_concurrency,
+            enabled: true,
+            disabled_reason: None,
+            failing_since: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")

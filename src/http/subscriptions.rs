@@ -306,24 +306,13 @@ async fn create(
     check_transform(&state, &changes).await?;
     let now = now_millis();
     let secret = signing::generate_secret();
-    let mut sub = Subscription {
-        id: SubscriptionId::new(),
-        url: String::new(),
-        events: Vec::new(),
-        tenants: None,
-        filter: None,
-        headers: BTreeMap::new(),
-        secret: secret.clone().into(),
-        transform: None,
-        description: None,
-        rate_limit: None,
-        max_concurrency: state.config.subscription_concurrency,
-        enabled: true,
-        disabled_reason: None,
-        failing_since: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let mut sub = Subscription::new(
+        String::new(),
+        Vec::new(),
+        secret.clone().into(),
+        state.config.subscription_concurrency,
+        now,
+    );
     let secret = apply(&mut sub, changes, &state)?.unwrap_or(secret);
     state.store.insert_subscription(&sub).await?;
     // Only the host: paths and queries often carry tokens.

@@ -6,8 +6,13 @@
 //!
 //! Every attempt's outcome is written to the store before the slot is freed:
 //! retries are rows with a due time, so they survive any restart.
+//!
+//! While nothing is due, the relay hands new deliveries over directly
+//! ([`Dispatcher::reserve`]): created claimed, they go out without a claim, and
+//! a finished attempt wakes the dispatcher only when something may be due.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,9 +27,9 @@ use tracing::Instrument as _;
 use super::destination::{self, GuardedResolver, Refused};
 use super::retry::{self, Verdict};
 use super::signing;
-use crate::budget::ByteBudget;
+use crate::budget::{ByteBudget, Held};
 use crate::config::Config;
-use crate::domain::{now_millis, AttemptOutcome, SubscriptionId};
+use crate::domain::{now_millis, AttemptOutcome, Subscription, SubscriptionId};
 use crate::script::{Engine, RunKind, ScriptRef};
 use crate::store::{AttemptRecord, ClaimLimits, DueDelivery, Store, StoreError};
 
@@ -127,7 +132,7 @@ impl Slot {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .put(subscription);
-            self.dispatcher.wake.notify_one();
+            self.dispatcher.wake_if_due();
         }
     }
 }
@@ -136,8 +141,15 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.endpoint_done();
         // The process slot goes back too: the dispatcher may claim again.
-        self.dispatcher.wake.notify_one();
+        self.dispatcher.wake_if_due();
     }
+}
+
+/// What a delivery handed over by the relay holds from its creation on: its
+/// slots and its payload's bytes.
+pub(super) struct Reserved {
+    slot: Slot,
+    held: Held,
 }
 
 pub struct Dispatcher {
@@ -159,6 +171,10 @@ pub struct Dispatcher {
     /// The earliest retry this process scheduled, so it wakes for it on time.
     next_retry: Mutex<Option<tokio::time::Instant>>,
     pub(super) attempts: TaskTracker,
+    /// The last claim found nothing more due (it took fewer than it asked,
+    /// left no subscription out and handed nothing back), and no delivery
+    /// has been made due since: new ones may be handed over directly.
+    drained: AtomicBool,
     /// Runs subscriptions' transforms.
     scripts: Engine,
     /// What transforms call out with.
@@ -187,10 +203,11 @@ impl Dispatcher {
             paused: Mutex::default(),
             next_retry: Mutex::default(),
             attempts: TaskTracker::new(),
+            drained: AtomicBool::new(false),
         })
     }
 
-    fn lease(&self) -> Duration {
+    pub(super) fn lease(&self) -> Duration {
         self.config.delivery_timeout + LEASE_MARGIN
     }
 
@@ -234,6 +251,7 @@ impl Dispatcher {
             // is claimed fits (the claim stays within `room`).
             let room = self.bytes.room();
             if free == 0 || room < self.config.max_body_bytes as u64 {
+                self.drained.store(false, Ordering::SeqCst);
                 return Ok(()); // a finished attempt rings `wake`
             }
             let skip = self.skipped();
@@ -250,6 +268,8 @@ impl Dispatcher {
                 })
                 .await?;
             let got = claimed.len();
+            let cut = self.cut_short(&claimed, &busy, room);
+            let left_out = !skip.is_empty();
             let mut back = Vec::new();
             let mut later: HashMap<SubscriptionId, (Duration, Vec<DueDelivery>)> = HashMap::new();
             for due in claimed {
@@ -258,37 +278,22 @@ impl Dispatcher {
                     held.push(due);
                     continue;
                 }
-                if let Some(wait) = self.rate_limited(&due) {
+                if let Some(wait) = self.rate_limited(&due.subscription) {
                     later.insert(subscription, (wait, vec![due]));
                     continue;
                 }
-                let slot = self.slot(&due);
+                let slot = self.slot(&due.subscription);
                 let held = slot
                     .as_ref()
                     .and_then(|_| self.bytes.try_take(due.event.payload.len()));
                 match slot.zip(held) {
-                    Some((mut slot, held)) => {
-                        let this = self.clone();
-                        let span = tracing::info_span!(
-                            "delivery",
-                            event_id = %due.event.id,
-                            subscription_id = %subscription,
-                            delivery_id = %due.id,
-                            attempt = due.attempt,
-                        );
-                        self.attempts.spawn(
-                            async move {
-                                this.attempt(due, &mut slot).await;
-                                // The bytes first: the slot's drop wakes the dispatcher.
-                                drop(held);
-                                drop(slot);
-                            }
-                            .instrument(span),
-                        );
-                    }
+                    Some((slot, held)) => self.start(due, Reserved { slot, held }),
                     None => back.push(due),
                 }
             }
+            // Drained only if nothing due can have been left behind.
+            let drained = got < free && !cut && !left_out && back.is_empty() && later.is_empty();
+            self.drained.store(drained, Ordering::SeqCst);
             // More of one subscription was due than it has slots: the rest go
             // back untried, and the next claim skips that subscription.
             self.store.unclaim_deliveries(&back, now_millis()).await?;
@@ -307,6 +312,36 @@ impl Dispatcher {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether a claim may have left due deliveries behind for want of room:
+    /// it took as many of a subscription as that had room for, or so many
+    /// bytes that the largest payload no longer fitted.
+    fn cut_short(
+        &self,
+        claimed: &[DueDelivery],
+        busy: &[(SubscriptionId, u32)],
+        bytes: u64,
+    ) -> bool {
+        let mut per_subscription: HashMap<SubscriptionId, (u32, u32)> = HashMap::new();
+        for due in claimed {
+            let taken = busy
+                .iter()
+                .find(|(id, _)| *id == due.subscription.id)
+                .map_or(0, |(_, n)| *n);
+            let room = due
+                .subscription
+                .max_concurrency
+                .min(self.per_subscription())
+                .saturating_sub(taken);
+            per_subscription
+                .entry(due.subscription.id)
+                .or_insert((0, room))
+                .0 += 1;
+        }
+        let payloads: u64 = claimed.iter().map(|d| d.event.payload.len() as u64).sum();
+        per_subscription.values().any(|(n, room)| n >= room)
+            || payloads + self.config.max_body_bytes as u64 > bytes
     }
 
     /// The most attempts one subscription may have in flight in this
@@ -330,28 +365,88 @@ impl Dispatcher {
     /// A process slot and one of the subscription's, if both are free. The
     /// per-subscription limit is capped at half the process's slots, so that
     /// one hanging endpoint can never hold all of them.
-    fn slot(self: &Arc<Self>, due: &DueDelivery) -> Option<Slot> {
+    fn slot(self: &Arc<Self>, subscription: &Subscription) -> Option<Slot> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
-        let limit = due
-            .subscription
-            .max_concurrency
-            .min(self.per_subscription());
+        let limit = subscription.max_concurrency.min(self.per_subscription());
         let taken = self
             .busy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take(due.subscription.id, limit);
+            .take(subscription.id, limit);
         taken.then(|| Slot {
             dispatcher: self.clone(),
-            subscription: Some(due.subscription.id),
+            subscription: Some(subscription.id),
             _permit: permit,
         })
     }
 
+    /// Slots and `size` bytes for a new delivery to `subscription`, which
+    /// then goes out as soon as it is created ([`Dispatcher::start`]);
+    /// `None` leaves it to be claimed. Only while nothing else is due, so
+    /// that new deliveries never pass ones waiting their turn; and within
+    /// every bound a claim respects: the slots, the bytes, the rate limit.
+    pub(super) fn reserve(
+        self: &Arc<Self>,
+        subscription: &Subscription,
+        size: usize,
+    ) -> Option<Reserved> {
+        if !self.drained.load(Ordering::SeqCst)
+            || self
+                .paused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&subscription.id)
+        {
+            return None;
+        }
+        let slot = self.slot(subscription)?;
+        let held = self.bytes.try_take(size)?;
+        // Last: a token of the rate limit is spent only on one that goes.
+        if self.rate_limited(subscription).is_some() {
+            return None;
+        }
+        Some(Reserved { slot, held })
+    }
+
+    /// Deliveries were made due: the next claim looks for them.
+    pub(super) fn made_due(&self) {
+        self.drained.store(false, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Rings the dispatcher unless nothing can be due.
+    fn wake_if_due(&self) {
+        if !self.drained.load(Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Attempts `due` on its own task, with what it holds.
+    pub(super) fn start(self: &Arc<Self>, due: DueDelivery, reserved: Reserved) {
+        let this = self.clone();
+        let span = tracing::info_span!(
+            "delivery",
+            event_id = %due.event.id,
+            subscription_id = %due.subscription.id,
+            delivery_id = %due.id,
+            attempt = due.attempt,
+        );
+        let Reserved { mut slot, held } = reserved;
+        self.attempts.spawn(
+            async move {
+                this.attempt(due, &mut slot).await;
+                // The bytes first: the slot's drop wakes the dispatcher.
+                drop(held);
+                drop(slot);
+            }
+            .instrument(span),
+        );
+    }
+
     /// How long to wait before the subscription's rate limit lets an attempt
     /// through; `None` when one may go now (and that one is counted).
-    fn rate_limited(&self, due: &DueDelivery) -> Option<Duration> {
-        let limiter = self.limiter(due)?;
+    fn rate_limited(&self, subscription: &Subscription) -> Option<Duration> {
+        let limiter = self.limiter(subscription)?;
         match limiter.check() {
             Ok(()) => None,
             Err(not_until) => Some(
@@ -360,11 +455,11 @@ impl Dispatcher {
         }
     }
 
-    fn limiter(&self, due: &DueDelivery) -> Option<Arc<DefaultDirectRateLimiter>> {
-        let rate = due.subscription.rate_limit.filter(|r| *r > 0)?;
+    fn limiter(&self, subscription: &Subscription) -> Option<Arc<DefaultDirectRateLimiter>> {
+        let rate = subscription.rate_limit.filter(|r| *r > 0)?;
         let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         let entry = limiters
-            .entry(due.subscription.id)
+            .entry(subscription.id)
             .or_insert_with(|| (rate, Arc::new(RateLimiter::direct(per_second(rate)))));
         if entry.0 != rate {
             *entry = (rate, Arc::new(RateLimiter::direct(per_second(rate))));
@@ -576,10 +671,13 @@ impl Dispatcher {
         }
     }
 
+    /// Wakes the dispatcher at `at` (it sleeps until the earliest).
     fn retry_at(&self, at: tokio::time::Instant) {
         let mut next = self.next_retry.lock().unwrap_or_else(|e| e.into_inner());
         if next.is_none_or(|current| at < current) {
             *next = Some(at);
+            // A finished attempt may not ring it: it must see the new time.
+            self.wake.notify_one();
         }
     }
 

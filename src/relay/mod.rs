@@ -12,7 +12,9 @@
 //! A message is acknowledged only once its deliveries are committed, and
 //! creating them is idempotent, so a redelivered message changes nothing. From
 //! then on the store holds everything: any worker process may attempt any due
-//! delivery, and a restart loses no retry.
+//! delivery, and a restart loses no retry. While nothing else is due, the
+//! deliveries this process has room for are created claimed and attempted at
+//! once, without a claim.
 
 pub mod deliver;
 pub mod destination;
@@ -27,15 +29,15 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::{HashMap, HashSet};
+
 use crate::broker::{Broker, Consumer, Delivery};
 use crate::config::Config;
-use std::collections::HashMap;
-
-use crate::domain::{EventId, SubscriptionId, Trigger, TriggerId};
+use crate::domain::{EventId, Subscription, SubscriptionId, Trigger, TriggerId};
 use crate::script::Engine;
-use crate::store::{Store, StoreError};
+use crate::store::{DueDelivery, Store, StoreError};
 use crate::triggers::runner::Runner;
-use deliver::Dispatcher;
+use deliver::{Dispatcher, Reserved};
 use matching::{Candidate, Matcher};
 
 /// Most messages taken from the queue before their deliveries are written.
@@ -86,7 +88,7 @@ pub fn start(
         consumer: tokio::spawn(consume(
             consumer,
             store,
-            wake,
+            dispatcher.clone(),
             runner.wake.clone(),
             stop.clone(),
         )),
@@ -127,7 +129,7 @@ impl Relay {
 async fn consume(
     mut consumer: Consumer,
     store: Store,
-    wake: Arc<Notify>,
+    dispatcher: Arc<Dispatcher>,
     runs: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -146,7 +148,7 @@ async fn consume(
                 None => break,
             }
         }
-        match fan_out(&store, batch, &stop).await {
+        match fan_out(&store, &dispatcher, batch, &stop).await {
             None => return,
             Some(queued) => {
                 if queued {
@@ -154,14 +156,20 @@ async fn consume(
                 }
             }
         }
-        wake.notify_one();
     }
 }
 
 /// Creates the deliveries of each message (and a web trigger's script run),
-/// and acknowledges it. `None` when stopped first (unacknowledged messages go
-/// back to the queue); otherwise whether a script run was queued.
-async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) -> Option<bool> {
+/// and acknowledges it. Those the dispatcher has room for are created
+/// claimed and started at once; for the others it is woken. `None` when
+/// stopped first (unacknowledged messages go back to the queue); otherwise
+/// whether a script run was queued.
+async fn fan_out(
+    store: &Store,
+    dispatcher: &Arc<Dispatcher>,
+    batch: Vec<Delivery>,
+    stop: &CancellationToken,
+) -> Option<bool> {
     let mut queued = false;
     let mut triggers: HashMap<String, Option<Trigger>> = HashMap::new();
     // Loaded per batch, so a subscription created before an event was received
@@ -248,9 +256,35 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
         .iter()
         .map(|(_, event_id, matched)| (*event_id, matched.as_slice()))
         .collect();
-    match with_store(stop, || store.create_deliveries(&fan)).await {
+    let mut reserved = reserve(dispatcher, &subscriptions, &ready);
+    let take: HashSet<(EventId, SubscriptionId)> = reserved.keys().copied().collect();
+    let created = with_store(stop, || {
+        store.create_deliveries(&fan, &take, dispatcher.lease())
+    })
+    .await;
+    match created {
         None => return None,
-        Some(Ok(())) => {
+        Some(Ok(taken)) => {
+            let count = fan.iter().map(|(_, subs)| subs.len()).sum::<usize>();
+            if taken.deliveries.len() < count {
+                dispatcher.made_due();
+            }
+            for (id, subscription, event) in taken.deliveries {
+                let held = reserved.remove(&(event.id, subscription));
+                let subscription = subscriptions.iter().find(|s| s.id == subscription);
+                // Always both; without them it waits out its lease.
+                if let Some((held, subscription)) = held.zip(subscription) {
+                    let due = DueDelivery {
+                        id,
+                        claim: taken.claim,
+                        attempt: 1,
+                        event,
+                        subscription: subscription.clone(),
+                    };
+                    dispatcher.start(due, held);
+                }
+            }
+            drop(reserved);
             // One commit for the batch; then every message is acknowledged
             // at once (the in-process broker deletes them together).
             let acks = ready.into_iter().map(|(delivery, event_id, matched)| async move {
@@ -264,13 +298,44 @@ async fn fan_out(store: &Store, batch: Vec<Delivery>, stop: &CancellationToken) 
         // One message may spoil the batch (an event this store does not
         // hold): each is written alone, so that only that one is refused.
         Some(Err(e)) => {
+            drop(reserved);
             tracing::warn!(error = %deliver::chain(&e), messages = ready.len(), "cannot create a batch's deliveries; creating them one message at a time");
             for (delivery, event_id, matched) in ready {
                 create_one(store, stop, delivery, event_id, &matched).await?;
             }
+            dispatcher.made_due();
         }
     }
     Some(queued)
+}
+
+/// Slots for the deliveries of messages whose body arrived with them (its
+/// size is then known), while the dispatcher has room.
+fn reserve(
+    dispatcher: &Arc<Dispatcher>,
+    subscriptions: &[Subscription],
+    ready: &[(Delivery, EventId, Vec<SubscriptionId>)],
+) -> HashMap<(EventId, SubscriptionId), Reserved> {
+    let mut reserved = HashMap::new();
+    for (delivery, event_id, matched) in ready {
+        let size = delivery.message().body.len();
+        if size == 0 {
+            continue;
+        }
+        for id in matched {
+            let held = subscriptions
+                .iter()
+                .find(|s| s.id == *id)
+                .and_then(|subscription| dispatcher.reserve(subscription, size));
+            match held {
+                Some(held) => {
+                    reserved.insert((*event_id, *id), held);
+                }
+                None => return reserved,
+            }
+        }
+    }
+    reserved
 }
 
 /// Creates one message's deliveries and settles it: acknowledged once
@@ -284,9 +349,11 @@ async fn create_one(
     matched: &[SubscriptionId],
 ) -> Option<()> {
     let fan = [(event_id, matched)];
-    match with_store(stop, || store.create_deliveries(&fan)).await {
+    let none = HashSet::new();
+    let lease = Duration::ZERO; // nothing is taken
+    match with_store(stop, || store.create_deliveries(&fan, &none, lease)).await {
         None => return None,
-        Some(Ok(())) => {
+        Some(Ok(_)) => {
             if !matched.is_empty() {
                 tracing::debug!(%event_id, deliveries = matched.len(), "deliveries created");
             }

@@ -345,15 +345,22 @@ async fn rabbitmq_consumer_waits_for_its_queue() {
 
 both_backends!(in_process_consumer_acks_requeues_and_rejects);
 
+/// A store of the test's own, migrated, without a broker; the database lives
+/// as long as the first value.
+async fn migrated_store(backend: Backend) -> (TestDb, Config, Store) {
+    let db = TestDb::new(backend).await;
+    let config = config(&db, &test_exchange(), None);
+    let store = Store::connect(&config).await.unwrap();
+    store.migrate().await.unwrap();
+    (db, config, store)
+}
+
 /// The in-process broker behind the same interface: reject removes the message
 /// (there are no dead letters in-process), requeue hands it out again, and
 /// neither comes back after the lease. A queue never declared yields nothing,
 /// and closing the broker ends every consumer.
 async fn in_process_consumer_acks_requeues_and_rejects(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let config = config(&db, &test_exchange(), None);
-    let store = Store::connect(&config).await.unwrap();
-    store.migrate().await.unwrap();
+    let (_db, config, store) = migrated_store(backend).await;
     let broker = Broker::Local(Arc::new(LocalBroker::new(store.clone(), &config)));
     let mut consumer = broker.consume(&config.relay_queue.name, 10);
     let mut nowhere = broker.consume("never-declared", 10);
@@ -387,5 +394,88 @@ async fn in_process_consumer_acks_requeues_and_rejects(backend: Backend) {
             .expect("next returns once the broker is closed");
         assert!(end.is_none());
     }
+    store.close().await;
+}
+
+both_backends!(deliveries_taken_at_creation_are_claimed_with_their_events);
+
+/// What the relay relies on to send a new delivery without a claim: one
+/// created taken is claimed for the lease with its first attempt counted,
+/// and comes back with its event; one not taken is due at once. Created
+/// again (a redelivered message), neither is duplicated nor taken again.
+async fn deliveries_taken_at_creation_are_claimed_with_their_events(backend: Backend) {
+    use hookrelay::domain::{DeliveryState, Subscription};
+    use hookrelay::store::{ClaimLimits, DeliveryFilter};
+    use std::collections::HashSet;
+
+    let (_db, _, store) = migrated_store(backend).await;
+    let now = now_millis();
+    let subscription = |url: &str| {
+        let secret = hookrelay::relay::signing::generate_secret().into();
+        Subscription::new(url.into(), vec!["*".into()], secret, 8, now)
+    };
+    let (taken_sub, due_sub) = (
+        subscription("https://a.test/"),
+        subscription("https://b.test/"),
+    );
+    for sub in [&taken_sub, &due_sub] {
+        store.insert_subscription(sub).await.unwrap();
+    }
+    let event = event("jira:issue_created");
+    store.insert_event(event.clone(), now).await.unwrap();
+    let subs = [taken_sub.id, due_sub.id];
+    let fan = [(event.id, &subs[..])];
+    let take: HashSet<_> = [(event.id, taken_sub.id)].into();
+    let lease = Duration::from_secs(60);
+
+    let taken = store.create_deliveries(&fan, &take, lease).await.unwrap();
+    assert_eq!(taken.deliveries.len(), 1);
+    let (taken_id, sub, taken_event) = &taken.deliveries[0];
+    assert_eq!(*sub, taken_sub.id);
+    assert_eq!(taken_event.id, event.id);
+    assert_eq!(taken_event.payload, event.payload);
+
+    let of_event = DeliveryFilter {
+        event: Some(event.id),
+        limit: 10,
+        ..Default::default()
+    };
+    let all = store.deliveries(&of_event).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let row = all.iter().find(|d| d.id == *taken_id).unwrap();
+    assert_eq!(row.state, DeliveryState::Pending);
+    assert_eq!(row.attempts, 1, "the first attempt is counted");
+    assert!(
+        row.next_attempt_at >= now + chrono::Duration::seconds(59),
+        "leased"
+    );
+    let other = all
+        .iter()
+        .find(|d| d.subscription_id == due_sub.id)
+        .unwrap();
+    assert_eq!(other.attempts, 0);
+
+    // A claim finds only the one not taken.
+    let claimed = store
+        .claim_deliveries(&ClaimLimits {
+            rows: 10,
+            bytes: u64::MAX,
+            lease,
+            skip: &[],
+            busy: &[],
+            per_subscription: 8,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![other.id]
+    );
+
+    // The same message again: nothing new, nothing taken.
+    let again = store.create_deliveries(&fan, &take, lease).await.unwrap();
+    assert!(again.deliveries.is_empty());
+    let after = store.deliveries(&of_event).await.unwrap();
+    assert_eq!(after.len(), 2);
     store.close().await;
 }

@@ -4,10 +4,13 @@
 //! A pending delivery is claimed the way outbox rows are: its due time moves
 //! forward by a lease, so a worker that dies loses nothing, and a fresh `claim`
 //! token is written, which the attempt's result must still match when it lands
-//! (a replay or an expired lease in the meantime wins).
+//! (a replay or an expired lease in the meantime wins). A process with room
+//! for a new delivery creates it claimed already, and attempts it at once.
 
 mod postgres;
 mod sqlite;
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -31,6 +34,19 @@ pub struct DueDelivery {
     pub attempt: i32,
     pub event: Event,
     pub subscription: Subscription,
+}
+
+/// Deliveries their creator took at once (see [`Store::create_deliveries`]).
+pub struct Taken {
+    pub claim: Uuid,
+    pub deliveries: Vec<(DeliveryId, SubscriptionId, Event)>,
+}
+
+/// The time a taken delivery is created at, its lease's end, and the claim.
+struct Window {
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    claim: Uuid,
 }
 
 /// What one claim of due deliveries may take.
@@ -274,20 +290,35 @@ impl Store {
     }
 
     /// Creates a pending delivery of each event to each of its subscriptions,
-    /// due now, in one statement. Idempotent: a delivery that exists is left
-    /// alone (a redelivered message).
+    /// in one statement. Those in `take` are created claimed by the caller
+    /// for `lease`, their first attempt counted, and come back with their
+    /// events: they go out without waiting for a claim. The others are due
+    /// now. Idempotent: a delivery that exists is left alone (a redelivered
+    /// message), and is not taken.
     pub async fn create_deliveries(
         &self,
         fan_out: &[(EventId, &[SubscriptionId])],
-    ) -> Result<(), StoreError> {
+        take: &HashSet<(EventId, SubscriptionId)>,
+        lease: std::time::Duration,
+    ) -> Result<Taken, StoreError> {
+        let claim = Uuid::now_v7();
         if fan_out.iter().all(|(_, subs)| subs.is_empty()) {
-            return Ok(());
+            return Ok(Taken {
+                claim,
+                deliveries: Vec::new(),
+            });
         }
-        let now = crate::domain::now_millis();
-        match self {
-            Store::Postgres(pool) => postgres::create_deliveries(pool, fan_out, now).await,
-            Store::Sqlite(pools) => sqlite::create_deliveries(&pools.writer, fan_out, now).await,
-        }
+        let (now, until) = lease_window(lease);
+        let window = Window { now, until, claim };
+        let deliveries = match self {
+            Store::Postgres(pool) => {
+                postgres::create_deliveries(pool, fan_out, take, &window).await?
+            }
+            Store::Sqlite(pools) => {
+                sqlite::create_deliveries(&pools.writer, fan_out, take, &window).await?
+            }
+        };
+        Ok(Taken { claim, deliveries })
     }
 
     /// Claims due deliveries of enabled subscriptions within `limits`, for

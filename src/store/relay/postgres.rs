@@ -1,6 +1,8 @@
 //! The relay's SQL for PostgreSQL.
 //! Batch statements are planned afresh on each run: see `store/postgres.rs`.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
@@ -9,6 +11,7 @@ use uuid::Uuid;
 use super::{
     assemble, streaks, AttemptFilter, AttemptRow, AttemptWrite, ClaimLimits, ClaimRow,
     DeliveryFilter, DeliveryRow, DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
+    Window,
 };
 use crate::domain::{Attempt, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId};
 use crate::store::postgres::{uuids, EventRow};
@@ -151,28 +154,64 @@ pub async fn subscriptions(
 pub async fn create_deliveries(
     pool: &PgPool,
     fan_out: &[(EventId, &[SubscriptionId])],
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let pairs = fan_out
+    take: &HashSet<(EventId, SubscriptionId)>,
+    window: &Window,
+) -> Result<Vec<(DeliveryId, SubscriptionId, Event)>, StoreError> {
+    let pairs: Vec<(EventId, SubscriptionId)> = fan_out
         .iter()
-        .flat_map(|(event, subs)| subs.iter().map(move |sub| (event.0, sub.0)));
-    let (events, subs): (Vec<Uuid>, Vec<Uuid>) = pairs.unzip();
-    let ids: Vec<Uuid> = events.iter().map(|_| DeliveryId::new().0).collect();
-    sqlx::query(
-        "INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
-             created_at, updated_at)
-         SELECT t.d, t.e, t.s, 'pending', $4, $4, $4
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[]) AS t(d, e, s)
-         JOIN subscriptions sub ON sub.id = t.s -- one deleted meanwhile is skipped
-         ON CONFLICT (event_id, subscription_id) DO NOTHING",
+        .flat_map(|(event, subs)| subs.iter().map(move |sub| (*event, *sub)))
+        .collect();
+    let ids: Vec<Uuid> = pairs.iter().map(|_| DeliveryId::new().0).collect();
+    let taken: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "WITH created AS (
+             INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
+                 claim, attempts, created_at, updated_at)
+             SELECT t.d, t.e, t.s, 'pending', CASE WHEN t.take THEN $6 ELSE $5 END,
+                    CASE WHEN t.take THEN $7::uuid END, CASE WHEN t.take THEN 1 ELSE 0 END,
+                    $5, $5
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::bool[]) AS t(d, e, s, take)
+             JOIN subscriptions sub ON sub.id = t.s -- one deleted meanwhile is skipped
+             ON CONFLICT (event_id, subscription_id) DO NOTHING
+             RETURNING id, event_id, subscription_id, claim
+         )
+         SELECT id, event_id, subscription_id FROM created WHERE claim IS NOT NULL",
     )
     .bind(ids)
-    .bind(events)
-    .bind(subs)
-    .bind(now)
-    .execute(pool)
+    .bind(uuids(&pairs, |(e, _)| e.0))
+    .bind(uuids(&pairs, |(_, s)| s.0))
+    .bind(pairs.iter().map(|p| take.contains(p)).collect::<Vec<_>>())
+    .bind(window.now)
+    .bind(window.until)
+    .bind(window.claim)
+    .fetch_all(pool)
     .await?;
-    Ok(())
+    if taken.is_empty() {
+        return Ok(Vec::new());
+    }
+    let events = events_by_id(pool, taken.iter().map(|(_, e, _)| *e).collect()).await?;
+    // An event gone meanwhile (retention) leaves its delivery to its lease.
+    Ok(taken
+        .into_iter()
+        .filter_map(|(id, event, sub)| {
+            let event = events.get(&EventId(event))?.clone();
+            Some((DeliveryId(id), SubscriptionId(sub), event))
+        })
+        .collect())
+}
+
+/// Events by id.
+async fn events_by_id(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: Vec<Uuid>,
+) -> Result<std::collections::HashMap<EventId, Event>, StoreError> {
+    sqlx::query_as::<_, EventRow>("SELECT * FROM events WHERE id = ANY($1)")
+        .persistent(false)
+        .bind(ids)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|row| Event::try_from(row).map(|e| (e.id, e)))
+        .collect()
 }
 
 /// Due rows are locked first, read from the due index alone in its order
@@ -239,17 +278,12 @@ pub async fn claim_deliveries(
     }
     let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let sub_ids: Vec<Uuid> = rows.iter().map(|r| r.subscription_id).collect();
-    let events = sqlx::query_as::<_, EventRow>("SELECT * FROM events WHERE id = ANY($1)")
-        .persistent(false)
-        .bind(event_ids)
-        .fetch_all(&mut *tx)
+    let events = events_by_id(&mut *tx, event_ids)
         .await?
-        .into_iter()
-        .map(Event::try_from)
-        .collect::<Result<Vec<_>, _>>()?;
+        .into_values()
+        .collect();
     let subscriptions =
         sqlx::query_as::<_, SubRow>("SELECT * FROM subscriptions WHERE id = ANY($1)")
-            .persistent(false)
             .bind(sub_ids)
             .fetch_all(&mut *tx)
             .await?
@@ -345,7 +379,6 @@ pub(crate) async fn record_attempts(
             "UPDATE subscriptions SET failing_since = NULL
              WHERE id = ANY($1) AND failing_since IS NOT NULL",
         )
-        .persistent(false)
         .bind(uuids(&cleared, |s| s.0))
         .execute(&mut *tx)
         .await?;

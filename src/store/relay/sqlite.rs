@@ -1,14 +1,17 @@
 //! The relay's SQL for SQLite: ids and timestamps as TEXT (see `store/sqlite.rs`),
 //! id lists as JSON arrays read with `json_each`.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use sqlx::{Sqlite, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    assemble, streaks, AttemptFilter, AttemptRow, AttemptWrite, ClaimLimits, ClaimRow,
+    assemble, streaks, AttemptFilter, AttemptRow, AttemptWrite, ClaimLimits, ClaimRow, Column,
     DeliveryFilter, DeliveryRow, DueDelivery, Recorded, SubscriptionColumns, SubscriptionRow,
+    Window,
 };
 use crate::domain::format_timestamp;
 use crate::domain::{Attempt, Delivery, DeliveryId, Event, EventId, Subscription, SubscriptionId};
@@ -135,33 +138,65 @@ pub async fn subscriptions(
 pub async fn create_deliveries(
     pool: &SqlitePool,
     fan_out: &[(EventId, &[SubscriptionId])],
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let triples: Vec<[String; 3]> = fan_out
+    take: &HashSet<(EventId, SubscriptionId)>,
+    window: &Window,
+) -> Result<Vec<(DeliveryId, SubscriptionId, Event)>, StoreError> {
+    let rows: Vec<(String, String, String, bool)> = fan_out
         .iter()
         .flat_map(|(event, subs)| {
             subs.iter().map(move |sub| {
-                [
+                (
                     DeliveryId::new().to_string(),
                     event.to_string(),
                     sub.to_string(),
-                ]
+                    take.contains(&(*event, *sub)),
+                )
             })
         })
         .collect();
-    sqlx::query(
+    let mut tx = pool.begin().await?;
+    let taken = sqlx::query_as::<_, (String, String, String, Option<String>)>(
         "INSERT INTO deliveries (id, event_id, subscription_id, state, next_attempt_at,
-             created_at, updated_at)
-         SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, 'pending', ?2, ?2, ?2
+             claim, attempts, created_at, updated_at)
+         SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, 'pending',
+                CASE WHEN j.value ->> 3 THEN ?3 ELSE ?2 END,
+                CASE WHEN j.value ->> 3 THEN ?4 END,
+                CASE WHEN j.value ->> 3 THEN 1 ELSE 0 END, ?2, ?2
          FROM json_each(?1) AS j
          JOIN subscriptions s ON s.id = j.value ->> 2 -- one deleted meanwhile is skipped
-         WHERE true ON CONFLICT (event_id, subscription_id) DO NOTHING",
+         WHERE true ON CONFLICT (event_id, subscription_id) DO NOTHING
+         RETURNING id, event_id, subscription_id, claim",
     )
-    .bind(serde_json::to_string(&triples).unwrap_or_else(|_| "[]".into()))
-    .bind(format_timestamp(now))
-    .execute(pool)
-    .await?;
-    Ok(())
+    .bind(serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()))
+    .bind(format_timestamp(window.now))
+    .bind(format_timestamp(window.until))
+    .bind(window.claim.to_string())
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .filter(|row| row.3.is_some())
+    .map(|(id, event, sub, _)| (id, event, sub))
+    .collect::<Vec<_>>();
+    if taken.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    let events: std::collections::HashMap<String, Event> = sqlx::query_as::<_, EventRow>(
+        "SELECT * FROM events WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(id_list(taken.iter().map(|(_, e, _)| e)))
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|row| Event::try_from(row).map(|e| (e.id.to_string(), e)))
+    .collect::<Result<_, _>>()?;
+    tx.commit().await?;
+    // An event gone meanwhile (retention) leaves its delivery to its lease.
+    taken
+        .into_iter()
+        .filter_map(|(id, event, sub)| Some((id, sub, events.get(&event)?.clone())))
+        .map(|(id, sub, event)| Ok((DeliveryId(id.value()?), SubscriptionId(sub.value()?), event)))
+        .collect()
 }
 
 /// Due rows in order, cut to each subscription's room and to the byte
@@ -255,8 +290,6 @@ pub async fn unclaim_deliveries(
     Ok(())
 }
 
-/// Records the attempts in one transaction, in the order of their
-/// subscriptions, so that two writers lock subscription rows in one order.
 /// Records the attempts in one transaction, in as few statements as the
 /// PostgreSQL side (each is a round trip to the connection's thread): the
 /// attempts in one insert, the deliveries in one update, the streaks of
