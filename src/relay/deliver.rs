@@ -172,8 +172,9 @@ pub struct Dispatcher {
     next_retry: Mutex<Option<tokio::time::Instant>>,
     pub(super) attempts: TaskTracker,
     /// The last claim found nothing more due (it took fewer than it asked,
-    /// left no subscription out and handed nothing back), and no delivery
-    /// has been made due since: new ones may be handed over directly.
+    /// was not cut short by a subscription's room or by the bytes, left no
+    /// subscription out and handed nothing back), and no delivery has been
+    /// made due since: new ones may be handed over directly.
     drained: AtomicBool,
     /// Runs subscriptions' transforms.
     scripts: Engine,

@@ -22,14 +22,13 @@ pub mod matching;
 pub mod retry;
 pub mod signing;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-use std::collections::{HashMap, HashSet};
 
 use crate::broker::{Broker, Consumer, Delivery};
 use crate::config::Config;
