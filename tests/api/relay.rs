@@ -303,6 +303,48 @@ async fn an_endpoint_never_has_more_requests_than_its_max_concurrency(backend: B
     assert_eq!(receiver.received("/hang").len(), 3);
 }
 
+both_backends!(deliveries_never_wait_for_the_poll);
+
+/// The dispatcher is woken whenever a delivery may be due and is never left
+/// to its poll. With the poll a minute away, a burst goes to an endpoint
+/// that takes one request at a time and to one beside it. All of it arrives
+/// within seconds: new deliveries are handed over at creation while nothing
+/// waits, and the rest are claimed as slots come free. So does a second
+/// burst, once the first has drained.
+async fn deliveries_never_wait_for_the_poll(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(backend, |raw| {
+        relaying(raw);
+        raw.relay_poll_interval = "60s".into();
+    })
+    .await;
+    let admin = AdminApi::of(&app.address);
+    let site = Site::new("jira");
+    app.install(&site).await;
+    admin
+        .subscribe(json!({"url": receiver.url("/one"), "events": ["*"], "max_concurrency": 1}))
+        .await;
+    admin
+        .subscribe(json!({"url": receiver.url("/many"), "events": ["*"]}))
+        .await;
+    let mut sent = 0;
+    for burst in [30, 5] {
+        let sends = (0..burst).map(|_| app.webhook(&site, "jira:issue_created", "{}", &[]));
+        for response in futures_util::future::join_all(sends).await {
+            accepted(response).await;
+        }
+        sent += burst;
+        for path in ["/one", "/many"] {
+            receiver.wait_for(path, sent, Duration::from_secs(15)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for path in ["/one", "/many"] {
+        assert_eq!(receiver.received(path).len(), sent, "{path}: once each");
+    }
+    receiver.stop().await;
+}
+
 /// 500 then 200; 429 with Retry-After; 410; a delivery that runs out of
 /// attempts and is replayed with the same event id.
 async fn retries_dead_letters_and_replays(backend: Backend) {
