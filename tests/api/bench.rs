@@ -59,6 +59,13 @@ async fn bench(args: &[&str]) -> Output {
     .unwrap()
 }
 
+/// `hookrelay bench --url <address> --keys-listen <keys_listen> --json <extra>`.
+async fn bench_json(address: &str, keys_listen: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["--url", address, "--keys-listen", keys_listen, "--json"];
+    args.extend_from_slice(extra);
+    bench(&args).await
+}
+
 /// The report of a run that must have succeeded.
 fn report(output: &Output) -> Value {
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -90,19 +97,11 @@ async fn bench_measures_intake_and_delivery_and_cleans_up() {
     let (served, address) = serve(dir.path(), &format!("http://{keys_listen}"));
     let pid = served.child.id().to_string();
 
-    let output = bench(&[
-        "--url",
+    let output = bench_json(
         &address,
-        "--keys-listen",
         &keys_listen,
-        "--json",
-        "--duration",
-        "2s",
-        "--concurrency",
-        "4",
-        "--pid",
-        &pid,
-    ])
+        &["--duration", "2s", "--concurrency", "4", "--pid", &pid],
+    )
     .await;
     let run = report(&output);
     let intake = &run["intake"];
@@ -137,20 +136,19 @@ async fn bench_measures_intake_and_delivery_and_cleans_up() {
 
     // Fan-out from a backlog: three subscriptions, the sink's answers held
     // until the load ends; every request delivered to each, once.
-    let output = bench(&[
-        "--url",
+    let output = bench_json(
         &address,
-        "--keys-listen",
         &keys_listen,
-        "--json",
-        "--duration",
-        "1s",
-        "--concurrency",
-        "4",
-        "--subscriptions",
-        "3",
-        "--backlog",
-    ])
+        &[
+            "--duration",
+            "1s",
+            "--concurrency",
+            "4",
+            "--subscriptions",
+            "3",
+            "--backlog",
+        ],
+    )
     .await;
     let fan = report(&output);
     let accepted_fan = fan["intake"]["accepted"].as_u64().unwrap();
@@ -190,20 +188,19 @@ async fn bench_measures_intake_and_delivery_and_cleans_up() {
     assert_eq!(tenant["event_count"], accepted, "{tenant}");
 
     // Open loop, intake only: sends by the clock, exactly rate × duration.
-    let output = bench(&[
-        "--url",
+    let output = bench_json(
         &address,
-        "--keys-listen",
         &keys_listen,
-        "--json",
-        "--no-sink",
-        "--rate",
-        "50",
-        "--duration",
-        "1s",
-        "--size",
-        "4KiB",
-    ])
+        &[
+            "--no-sink",
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+            "--size",
+            "4KiB",
+        ],
+    )
     .await;
     let run = report(&output);
     assert_eq!(run["mode"], "open", "{run}");
