@@ -44,6 +44,15 @@ uuid_id!(
     EventId
 );
 
+impl EventId {
+    /// The smallest id made at `at` or later: a bound for listing events by
+    /// time along the primary key (ids are v7, which begin with the time).
+    pub fn first_at(at: DateTime<Utc>) -> EventId {
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        EventId(uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid())
+    }
+}
+
 /// A Connect installation's `clientKey`: the tenant's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

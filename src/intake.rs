@@ -42,6 +42,7 @@ pub async fn accept(
         );
         metrics::counter!("hookrelay_events_stored_total", "source" => event.source.as_str())
             .increment(1);
+        publisher.feed().announce(&event);
         if let Some(slot) = slot {
             slot.send(event);
         }

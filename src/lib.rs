@@ -43,6 +43,7 @@ pub mod budget;
 pub mod config;
 pub mod descriptor;
 pub mod domain;
+pub mod feed;
 pub mod forge_app;
 pub mod http;
 pub mod intake;

@@ -41,6 +41,8 @@ pub struct Publisher {
     fast_bytes: ByteBudget,
     status: watch::Receiver<BrokerStatus>,
     lease: Duration,
+    /// Where committed events are announced to the live tail.
+    feed: crate::feed::Feed,
 }
 
 /// A place on the fast path, with the bytes of its event.
@@ -68,6 +70,11 @@ impl Publisher {
         let bytes = self.fast_bytes.try_take(bytes)?;
         let place = self.fast.clone().try_reserve_owned().ok()?;
         Some(Slot { place, bytes })
+    }
+
+    /// The live feed committed events are announced on.
+    pub fn feed(&self) -> &crate::feed::Feed {
+        &self.feed
     }
 
     /// How long a claim on an outbox row lasts.
@@ -113,6 +120,7 @@ pub fn start(store: Store, broker: Arc<Broker>, config: &Config) -> (Publisher, 
             fast_bytes: ByteBudget::new(config.publish_memory),
             status,
             lease: config.republish_after,
+            feed: crate::feed::Feed::new(),
         },
         PublisherTask { stop, handle },
     )

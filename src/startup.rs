@@ -31,6 +31,8 @@ pub struct Application {
     store: Store,
     broker: Arc<Broker>,
     publisher: PublisherTask,
+    /// Closed when shutdown starts, so that live tails end and let the drain finish.
+    feed: crate::feed::Feed,
     relay: Option<Relay>,
     /// Reconciliation of failed webhooks on a timer, when it is on.
     reconciler: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
@@ -44,6 +46,7 @@ impl Application {
         let config = Arc::new(config);
         let (store, broker) = open(&config).await?;
         let (publisher, publisher_task) = publisher::start(store.clone(), broker.clone(), &config);
+        let feed = publisher.feed().clone();
         let relay_wake = Arc::new(tokio::sync::Notify::new());
         let scripts = script_engine(&config);
         let script_calls = script_calls(&config, &store)?;
@@ -135,6 +138,7 @@ impl Application {
             store,
             broker,
             publisher: publisher_task,
+            feed,
             relay,
             reconciler,
             shutdown_timeout: config.shutdown_timeout,
@@ -165,9 +169,11 @@ impl Application {
                 relay.stop(grace).await;
             })
         });
+        let feed = self.feed.clone();
         let stopper = tokio::spawn(async move {
             shutdown.cancelled().await;
             tracing::info!("shutting down: finishing in-flight requests");
+            feed.close();
             handle.stop(true).await;
         });
         let result = self.server.await;

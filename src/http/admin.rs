@@ -27,6 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope("/admin/api/v1")
                 .route("/openapi.json", web::get().to(openapi))
                 .route("/events", web::get().to(list_events))
+                .route("/events/stream", web::get().to(stream_events))
                 .route("/events/{id}", web::get().to(get_event)),
         )),
     )));
@@ -108,18 +109,77 @@ async fn openapi() -> HttpResponse {
         .body(OPENAPI)
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    event: Option<String>,
-    tenant: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
+#[derive(Deserialize, Default)]
+pub(crate) struct ListQuery {
+    /// An event name, or a pattern with `*`.
+    pub event: Option<String>,
+    pub tenant: Option<String>,
+    pub source: Option<String>,
+    pub webhook_id: Option<String>,
+    /// RFC 3339 times: received at or after `since`, before `until`.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The store's filter for this query, checking each parameter.
+    pub(crate) fn filter(&self) -> Result<EventFilter, ApiError> {
+        fn given(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let event = given(&self.event).map(str::to_string);
+        if let Some(event) = &event {
+            if !crate::relay::matching::valid_pattern(event) {
+                return Err(ApiError::BadRequest(
+                    "event must be an event name, with `*` for any run of characters".into(),
+                ));
+            }
+        }
+        let source = given(&self.source)
+            .map(|s| {
+                crate::domain::Source::parse(s).ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "source must be connect, forge, jira-admin or webtrigger".into(),
+                    )
+                })
+            })
+            .transpose()?;
+        let time = |name: &str, v: &Option<String>| {
+            given(v)
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|t| EventId::first_at(t.with_timezone(&chrono::Utc)))
+                        .map_err(|_| {
+                            ApiError::BadRequest(format!(
+                                "{name} must be an RFC 3339 time, such as 2026-11-22T10:00:00Z"
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        let until = time("until", &self.until)?;
+        let before = cursor(self.cursor.as_deref())?.map(EventId);
+        Ok(EventFilter {
+            event,
+            client_key: given(&self.tenant).map(|t| ClientKey(t.to_string())),
+            source: source.map(|s| s.as_str().to_string()),
+            webhook_id: given(&self.webhook_id).map(str::to_string),
+            before: match (before, until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            from: time("since", &self.since)?,
+            limit: limit(self.limit.as_deref())?,
+        })
+    }
 }
 
 /// An event as the admin API shows it: the envelope plus what Jira said about
 /// its delivery attempt.
 #[derive(Serialize)]
-struct AdminEvent<'a> {
+pub(crate) struct AdminEvent<'a> {
     #[serde(flatten)]
     envelope: Envelope<'a>,
     webhook_retry: Option<i32>,
@@ -133,7 +193,7 @@ struct EventDetail<'a> {
     deliveries: Vec<super::subscriptions::DeliveryWithAttempts>,
 }
 
-fn admin_event(event: &Event, with_payload: bool) -> Result<AdminEvent<'_>, ApiError> {
+pub(crate) fn admin_event(event: &Event, with_payload: bool) -> Result<AdminEvent<'_>, ApiError> {
     let mut envelope = event.envelope().map_err(|e| {
         tracing::error!(event_id = %event.id, error = %e, "stored payload is not JSON");
         ApiError::Internal
@@ -187,28 +247,31 @@ fn parse_event_id(s: &str) -> Option<EventId> {
     uuid::Uuid::parse_str(s).ok().map(EventId)
 }
 
-/// `GET /events?event=&tenant=&limit=&cursor=`: newest first, without payloads.
-/// `next_cursor` is set when there may be more.
+/// `GET /events?event=&tenant=&source=&webhook_id=&since=&until=&limit=&cursor=`:
+/// newest first, without payloads. `next_cursor` is set when there may be more.
 async fn list_events(
     _: Admin,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
-    let limit = limit(query.limit.as_deref())?;
-    let before = cursor(query.cursor.as_deref())?.map(EventId);
-    let filter = EventFilter {
-        event: query.event.filter(|e| !e.is_empty()),
-        client_key: query.tenant.filter(|t| !t.is_empty()).map(ClientKey),
-        before,
-        limit,
-    };
+    let filter = query.filter()?;
     let events = state.store.list_events(&filter).await?;
     let data = events
         .iter()
         .map(|e| admin_event(e, false))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(page(&data, limit, |e| e.envelope.id.0))
+    Ok(page(&data, filter.limit, |e| e.envelope.id.0))
+}
+
+/// `GET /events/stream?event=&tenant=&source=`: the events stored from now on,
+/// as Server-Sent Events (see [`super::stream`]).
+async fn stream_events(
+    _: Admin,
+    state: web::Data<AppState>,
+    query: web::Query<super::stream::TailQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tail = query.into_inner().tail()?;
+    Ok(super::stream::events(&state, tail))
 }
 
 /// `GET /events/{id}`: one event with its payload, its deliveries and their attempts.

@@ -10,6 +10,7 @@ mod connect;
 pub mod error;
 mod ops;
 mod sources;
+mod stream;
 mod subscriptions;
 mod triggers;
 

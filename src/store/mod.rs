@@ -152,12 +152,40 @@ fn clamp_bytes(bytes: u64) -> i64 {
 /// Which events [`Store::list_events`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
-    /// Exact event name.
+    /// An event name, or a pattern with `*` for any run of characters.
     pub event: Option<String>,
     pub client_key: Option<ClientKey>,
-    /// Only events older than this one (the page cursor).
+    pub source: Option<String>,
+    pub webhook_id: Option<String>,
+    /// Only events older than this one (the page cursor, or a time's bound).
     pub before: Option<EventId>,
+    /// Only this one and newer ones.
+    pub from: Option<EventId>,
     pub limit: i64,
+}
+
+impl EventFilter {
+    /// The exact name to look for, when `event` has no `*`.
+    fn exact_event(&self) -> Option<&str> {
+        self.event.as_deref().filter(|e| !e.contains('*'))
+    }
+
+    /// `event` as a `LIKE` pattern (escaped with `\`), when it has a `*`.
+    fn like_event(&self) -> Option<String> {
+        let event = self.event.as_deref().filter(|e| e.contains('*'))?;
+        let mut like = String::with_capacity(event.len() + 4);
+        for c in event.chars() {
+            match c {
+                '*' => like.push('%'),
+                '%' | '_' | '\\' => {
+                    like.push('\\');
+                    like.push(c);
+                }
+                c => like.push(c),
+            }
+        }
+        Some(like)
+    }
 }
 
 /// A row claimed from the outbox or from an in-process queue, with its event.

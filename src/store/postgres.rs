@@ -489,16 +489,24 @@ pub async fn event(pool: &PgPool, id: EventId) -> Result<Option<Event>, StoreErr
 
 pub async fn list_events(pool: &PgPool, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
     sqlx::query_as::<_, EventRow>(
-        "SELECT * FROM events
+        r"SELECT * FROM events
          WHERE ($1::text IS NULL OR event = $1)
            AND ($2::text IS NULL OR tenant_client_key = $2)
            AND ($3::uuid IS NULL OR id < $3)
+           AND ($5::text IS NULL OR event LIKE $5 ESCAPE '\')
+           AND ($6::text IS NULL OR source = $6)
+           AND ($7::text IS NULL OR webhook_id = $7)
+           AND ($8::uuid IS NULL OR id >= $8)
          ORDER BY id DESC LIMIT $4",
     )
-    .bind(&filter.event)
+    .bind(filter.exact_event())
     .bind(filter.client_key.as_ref().map(|k| &k.0))
     .bind(filter.before.map(|id| id.0))
     .bind(filter.limit)
+    .bind(filter.like_event())
+    .bind(&filter.source)
+    .bind(&filter.webhook_id)
+    .bind(filter.from.map(|id| id.0))
     .fetch_all(pool)
     .await?
     .into_iter()

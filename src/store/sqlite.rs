@@ -526,16 +526,24 @@ pub async fn list_events(
 ) -> Result<Vec<Event>, StoreError> {
     // Hyphenated lower-case v7 ids compare as text in time order.
     sqlx::query_as::<_, EventRow>(
-        "SELECT * FROM events
+        r"SELECT * FROM events
          WHERE (?1 IS NULL OR event = ?1)
            AND (?2 IS NULL OR tenant_client_key = ?2)
            AND (?3 IS NULL OR id < ?3)
+           AND (?5 IS NULL OR event LIKE ?5 ESCAPE '\')
+           AND (?6 IS NULL OR source = ?6)
+           AND (?7 IS NULL OR webhook_id = ?7)
+           AND (?8 IS NULL OR id >= ?8)
          ORDER BY id DESC LIMIT ?4",
     )
-    .bind(&filter.event)
+    .bind(filter.exact_event())
     .bind(filter.client_key.as_ref().map(|k| &k.0))
     .bind(filter.before.map(|id| id.to_string()))
     .bind(filter.limit)
+    .bind(filter.like_event())
+    .bind(&filter.source)
+    .bind(&filter.webhook_id)
+    .bind(filter.from.map(|id| id.to_string()))
     .fetch_all(pool)
     .await?
     .into_iter()

@@ -33,7 +33,7 @@ async fn admin_lists_and_shows_stored_events(backend: Backend) {
         &wiki,
         "page_updated",
         fixture("payloads/confluence_page_updated.json"),
-        &[],
+        &[("X-Atlassian-Webhook-Identifier", "wh-wiki-1")],
     )
     .await;
 
@@ -80,6 +80,51 @@ async fn admin_lists_and_shows_stored_events(backend: Backend) {
         .iter()
         .all(|e| e["event"] == "comment_created"));
 
+    // Patterns, sources, webhook ids and times narrow a listing too.
+    let count = |page: Value| page["data"].as_array().unwrap().len();
+    assert_eq!(
+        count(get_json("/admin/api/v1/events?event=jira:issue_*".into()).await),
+        3
+    );
+    assert_eq!(
+        count(get_json("/admin/api/v1/events?event=*_created&source=connect".into()).await),
+        5
+    );
+    assert_eq!(
+        count(get_json("/admin/api/v1/events?source=jira-admin".into()).await),
+        0
+    );
+    let wiki_event =
+        &get_json(format!("/admin/api/v1/events?tenant={}", wiki.client_key)).await["data"][0];
+    assert_eq!(wiki_event["webhook_id"], "wh-wiki-1");
+    let found = get_json("/admin/api/v1/events?webhook_id=wh-wiki-1".into()).await;
+    assert_eq!(found["data"].as_array().unwrap().len(), 1);
+    assert_eq!(found["data"][0]["id"], wiki_event["id"]);
+    let received: Vec<String> = get_json("/admin/api/v1/events?limit=100".into()).await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["received_at"].as_str().unwrap().to_string())
+        .collect();
+    let (newest, oldest) = (&received[0], &received[received.len() - 1]);
+    assert_eq!(
+        count(get_json(format!("/admin/api/v1/events?since={oldest}")).await),
+        6
+    );
+    assert_eq!(
+        count(get_json(format!("/admin/api/v1/events?until={oldest}")).await),
+        0
+    );
+    assert_eq!(
+        count(
+            get_json(format!(
+                "/admin/api/v1/events?since=2999-01-01T00:00:00Z&until={newest}"
+            ))
+            .await
+        ),
+        0
+    );
+
     let one = get_json(format!("/admin/api/v1/events/{}", ids[2])).await;
     assert_eq!(one["id"], ids[2].as_str());
     assert_eq!(one["payload"], serde_json::json!({"n": 2}));
@@ -95,6 +140,10 @@ async fn admin_lists_and_shows_stored_events(backend: Backend) {
         ("/admin/api/v1/events?limit=0".to_string(), 400),
         ("/admin/api/v1/events?limit=1000".to_string(), 400),
         ("/admin/api/v1/events?cursor=nope".to_string(), 400),
+        ("/admin/api/v1/events?since=yesterday".to_string(), 400),
+        ("/admin/api/v1/events?source=email".to_string(), 400),
+        ("/admin/api/v1/events?event=a%20b".to_string(), 400),
+        ("/admin/api/v1/events/stream?source=email".to_string(), 400),
     ] {
         let response = get(path.clone(), Some(TOKEN)).await.unwrap();
         assert_eq!(response.status(), status, "{path}");
@@ -114,6 +163,84 @@ async fn admin_lists_and_shows_stored_events(backend: Backend) {
         .unwrap();
     assert!(spec["paths"]["/events"]["get"].is_object());
     assert!(spec["paths"]["/events/{id}"]["get"].is_object());
+}
+
+both_backends!(live_tail_streams_events_as_they_are_stored);
+
+/// Reads the stream's messages until one of kind `event:`, returning its `data:`.
+async fn next_message(response: &mut reqwest::Response, buffer: &mut String, kind: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            if message.starts_with(&format!("event: {kind}\n")) {
+                let data = message
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .expect("a data line");
+                return serde_json::from_str(data).unwrap();
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("a message within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+async fn live_tail_streams_events_as_they_are_stored(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.admin_token = Some(TOKEN.into())).await;
+    let jira = Site::new("jira");
+    app.install(&jira).await;
+
+    let refused = app
+        .client
+        .get(app.url("/admin/api/v1/events/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let mut stream = app
+        .client
+        .get(app.url("/admin/api/v1/events/stream?event=jira:issue_*"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(
+        stream.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut buffer = String::new();
+    // Neither an event the filter leaves out nor a duplicate shows.
+    app.webhook(&jira, "comment_created", r#"{"n": 0}"#, &[])
+        .await;
+    let headers = [("X-Atlassian-Webhook-Identifier", "wh-tail-1")];
+    let first: Value = app
+        .webhook(&jira, "jira:issue_created", r#"{"n": 1}"#, &headers)
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.webhook(&jira, "jira:issue_created", r#"{"n": 1}"#, &headers)
+        .await;
+    let second: Value = app
+        .webhook(&jira, "jira:issue_updated", r#"{"n": 2}"#, &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let shown = next_message(&mut stream, &mut buffer, "event").await;
+    assert_eq!(shown["id"], first["id"]);
+    assert_eq!(shown["event"], "jira:issue_created");
+    assert_eq!(shown["payload"], serde_json::json!({"n": 1}));
+    assert_eq!(shown["tenant"]["client_key"], jira.client_key.as_str());
+    let shown = next_message(&mut stream, &mut buffer, "event").await;
+    assert_eq!(shown["id"], second["id"]);
 }
 
 #[tokio::test]

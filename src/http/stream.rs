@@ -1,0 +1,250 @@
+//! The live tail as Server-Sent Events: the admin API's `GET
+//! /admin/api/v1/events/stream` and the inspector's tail page read it.
+//!
+//! Each event stored from the moment the stream opens is one SSE message
+//! (`event: event`, `id:` the event id, `data:` the event as the admin API
+//! shows it, payload included, on one line). A `:` comment goes out every
+//! [`KEEP_ALIVE`] so proxies keep the connection open and a dead client is
+//! found. A watcher that falls [`crate::feed::CAPACITY`] events behind, such
+//! as a browser that stopped reading, gets `event: lagged` with the count it
+//! missed and the stream ends: nothing is buffered for it beyond the feed's ring.
+
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use actix_web::HttpResponse;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::{Event, Source};
+use crate::feed::{Next, Watcher};
+use crate::relay::matching;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The tail's filters, as query parameters.
+#[derive(Deserialize, Default)]
+pub(crate) struct TailQuery {
+    /// An event name, or a pattern with `*`.
+    pub event: Option<String>,
+    pub tenant: Option<String>,
+    pub source: Option<String>,
+}
+
+/// Which events a tail shows.
+#[derive(Default, Clone)]
+pub(crate) struct Tail {
+    event: Option<String>,
+    tenant: Option<String>,
+    source: Option<Source>,
+}
+
+impl TailQuery {
+    pub(crate) fn tail(self) -> Result<Tail, ApiError> {
+        let given = |v: Option<String>| v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let event = given(self.event);
+        if event
+            .as_deref()
+            .is_some_and(|e| !matching::valid_pattern(e))
+        {
+            return Err(ApiError::BadRequest(
+                "event must be an event name, with `*` for any run of characters".into(),
+            ));
+        }
+        let source = given(self.source)
+            .map(|s| {
+                Source::parse(&s).ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "source must be connect, forge, jira-admin or webtrigger".into(),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Tail {
+            event,
+            tenant: given(self.tenant),
+            source,
+        })
+    }
+}
+
+impl Tail {
+    pub(crate) fn shows(&self, event: &Event) -> bool {
+        self.event
+            .as_deref()
+            .is_none_or(|p| matching::pattern_matches(p, &event.event))
+            && self
+                .tenant
+                .as_deref()
+                .is_none_or(|t| event.client_key.as_ref().is_some_and(|k| k.0 == t))
+            && self.source.is_none_or(|s| s == event.source)
+    }
+}
+
+/// The `200 text/event-stream` answer carrying `tail` from now on.
+pub(crate) fn events(state: &AppState, tail: Tail) -> HttpResponse {
+    // Watching starts before the answer's head goes out, so a client that has
+    // the head sees every event stored after it.
+    let watcher = state.publisher.feed().watch();
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(messages(watcher, tail))
+}
+
+enum Step {
+    Start,
+    Watching,
+    Done,
+}
+
+fn messages(
+    watcher: Watcher,
+    tail: Tail,
+) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
+    let keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    futures_util::stream::unfold(
+        (Step::Start, watcher, tail, keep_alive),
+        |(step, mut watcher, tail, mut keep_alive)| async move {
+            let message = match step {
+                Step::Done => return None,
+                Step::Start => Bytes::from_static(b"retry: 3000\n: watching\n\n"),
+                Step::Watching => loop {
+                    tokio::select! {
+                        next = watcher.next() => match next {
+                            Next::Event(event) if tail.shows(&event) => match message(&event) {
+                                Some(m) => break m,
+                                None => continue,
+                            },
+                            Next::Event(_) => continue,
+                            Next::Lagged(missed) => {
+                                tracing::info!(missed, "live tail fell behind: closing it");
+                                let m = format!("event: lagged\ndata: {{\"missed\":{missed}}}\n\n");
+                                return Some((Ok(Bytes::from(m)), (Step::Done, watcher, tail, keep_alive)));
+                            }
+                            Next::Closed => return None,
+                        },
+                        _ = keep_alive.tick() => break Bytes::from_static(b": keep-alive\n\n"),
+                    }
+                },
+            };
+            Some((Ok(message), (Step::Watching, watcher, tail, keep_alive)))
+        },
+    )
+}
+
+/// One event's SSE message; `None` (logged) if its stored payload cannot be read.
+fn message(event: &Event) -> Option<Bytes> {
+    let shown = super::admin::admin_event(event, true).ok()?;
+    let data = match serde_json::to_string(&shown) {
+        Ok(data) => data,
+        Err(e) => {
+            tracing::error!(event_id = %event.id, error = %e, "event cannot be shown in the tail");
+            return None;
+        }
+    };
+    Some(Bytes::from(format!(
+        "event: event\nid: {}\ndata: {data}\n\n",
+        event.id
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::domain::{ClientKey, EventId, Product};
+    use crate::feed::{Feed, CAPACITY};
+
+    fn event(name: &str) -> Event {
+        Event {
+            id: EventId::new(),
+            source: Source::Connect,
+            product: Some(Product::Jira),
+            event: name.into(),
+            source_event: None,
+            client_key: Some(ClientKey("ck".into())),
+            tenant_base_url: None,
+            webhook_id: None,
+            webhook_retry: None,
+            webhook_flow: None,
+            recovered: false,
+            received_at: chrono::Utc::now(),
+            payload: r#"{"n":1}"#.into(),
+        }
+    }
+
+    fn text(chunk: Option<Result<Bytes, actix_web::Error>>) -> String {
+        String::from_utf8(chunk.expect("a message").expect("not an error").to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn shows_what_the_filters_let_through_and_drops_a_watcher_that_fell_behind() {
+        let feed = Feed::new();
+        let tail = TailQuery {
+            event: Some("jira:issue_*".into()),
+            ..TailQuery::default()
+        }
+        .tail()
+        .unwrap();
+        let mut stream = Box::pin(messages(feed.watch(), tail));
+        assert!(text(stream.next().await).starts_with("retry:"));
+        feed.announce(&event("jira:comment_created"));
+        let shown = event("jira:issue_created");
+        feed.announce(&shown);
+        let message = text(stream.next().await);
+        assert!(
+            message.starts_with(&format!("event: event\nid: {}\ndata: {{", shown.id)),
+            "{message}"
+        );
+        let data: serde_json::Value = serde_json::from_str(
+            message
+                .lines()
+                .nth(2)
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(data["event"], "jira:issue_created");
+        assert_eq!(data["payload"]["n"], 1);
+
+        // A watcher that stops reading loses its place, is told, and is dropped.
+        for _ in 0..CAPACITY + 7 {
+            feed.announce(&event("jira:issue_updated"));
+        }
+        assert_eq!(
+            text(stream.next().await),
+            "event: lagged\ndata: {\"missed\":7}\n\n"
+        );
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn closing_the_feed_ends_every_stream() {
+        let feed = Feed::new();
+        let mut stream = Box::pin(messages(feed.watch(), Tail::default()));
+        text(stream.next().await);
+        feed.close();
+        assert!(stream.next().await.is_none());
+    }
+
+    #[test]
+    fn refuses_filters_it_cannot_apply() {
+        for query in [
+            TailQuery {
+                source: Some("email".into()),
+                ..TailQuery::default()
+            },
+            TailQuery {
+                event: Some("jira issue".into()),
+                ..TailQuery::default()
+            },
+        ] {
+            assert!(query.tail().is_err());
+        }
+    }
+}
