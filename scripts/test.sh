@@ -4,7 +4,8 @@
 # The tests talk to a real PostgreSQL and a real RabbitMQ on their standard ports.
 # This script makes sure both are running first: it starts them when they are
 # installed but stopped, and installs them from the OS packages (apt) when they are
-# missing; likewise Node.js and npm, for the Forge manifest check (tests/forge-schema).
+# missing; likewise Node.js and npm, for the Forge manifest check (tests/forge-schema),
+# and Chromium with ChromeDriver, for the inspector's browser test.
 # Then it runs every test, on PostgreSQL and on SQLite (the fault suite
 # included), checks the dependencies against the vendored advisory database
 # (scripts/supply-chain.sh) and fuzzes each target briefly (scripts/fuzz.sh).
@@ -98,6 +99,15 @@ ensure_node() {
     die "npm ci in tests/forge-schema failed"
 }
 
+# The inspector's browser test (tests/api/browser.rs) drives Debian's Chromium
+# through ChromeDriver (WebDriver).
+ensure_chromium() {
+  if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+    say "Chromium or ChromeDriver is not installed: installing them from the OS packages"
+    apt_install chromium chromium-driver
+  fi
+}
+
 # Test databases are named hookrelay_t_<unix time>_<id>; drop those over an hour
 # old, left by earlier runs. Recent ones may belong to a run still going.
 prune_test_databases() {
@@ -124,6 +134,7 @@ leftover_databases() {
 ensure_postgres
 ensure_rabbitmq
 ensure_node
+ensure_chromium
 prune_test_databases
 
 # Short (test database names must fit PostgreSQL's 63 bytes) and unique

@@ -57,3 +57,4 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod triggers;
+pub mod ui;

@@ -73,7 +73,7 @@ fn bad(detail: impl Into<String>) -> ApiError {
 // ------------------------------------------------------------------ tenants
 
 #[derive(Debug, Deserialize)]
-struct TenantQuery {
+pub(crate) struct TenantQuery {
     kind: Option<String>,
 }
 
@@ -133,7 +133,7 @@ fn tenant_view(t: Tenant, activity: Activity, reconcile: Option<ReconcileView>) 
     }
 }
 
-async fn list_tenants(
+pub(crate) async fn list_tenants(
     _: Admin,
     query: web::Query<TenantQuery>,
     state: web::Data<AppState>,

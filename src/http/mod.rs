@@ -4,15 +4,15 @@
 //! under that path too, so hookrelay works behind a proxy that strips the context
 //! path and behind one that does not.
 
-mod admin;
-mod bridge;
+pub(crate) mod admin;
+pub(crate) mod bridge;
 mod connect;
 pub mod error;
 mod ops;
 mod sources;
-mod stream;
-mod subscriptions;
-mod triggers;
+pub(crate) mod stream;
+pub(crate) mod subscriptions;
+pub(crate) mod triggers;
 
 use std::sync::Arc;
 
@@ -96,7 +96,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/in/{id}", web::post().to(sources::admin_webhook))
         .configure(triggers::call_routes)
         .configure(bridge::proxy_routes)
-        .configure(admin::routes);
+        .configure(admin::routes)
+        .configure(crate::ui::routes);
 }
 
 /// Builds the actix `App` for `state`; used by the server and nothing else, so
@@ -249,7 +250,13 @@ fn json_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerRespo
         .extensions()
         .get::<triggers::HandlerAnswer>()
         .is_some();
-    if is_json || handler_answer {
+    // The inspector's pages answer errors as pages.
+    let is_html = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_json || handler_answer || is_html {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();

@@ -138,7 +138,11 @@ fn messages(
 /// One event's SSE message; `None` (logged) if its stored payload cannot be read.
 fn message(event: &Event) -> Option<Bytes> {
     let shown = super::admin::admin_event(event, true).ok()?;
+    // The payload is embedded as received; line breaks in JSON can only be
+    // whitespace between tokens (inside strings they are escaped), so they
+    // become spaces and the message keeps its one `data:` line.
     let data = match serde_json::to_string(&shown) {
+        Ok(data) if data.contains(['\n', '\r']) => data.replace(['\n', '\r'], " "),
         Ok(data) => data,
         Err(e) => {
             tracing::error!(event_id = %event.id, error = %e, "event cannot be shown in the tail");
@@ -173,7 +177,7 @@ mod tests {
             webhook_flow: None,
             recovered: false,
             received_at: chrono::Utc::now(),
-            payload: r#"{"n":1}"#.into(),
+            payload: "{\n  \"n\": 1,\r\n  \"text\": \"two\\nlines\"\n}".into(),
         }
     }
 
@@ -211,6 +215,13 @@ mod tests {
         .unwrap();
         assert_eq!(data["event"], "jira:issue_created");
         assert_eq!(data["payload"]["n"], 1);
+        assert_eq!(data["payload"]["text"], "two\nlines");
+        assert!(message.ends_with("}\n\n"), "{message}");
+        assert_eq!(
+            message.trim_end().lines().count(),
+            3,
+            "one data line: {message}"
+        );
 
         // A watcher that stops reading loses its place, is told, and is dropped.
         for _ in 0..CAPACITY + 7 {

@@ -294,7 +294,7 @@ async fn load(state: &AppState, id: &str) -> Result<Subscription, ApiError> {
 
 /// `POST /subscriptions`: `url` and `events` are required; the secret is
 /// generated unless given, and returned this once.
-async fn create(
+pub(crate) async fn create(
     _: Admin,
     state: web::Data<AppState>,
     AdminBody(body): AdminBody,
@@ -328,13 +328,13 @@ async fn create(
         .json(view(&sub, Some(&secret))))
 }
 
-async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let subs = state.store.subscriptions(false).await?;
     let data: Vec<_> = subs.iter().map(|s| view(s, None)).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
 }
 
-async fn show(
+pub(crate) async fn show(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -345,7 +345,7 @@ async fn show(
 
 /// `PATCH /subscriptions/{id}`: any field; `{"enabled": true}` re-enables one
 /// that hookrelay disabled, and its pending deliveries resume.
-async fn update(
+pub(crate) async fn update(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -388,14 +388,14 @@ async fn delete(
 }
 
 #[derive(Deserialize)]
-struct PageQuery {
+pub(crate) struct PageQuery {
     state: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
 
 /// `GET /subscriptions/{id}/deliveries?state=&limit=&cursor=`, newest first.
-async fn deliveries(
+pub(crate) async fn deliveries(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -447,7 +447,7 @@ struct ReplaySubscription {
 
 /// `POST /subscriptions/{id}/replay`: reopens the subscription's dead deliveries
 /// (or those in `states`) as new rounds, due now.
-async fn replay_subscription(
+pub(crate) async fn replay_subscription(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -481,7 +481,7 @@ struct ReplayEvent {
 
 /// `POST /events/{id}/replay`: delivers the event again, with the same id, to
 /// every enabled subscription that matches it now, or to the one named.
-async fn replay_event(
+pub(crate) async fn replay_event(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,

@@ -367,7 +367,7 @@ fn generate_key() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-async fn create(
+pub(crate) async fn create(
     _: Admin,
     state: web::Data<AppState>,
     AdminBody(body): AdminBody,
@@ -425,14 +425,14 @@ async fn load(state: &AppState, id: &str) -> Result<Trigger, ApiError> {
         .ok_or(ApiError::NotFound)
 }
 
-async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let all = state.store.triggers().await?;
     let none = NewSecrets::default();
     let data: Vec<_> = all.iter().map(|t| view(&state, t, &none)).collect();
     Ok(HttpResponse::Ok().json(json!({ "data": data })))
 }
 
-async fn show(
+pub(crate) async fn show(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -441,7 +441,7 @@ async fn show(
     Ok(HttpResponse::Ok().json(view(&state, &t, &NewSecrets::default())))
 }
 
-async fn update(
+pub(crate) async fn update(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -489,7 +489,7 @@ async fn delete(
 }
 
 #[derive(Deserialize)]
-struct PageQuery {
+pub(crate) struct PageQuery {
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -554,7 +554,7 @@ pub fn invocation_view(i: Invocation, request: Option<&str>) -> InvocationView {
 
 /// `GET /triggers/{id}/invocations?limit=&cursor=`, newest first, each with
 /// its request.
-async fn invocations(
+pub(crate) async fn invocations(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,

@@ -582,34 +582,15 @@ impl Dispatcher {
         };
         let value: serde_json::Value = serde_json::from_str(&envelope)
             .map_err(|e| SendError::Transform(format!("envelope is not JSON: {e}")))?;
-        let script = ScriptRef {
-            key: format!(
-                "transform:{}:{}",
-                due.subscription.id,
-                due.subscription.updated_at.timestamp_millis()
-            ),
-            source: source.as_str().into(),
-        };
-        // The context: which delivery this is, and `app.fetch` on the
-        // event's tenant.
-        let context = serde_json::json!({
-            "subscription": {"id": due.subscription.id},
-            "event_id": due.event.id,
-        });
-        let bridge = self.calls.bridge(
-            due.event.client_key.clone(),
-            format!("the transform of subscription {}", due.subscription.id),
-        );
-        let run = self
-            .scripts
-            .run_with(
-                &script,
-                vec![value, context],
-                TRANSFORM_TIMEOUT,
-                RunKind::Transform,
-                Some(bridge),
-            )
-            .await;
+        let run = transform(
+            &self.scripts,
+            &self.calls,
+            &due.subscription,
+            source,
+            &due.event,
+            value,
+        )
+        .await;
         match run.outcome {
             Ok(None | Some(serde_json::Value::Null)) => Ok(None),
             Ok(Some(value)) => Ok(Some(value.to_string())),
@@ -829,4 +810,38 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Runs `sub`'s transform (`source`) on `envelope`, the envelope of `event`:
+/// what a delivery sends, and what the inspector's "try it" shows.
+pub async fn transform(
+    scripts: &Engine,
+    calls: &crate::product::ScriptCalls,
+    sub: &Subscription,
+    source: &str,
+    event: &crate::domain::Event,
+    envelope: serde_json::Value,
+) -> crate::script::Run {
+    let script = ScriptRef {
+        key: format!("transform:{}:{}", sub.id, sub.updated_at.timestamp_millis()),
+        source: source.into(),
+    };
+    // The context: which delivery this is, and `app.fetch` on the event's tenant.
+    let context = serde_json::json!({
+        "subscription": {"id": sub.id},
+        "event_id": event.id,
+    });
+    let bridge = calls.bridge(
+        event.client_key.clone(),
+        format!("the transform of subscription {}", sub.id),
+    );
+    scripts
+        .run_with(
+            &script,
+            vec![envelope, context],
+            TRANSFORM_TIMEOUT,
+            RunKind::Transform,
+            Some(bridge),
+        )
+        .await
 }

@@ -18,9 +18,11 @@ mod sqlite;
 #[macro_use]
 mod tenants;
 mod bridge;
+mod inspector;
 mod triggers;
 
 pub use bridge::{Activity, ApiKey, ApiToken, ReconcileState};
+pub use inspector::{Health, Overview, UiSession};
 pub use relay::{AttemptFilter, AttemptRecord, ClaimLimits, DeliveryFilter, DueDelivery, Recorded};
 pub use tenants::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret, TokenUse};
 pub use triggers::{ClaimedRun, InvocationWithRequest, RunRecord};

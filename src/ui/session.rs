@@ -1,0 +1,207 @@
+//! Signing in to the inspector: the admin token, posted once, opens a session
+//! kept in the store; its cookie is `HttpOnly`, `SameSite=Strict` and, over
+//! HTTPS, `Secure`. The store keeps only the cookie's hash, the session's CSRF
+//! token and a fingerprint of the admin token, so changing the token ends
+//! every session, and signing out ends this one everywhere.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::cookie::{time, Cookie, SameSite};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use rand::RngCore;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{layout, UiError};
+use crate::http::AppState;
+use crate::store::UiSession;
+
+const COOKIE: &str = "hookrelay_session";
+/// How long a session lasts from sign-in.
+const LIFETIME_HOURS: i64 = 12;
+
+/// A signed-in admin, with the CSRF token their forms carry.
+pub struct Session {
+    id_hash: String,
+    pub csrf: String,
+    /// The context path links start with.
+    pub base: String,
+}
+
+impl Session {
+    /// Refuses a form whose `csrf` field is not this session's token.
+    pub fn check(&self, given: &str) -> Result<(), UiError> {
+        if bool::from(given.as_bytes().ct_eq(self.csrf.as_bytes())) && !given.is_empty() {
+            Ok(())
+        } else {
+            tracing::warn!("inspector form refused: wrong or missing CSRF token");
+            Err(UiError::Csrf)
+        }
+    }
+
+    /// `path` (from `/admin/`) behind the context path.
+    pub fn href(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+fn hash(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+/// Which admin token a session was opened with, without keeping the token.
+fn token_print(token: &str) -> String {
+    hash(&format!("hookrelay-inspector:{token}"))[..32].to_string()
+}
+
+fn state(req: &HttpRequest) -> Result<web::Data<AppState>, UiError> {
+    req.app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or(UiError::Api(crate::http::error::ApiError::Internal))
+}
+
+impl FromRequest for Session {
+    type Error = UiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, UiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = state(&req)?;
+            let base = state.config.context_path.clone();
+            let sign_in = || UiError::SignIn(format!("{base}/admin/login"));
+            let (Some(cookie), Some(token)) = (req.cookie(COOKIE), &state.config.admin_token)
+            else {
+                return Err(sign_in());
+            };
+            let id_hash = hash(cookie.value());
+            let Some(session) = state.store.ui_session(&id_hash).await? else {
+                return Err(sign_in());
+            };
+            let current = token_print(token.expose_secret());
+            if session.expires_at <= chrono::Utc::now().timestamp_millis()
+                || !bool::from(session.token_print.as_bytes().ct_eq(current.as_bytes()))
+            {
+                return Err(sign_in());
+            }
+            Ok(Session {
+                id_hash,
+                csrf: session.csrf,
+                base: base.clone(),
+            })
+        })
+    }
+}
+
+/// `GET /admin`: to the overview.
+pub async fn to_overview(state: web::Data<AppState>) -> HttpResponse {
+    super::see_other(format!("{}/admin/", state.config.context_path))
+}
+
+pub async fn login_form(state: web::Data<AppState>) -> HttpResponse {
+    super::page(layout::login(
+        &state.config.context_path,
+        state
+            .config
+            .admin_token
+            .is_none()
+            .then_some("The inspector is closed: set HOOKRELAY_ADMIN_TOKEN and restart hookrelay."),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn secure(req: &HttpRequest, state: &AppState) -> bool {
+    state.config.base_url.scheme() == "https" || req.connection_info().scheme() == "https"
+}
+
+/// `POST /admin/login`: the admin token as field `token`.
+pub async fn login(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<LoginForm>,
+) -> Result<HttpResponse, UiError> {
+    let base = &state.config.context_path;
+    let refuse = |why: &str| {
+        tracing::warn!(reason = why, "inspector sign-in refused");
+        HttpResponse::Unauthorized()
+            .content_type("text/html; charset=utf-8")
+            .body(layout::login(base, Some(why)).into_string())
+    };
+    let Some(token) = &state.config.admin_token else {
+        return Ok(refuse(
+            "The inspector is closed: set HOOKRELAY_ADMIN_TOKEN.",
+        ));
+    };
+    let given = form.token.trim();
+    if !bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
+        return Ok(refuse("That is not the admin token."));
+    }
+    let id = random_token();
+    let expires_at = chrono::Utc::now() + chrono::Duration::hours(LIFETIME_HOURS);
+    state
+        .store
+        .create_ui_session(
+            &hash(&id),
+            &UiSession {
+                csrf: random_token(),
+                token_print: token_print(token.expose_secret()),
+                expires_at: expires_at.timestamp_millis(),
+            },
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .await?;
+    tracing::info!("inspector session opened");
+    let cookie = Cookie::build(COOKIE, id)
+        .path(format!("{base}/admin"))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure(&req, &state))
+        .max_age(time::Duration::hours(LIFETIME_HOURS))
+        .finish();
+    Ok(HttpResponse::SeeOther()
+        .insert_header(("Location", format!("{base}/admin/")))
+        .cookie(cookie)
+        .finish())
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// `POST /admin/logout`: ends the session here and everywhere its cookie went.
+pub async fn logout(
+    req: HttpRequest,
+    session: Session,
+    state: web::Data<AppState>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, UiError> {
+    session.check(&form.csrf)?;
+    state.store.delete_ui_session(&session.id_hash).await?;
+    tracing::info!("inspector session closed");
+    let mut gone = Cookie::build(COOKIE, "")
+        .path(format!("{}/admin", session.base))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure(&req, &state))
+        .finish();
+    gone.make_removal();
+    Ok(HttpResponse::SeeOther()
+        .insert_header(("Location", session.href("/admin/login")))
+        .cookie(gone)
+        .finish())
+}
