@@ -8,6 +8,7 @@ mod admin;
 mod bench;
 mod binary;
 mod bridge;
+mod cli;
 mod consuming;
 mod descriptor;
 mod faults;
