@@ -604,3 +604,48 @@ async fn cli_tails_events_as_they_are_stored(backend: Backend) {
         assert!(line.contains(r#"{"n":"#), "{line}");
     }
 }
+
+/// A server in trouble: its 5xx is exit 7, with its reason.
+#[tokio::test]
+async fn cli_exit_code_says_the_server_failed() {
+    let app = spawn_app_with(Backend::Postgres, relaying).await;
+    let broken = app.break_store().await;
+    let failure = failed(&cli(&app, &["events", "list"]).await, 7);
+    assert!(failure.contains("503"), "{failure}");
+    assert!(failure.contains("store unavailable"), "{failure}");
+    broken.restore().await;
+}
+
+/// A stream played by a stand-in server: what `tail` prints, and how it ends
+/// when the server drops it for falling behind (exit 8) or closes it (exit 3).
+#[tokio::test]
+async fn tail_says_when_it_missed_events_or_lost_the_stream() {
+    let stand_in = DocServer::start().await;
+    let event = json!({"id": "e-1", "source": "connect", "event": "jira:issue_created",
+        "tenant": {"client_key": "ck", "base_url": "https://x"}, "payload": {"n": 1}});
+    let stream = format!(
+        "retry: 3000\n: watching\n\n: keep-alive\n\nevent: event\nid: e-1\ndata: {event}\n\n"
+    );
+    let path = "/admin/api/v1/events/stream";
+
+    stand_in.publish(
+        path,
+        "text/event-stream",
+        format!("{stream}event: lagged\ndata: {{\"missed\":7}}\n\n"),
+    );
+    let output = cli_with(&stand_in.url, TOKEN, &["tail", "--json"]).await;
+    assert_eq!(output.status.code(), Some(8));
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed, event);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("7 events were not shown"), "{stderr}");
+
+    stand_in.publish(path, "text/event-stream", stream);
+    let output = cli_with(&stand_in.url, TOKEN, &["tail"]).await;
+    assert_eq!(output.status.code(), Some(3));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(printed.lines().count(), 1, "{printed}");
+    assert!(printed.contains("jira:issue_created  ck  e-1"), "{printed}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("closed the live tail"), "{stderr}");
+}
