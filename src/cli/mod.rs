@@ -137,6 +137,15 @@ pub enum EventsCommand {
         tenant: Option<String>,
         #[arg(long, value_enum)]
         source: Option<SourceArg>,
+        /// Only the event Jira sent with this X-Atlassian-Webhook-Identifier.
+        #[arg(long, value_name = "ID")]
+        webhook_id: Option<String>,
+        /// Received at or after this RFC 3339 time, such as 2026-11-22T10:00:00Z.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Received before this RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
         /// How many, 1 to 100 (default 20).
         #[arg(long)]
         limit: Option<u32>,

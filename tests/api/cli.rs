@@ -91,8 +91,14 @@ async fn cli_reads_events_manages_subscriptions_and_replays(backend: Backend) {
     .iter()
     .enumerate()
     {
+        let webhook_id = format!("wh-{i}");
         let response = app
-            .webhook(&jira, event, format!(r#"{{"n": {i}}}"#), &[])
+            .webhook(
+                &jira,
+                event,
+                format!(r#"{{"n": {i}}}"#),
+                &[("X-Atlassian-Webhook-Identifier", &webhook_id)],
+            )
             .await;
         let answer: Value = response.json().await.unwrap();
         ids.push(answer["id"].as_str().unwrap().to_string());
@@ -146,6 +152,34 @@ async fn cli_reads_events_manages_subscriptions_and_replays(backend: Backend) {
         ids[0].as_str(),
         "the comment is filtered out"
     );
+    let by_webhook_id =
+        json_of(&cli(&app, &["events", "list", "--json", "--webhook-id", "wh-1"]).await);
+    assert_eq!(by_webhook_id.as_array().unwrap().len(), 1);
+    assert_eq!(by_webhook_id[0]["id"], ids[1].as_str());
+    let by_source = json_of(&cli(&app, &["events", "list", "--json", "--source", "connect"]).await);
+    assert_eq!(by_source.as_array().unwrap().len(), 3);
+    let none = json_of(
+        &cli(
+            &app,
+            &["events", "list", "--json", "--source", "webtrigger"],
+        )
+        .await,
+    );
+    assert_eq!(none, json!([]));
+    let later = json_of(
+        &cli(
+            &app,
+            &[
+                "events",
+                "list",
+                "--json",
+                "--since",
+                "2999-01-01T00:00:00Z",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(later, json!([]));
     let table = stdout(
         &cli(
             &app,
