@@ -184,6 +184,11 @@ impl AdminClient {
             .ok_or_else(|| CliError::Other("the server answered with no body".into()))
     }
 
+    /// `GET path` for its JSON answer.
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.json(Method::GET, path, &[], None).await
+    }
+
     /// Opens the live tail; the answer's body is the event stream.
     pub async fn stream(
         &self,

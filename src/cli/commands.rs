@@ -210,10 +210,7 @@ pub async fn events(ctx: &Context, command: EventsCommand) -> Result<(), CliErro
             )
         }
         EventsCommand::Show { id } => {
-            let event = ctx
-                .client
-                .json(Method::GET, &format!("/events/{}", segment(&id)), &[], None)
-                .await?;
+            let event = ctx.client.get(&at("events", &id)).await?;
             if ctx.json {
                 return output::json(&event);
             }
@@ -311,7 +308,7 @@ pub async fn replay(
         .client
         .json(
             Method::POST,
-            &format!("/events/{}/replay", segment(event_id)),
+            &format!("{}/replay", at("events", event_id)),
             &[],
             Some(&body),
         )
@@ -343,9 +340,11 @@ pub async fn replay(
     Ok(print(&out)?)
 }
 
-/// An id as one path segment: anything that would change the path is escaped.
-fn segment(id: &str) -> String {
-    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
+/// The path of one item of a collection, its id escaped so that it stays one
+/// path segment whatever it holds.
+fn at(collection: &str, id: &str) -> String {
+    let id = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+    format!("/{collection}/{id}")
 }
 
 // ---------------------------------------------------------------------------
@@ -371,9 +370,7 @@ pub async fn subscriptions(ctx: &Context, command: SubscriptionsCommand) -> Resu
     let client = &ctx.client;
     match command {
         SubscriptionsCommand::List => {
-            let page = client
-                .json(Method::GET, "/subscriptions", &[], None)
-                .await?;
+            let page = client.get("/subscriptions").await?;
             listing(
                 ctx,
                 &page,
@@ -394,36 +391,19 @@ pub async fn subscriptions(ctx: &Context, command: SubscriptionsCommand) -> Resu
             one(ctx, &sub, SUBSCRIPTION_FIELDS)
         }
         SubscriptionsCommand::Show { id } => {
-            let sub = client
-                .json(
-                    Method::GET,
-                    &format!("/subscriptions/{}", segment(&id)),
-                    &[],
-                    None,
-                )
-                .await?;
+            let sub = client.get(&at("subscriptions", &id)).await?;
             one(ctx, &sub, SUBSCRIPTION_FIELDS)
         }
         SubscriptionsCommand::Update { id, changes } => {
             let body = subscription_changes(changes)?;
             let sub = client
-                .json(
-                    Method::PATCH,
-                    &format!("/subscriptions/{}", segment(&id)),
-                    &[],
-                    Some(&body),
-                )
+                .json(Method::PATCH, &at("subscriptions", &id), &[], Some(&body))
                 .await?;
             one(ctx, &sub, SUBSCRIPTION_FIELDS)
         }
         SubscriptionsCommand::Delete { id } => {
             client
-                .call(
-                    Method::DELETE,
-                    &format!("/subscriptions/{}", segment(&id)),
-                    &[],
-                    None,
-                )
+                .call(Method::DELETE, &at("subscriptions", &id), &[], None)
                 .await?;
             deleted(ctx, "subscription", &id)
         }
@@ -524,7 +504,7 @@ pub async fn triggers(ctx: &Context, command: TriggersCommand) -> Result<(), Cli
     let client = &ctx.client;
     match command {
         TriggersCommand::List => {
-            let mut page = client.json(Method::GET, "/triggers", &[], None).await?;
+            let mut page = client.get("/triggers").await?;
             if !ctx.json {
                 flatten_auth(&mut page);
             }
@@ -549,14 +529,7 @@ pub async fn triggers(ctx: &Context, command: TriggersCommand) -> Result<(), Cli
             show_trigger(ctx, trigger)
         }
         TriggersCommand::Show { id } => {
-            let trigger = client
-                .json(
-                    Method::GET,
-                    &format!("/triggers/{}", segment(&id)),
-                    &[],
-                    None,
-                )
-                .await?;
+            let trigger = client.get(&at("triggers", &id)).await?;
             show_trigger(ctx, trigger)
         }
         TriggersCommand::Invocations { id, limit, cursor } => {
@@ -564,7 +537,7 @@ pub async fn triggers(ctx: &Context, command: TriggersCommand) -> Result<(), Cli
             let page = client
                 .json(
                     Method::GET,
-                    &format!("/triggers/{}/invocations", segment(&id)),
+                    &format!("{}/invocations", at("triggers", &id)),
                     &[("limit", limit.as_deref()), ("cursor", cursor.as_deref())],
                     None,
                 )
@@ -684,7 +657,7 @@ pub async fn sources(ctx: &Context, command: SourcesCommand) -> Result<(), CliEr
     let client = &ctx.client;
     match command {
         SourcesCommand::List => {
-            let page = client.json(Method::GET, "/sources", &[], None).await?;
+            let page = client.get("/sources").await?;
             listing(
                 ctx,
                 &page,
@@ -705,24 +678,12 @@ pub async fn sources(ctx: &Context, command: SourcesCommand) -> Result<(), CliEr
             one(ctx, &source, SOURCE_FIELDS)
         }
         SourcesCommand::Show { id } => {
-            let source = client
-                .json(
-                    Method::GET,
-                    &format!("/sources/{}", segment(&id)),
-                    &[],
-                    None,
-                )
-                .await?;
+            let source = client.get(&at("sources", &id)).await?;
             one(ctx, &source, SOURCE_FIELDS)
         }
         SourcesCommand::Delete { id } => {
             client
-                .call(
-                    Method::DELETE,
-                    &format!("/sources/{}", segment(&id)),
-                    &[],
-                    None,
-                )
+                .call(Method::DELETE, &at("sources", &id), &[], None)
                 .await?;
             deleted(ctx, "source", &id)
         }

@@ -67,6 +67,44 @@ fn failed(output: &Output, code: i32) -> String {
     stderr
 }
 
+/// Posts `jira:issue_created`, `comment_created` and `jira:issue_updated`
+/// (payload `{"n": i}`, webhook identifier `wh-i`); their event ids, in order.
+async fn three_webhooks(app: &TestApp, site: &Site) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (i, event) in [
+        "jira:issue_created",
+        "comment_created",
+        "jira:issue_updated",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let webhook_id = format!("wh-{i}");
+        let response = app
+            .webhook(
+                site,
+                event,
+                format!(r#"{{"n": {i}}}"#),
+                &[("X-Atlassian-Webhook-Identifier", &webhook_id)],
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        ids.push(answer["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+/// The ids `events list --json <args>` prints, in its order.
+async fn listed_ids(app: &TestApp, args: &[&str]) -> Vec<String> {
+    let list = json_of(&cli(app, &[&["events", "list", "--json"], args].concat()).await);
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The lines of a table whose first column is `first`.
 fn rows_starting<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
     table
@@ -82,104 +120,31 @@ async fn cli_reads_events_manages_subscriptions_and_replays(backend: Backend) {
     let receiver = Receiver::start().await;
     let jira = Site::new("jira");
     app.install(&jira).await;
-    let mut ids = Vec::new();
-    for (i, event) in [
-        "jira:issue_created",
-        "comment_created",
-        "jira:issue_updated",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let webhook_id = format!("wh-{i}");
-        let response = app
-            .webhook(
-                &jira,
-                event,
-                format!(r#"{{"n": {i}}}"#),
-                &[("X-Atlassian-Webhook-Identifier", &webhook_id)],
-            )
-            .await;
-        let answer: Value = response.json().await.unwrap();
-        ids.push(answer["id"].as_str().unwrap().to_string());
-    }
+    let ids = three_webhooks(&app, &jira).await;
 
     // events list: newest first, a JSON array; filters and pages.
-    let all = json_of(&cli(&app, &["events", "list", "--json"]).await);
-    let listed: Vec<&str> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, [&ids[2], &ids[1], &ids[0]]);
-    let first = json_of(
-        &cli(
-            &app,
-            &[
-                "events",
-                "list",
-                "--json",
-                "--event",
-                "jira:issue_*",
-                "--limit",
-                "1",
-            ],
-        )
-        .await,
-    );
-    assert_eq!(first[0]["id"], ids[2].as_str());
-    assert_eq!(first.as_array().unwrap().len(), 1);
-    let next = json_of(
-        &cli(
-            &app,
-            &[
-                "events",
-                "list",
-                "--json",
-                "--event",
-                "jira:issue_*",
-                "--limit",
-                "1",
-                "--cursor",
-                &ids[2],
-            ],
-        )
-        .await,
-    );
     assert_eq!(
-        next[0]["id"],
-        ids[0].as_str(),
+        listed_ids(&app, &[]).await,
+        [ids[2].as_str(), &ids[1], &ids[0]]
+    );
+    let issues = ["--event", "jira:issue_*", "--limit", "1"];
+    assert_eq!(listed_ids(&app, &issues).await, [ids[2].as_str()]);
+    let next = [&issues[..], &["--cursor", ids[2].as_str()]].concat();
+    assert_eq!(
+        listed_ids(&app, &next).await,
+        [ids[0].as_str()],
         "the comment is filtered out"
     );
-    let by_webhook_id =
-        json_of(&cli(&app, &["events", "list", "--json", "--webhook-id", "wh-1"]).await);
-    assert_eq!(by_webhook_id.as_array().unwrap().len(), 1);
-    assert_eq!(by_webhook_id[0]["id"], ids[1].as_str());
-    let by_source = json_of(&cli(&app, &["events", "list", "--json", "--source", "connect"]).await);
-    assert_eq!(by_source.as_array().unwrap().len(), 3);
-    let none = json_of(
-        &cli(
-            &app,
-            &["events", "list", "--json", "--source", "webtrigger"],
-        )
-        .await,
+    assert_eq!(
+        listed_ids(&app, &["--webhook-id", "wh-1"]).await,
+        [ids[1].as_str()]
     );
-    assert_eq!(none, json!([]));
-    let later = json_of(
-        &cli(
-            &app,
-            &[
-                "events",
-                "list",
-                "--json",
-                "--since",
-                "2999-01-01T00:00:00Z",
-            ],
-        )
-        .await,
-    );
-    assert_eq!(later, json!([]));
+    assert_eq!(listed_ids(&app, &["--source", "connect"]).await.len(), 3);
+    assert!(listed_ids(&app, &["--source", "webtrigger"])
+        .await
+        .is_empty());
+    let future = ["--since", "2999-01-01T00:00:00Z"];
+    assert!(listed_ids(&app, &future).await.is_empty());
     let table = stdout(
         &cli(
             &app,
@@ -598,22 +563,7 @@ async fn cli_tails_events_as_they_are_stored(backend: Backend) {
         assert!(watching.contains("watching"), "{watching}");
     }
 
-    let mut ids = Vec::new();
-    for (i, event) in [
-        "jira:issue_created",
-        "comment_created",
-        "jira:issue_updated",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let response = app
-            .webhook(&jira, event, format!(r#"{{"n": {i}}}"#), &[])
-            .await;
-        assert_eq!(response.status(), 200);
-        let answer: Value = response.json().await.unwrap();
-        ids.push(answer["id"].as_str().unwrap().to_string());
-    }
+    let ids = three_webhooks(&app, &jira).await;
 
     // --json: one envelope per line, only what the pattern lets through.
     for (id, n) in [(&ids[0], 0), (&ids[2], 2)] {
