@@ -32,6 +32,8 @@
 //! - [`descriptor`]: the app descriptor per product, from `descriptor/`.
 //! - [`http`]: routes, handlers and the one place errors become answers.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it.
+//! - [`cli`]: the command line inspector (`hookrelay tail`, `events`, `replay`,
+//!   …), a client of a running server's admin API.
 //! - [`bench`]: `hookrelay bench`, which measures a running hookrelay as a Jira site would.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
@@ -40,6 +42,7 @@ pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod budget;
+pub mod cli;
 pub mod config;
 pub mod descriptor;
 pub mod domain;

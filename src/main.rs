@@ -54,6 +54,10 @@ enum Command {
     },
     /// Measure a running hookrelay as a Jira site would: intake, delivery, memory.
     Bench(Box<hookrelay::bench::BenchArgs>),
+    /// The inspector: tail, events, replay, subscriptions, triggers, sources
+    /// and tenants, through a running server's admin API.
+    #[command(flatten)]
+    Inspect(hookrelay::cli::Command),
 }
 
 #[derive(Subcommand)]
@@ -128,7 +132,7 @@ enum ProductArg {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "hookrelay failed");
             eprintln!("hookrelay: {e:#}");
@@ -137,7 +141,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Descriptor { product } => {
@@ -198,8 +202,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             worker.run_until_stopped(shutdown).await;
         }
+        // Its own exit codes and messages: they say what went wrong.
+        Command::Inspect(command) => return Ok(hookrelay::cli::main(&config, command).await),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `hookrelay forge …`: output on stdout, warnings about the configuration on

@@ -9,6 +9,7 @@ mod bench;
 mod binary;
 mod bridge;
 mod browser;
+mod cli;
 mod consuming;
 mod descriptor;
 mod faults;
