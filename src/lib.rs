@@ -32,6 +32,7 @@
 //! - [`descriptor`]: the app descriptor per product, from `descriptor/`.
 //! - [`http`]: routes, handlers and the one place errors become answers.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it.
+//! - [`healthcheck`]: `hookrelay healthcheck`, a container's probe of `/readyz`.
 //! - [`bench`]: `hookrelay bench`, which measures a running hookrelay as a Jira site would.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
@@ -44,6 +45,7 @@ pub mod config;
 pub mod descriptor;
 pub mod domain;
 pub mod forge_app;
+pub mod healthcheck;
 pub mod http;
 pub mod intake;
 pub mod payload;
