@@ -579,15 +579,28 @@ impl Layer<'_> {
                 ConfigError::Load(format!("invalid {}: {kind}", self.place(&path)))
             }
             kind => match self {
-                Layer::File(file) => {
-                    ConfigError::Load(format!("cannot read {}: {kind}", file.display()))
-                }
+                Layer::File(file) => ConfigError::Load(format!(
+                    "cannot read {}: {}",
+                    file.display(),
+                    without_snippet(&kind.to_string())
+                )),
                 Layer::Environment => {
                     ConfigError::Load(format!("invalid HOOKRELAY_* environment variable: {kind}"))
                 }
             },
         }
     }
+}
+
+/// A TOML parse error on one line: its message without the quoted source
+/// lines (those holding `|`), which make no sense run together.
+fn without_snippet(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.contains('|'))
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// The known name closest to `unknown`, when it is close enough to be the
@@ -1556,6 +1569,14 @@ mod tests {
         assert_eq!(err.matches("HOOKRELAY_JWT_LEEWAY_SECS").count(), 1, "{err}");
         assert_eq!(err.matches("soon").count(), 1, "{err}");
         assert!(!err.contains("default."), "figment's key leaks: {err}");
+
+        let err = load_in_jail(&[], Some("jwt_leeway_secs = \n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hookrelay.toml: TOML parse error at line 1") && !err.contains('\n'),
+            "{err}"
+        );
 
         let err = load_in_jail(&[], Some("jwt_leeway_secs = \"soon\"\n"))
             .unwrap_err()
