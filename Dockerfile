@@ -15,5 +15,8 @@ WORKDIR /data
 ENV HOOKRELAY_LISTEN=0.0.0.0:8080 \
     HOOKRELAY_LOG_FORMAT=json
 EXPOSE 8080
+# No curl in the image: hookrelay asks its own /readyz. A worker serves it too.
+HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 \
+    CMD ["hookrelay", "healthcheck"]
 ENTRYPOINT ["hookrelay"]
 CMD ["serve"]

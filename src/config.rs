@@ -19,6 +19,9 @@ use url::Url;
 use crate::domain::Product;
 
 /// A setting that failed validation, named the way a user sets it.
+///
+/// No variant carries a `#[source]`: each message is already whole, and a
+/// chain printed with `{:#}` would say it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid setting `{setting}` (env HOOKRELAY_{env}): {reason}")]
@@ -27,8 +30,16 @@ pub enum ConfigError {
         env: String,
         reason: String,
     },
-    #[error("could not read configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
+    /// A key no setting has: a typo, or a setting of another version.
+    #[error("unknown {where_}{}", suggestion.as_ref().map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
+    Unknown {
+        /// `environment variable HOOKRELAY_LISTN` or ``key `listn` in FILE``.
+        where_: String,
+        suggestion: Option<String>,
+    },
+    /// A value of the wrong type, or a file that is not TOML.
+    #[error("{0}")]
+    Load(String),
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -51,6 +62,7 @@ pub enum LogFormat {
 
 /// Per-event options written into the descriptor's webhook module.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookOptions {
     /// JQL (Jira) that narrows which issues fire this webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +83,7 @@ pub struct WebhookOptions {
 
 /// The `[jira]` / `[confluence]` tables.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProductSettings {
     /// Events to subscribe to; unset means every event of the product.
     #[serde(
@@ -180,9 +193,10 @@ pub struct QueueSpec {
     pub expires: Option<Duration>,
 }
 
-/// The settings as the layers give them, before validation.
+/// The settings as the layers give them, before validation. An unknown key
+/// is an error: a misspelt setting would otherwise be silently ignored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: String,
     pub base_url: String,
@@ -194,6 +208,13 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     #[serde(deserialize_with = "text")]
     pub app_key: String,
+    /// The descriptor's `name`: what a site's admin sees in the app list.
+    #[serde(deserialize_with = "text")]
+    pub app_name: String,
+    /// The descriptor's `vendor.name` and `vendor.url`.
+    #[serde(deserialize_with = "text")]
+    pub vendor_name: String,
+    pub vendor_url: String,
     pub install_keys_url: String,
     pub jwt_leeway_secs: u64,
     pub allow_private_destinations: bool,
@@ -307,6 +328,9 @@ impl Default for RawConfig {
             exchange: "hookrelay.events".into(),
             admin_token: None,
             app_key: "hookrelay".into(),
+            app_name: "hookrelay".into(),
+            vendor_name: "hookrelay".into(),
+            vendor_url: "https://github.com/hookrelay/hookrelay".into(),
             install_keys_url: "https://connect-install-keys.atlassian.com".into(),
             jwt_leeway_secs: 30,
             allow_private_destinations: false,
@@ -396,6 +420,10 @@ pub struct Config {
     pub exchange: String,
     pub admin_token: Option<SecretString>,
     pub app_key: String,
+    pub app_name: String,
+    pub vendor_name: String,
+    /// Kept as written: a parsed URL would gain a trailing slash.
+    pub vendor_url: String,
     pub install_keys_url: Url,
     pub jwt_leeway: Duration,
     pub allow_private_destinations: bool,
@@ -457,23 +485,7 @@ pub struct Config {
 impl Config {
     /// Loads defaults, then `file` (if given), then the environment, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(invalid(
-                    "config",
-                    format!("file {} does not exist", path.display()),
-                ));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        figment = figment.merge(
-            Env::prefixed("HOOKRELAY_")
-                .ignore(&["config", "log"])
-                .split("__"),
-        );
-        let raw: RawConfig = figment.extract().map_err(Box::new)?;
-        raw.validate()
+        RawConfig::load(file)?.validate()
     }
 
     pub fn product(&self, product: Product) -> &ProductSettings {
@@ -486,6 +498,202 @@ impl Config {
     pub fn is_postgres(&self) -> bool {
         use secrecy::ExposeSecret;
         self.database_url.expose_secret().starts_with("postgres")
+    }
+}
+
+/// `HOOKRELAY_*` variables that are not settings but are read by hookrelay,
+/// its tests or its scripts, so the unknown-variable check lets them be.
+const NOT_SETTINGS: [&str; 4] = [
+    // The file to read, a command-line option's variable.
+    "config",
+    // The log filter (telemetry).
+    "log",
+    // The memory test's body count (tests/api/memory.rs).
+    "bench_bodies",
+    // Where scripts/supply-chain.sh points cargo-deny's advisory databases.
+    "advisory_dbs",
+];
+
+/// Variables of the test suite (`HOOKRELAY_TEST_POSTGRES_URL`, ...).
+const NOT_SETTINGS_PREFIX: &str = "test_";
+
+fn is_setting_variable(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    !NOT_SETTINGS.contains(&key.as_str()) && !key.starts_with(NOT_SETTINGS_PREFIX)
+}
+
+fn environment() -> Env {
+    Env::prefixed("HOOKRELAY_")
+        .filter(|key| is_setting_variable(key.as_str()))
+        .split("__")
+}
+
+/// Where a layer's values came from, to name a bad one as the user wrote it.
+enum Layer<'a> {
+    File(&'a Path),
+    Environment,
+}
+
+impl Layer<'_> {
+    /// The name of the setting at `path` in this layer.
+    fn name(&self, path: &[String]) -> String {
+        match self {
+            Layer::File(_) => format!("`{}`", path.join(".")),
+            Layer::Environment => format!("HOOKRELAY_{}", path.join("__").to_ascii_uppercase()),
+        }
+    }
+
+    fn place(&self, path: &[String]) -> String {
+        match self {
+            Layer::File(file) => format!("key {} in {}", self.name(path), file.display()),
+            Layer::Environment => format!("environment variable {}", self.name(path)),
+        }
+    }
+
+    /// Translates figment's error (which names a variable as `LISTEN` and adds
+    /// the provider's name) into one line naming the setting as written.
+    fn error(&self, error: figment::Error) -> ConfigError {
+        let profile = error.profile.clone();
+        let mut path = error.path.clone();
+        // Figment puts its profile in front of the key.
+        if let (Some(profile), Some(first)) = (&profile, path.first()) {
+            if profile.as_str().as_str().eq_ignore_ascii_case(first) {
+                path.remove(0);
+            }
+        }
+        match &error.kind {
+            // The path ends with the unknown key itself.
+            figment::error::Kind::UnknownField(field, expected) => {
+                let suggestion = closest(field, expected).map(|known| {
+                    let mut path = path.clone();
+                    path.pop();
+                    path.push(known.to_string());
+                    self.name(&path)
+                });
+                ConfigError::Unknown {
+                    where_: self.place(&path),
+                    suggestion,
+                }
+            }
+            kind if !path.is_empty() => {
+                ConfigError::Load(format!("invalid {}: {kind}", self.place(&path)))
+            }
+            kind => match self {
+                Layer::File(file) => ConfigError::Load(format!(
+                    "cannot read {}: {}",
+                    file.display(),
+                    without_snippet(&kind.to_string())
+                )),
+                Layer::Environment => {
+                    ConfigError::Load(format!("invalid HOOKRELAY_* environment variable: {kind}"))
+                }
+            },
+        }
+    }
+}
+
+/// A TOML parse error on one line: its message without the quoted source
+/// lines (those holding `|`), which make no sense run together.
+fn without_snippet(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.contains('|'))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// The known name closest to `unknown`, when it is close enough to be the
+/// one meant: a few edits, fewer than a third of the name.
+fn closest<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
+    let unknown = unknown.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (strsim::levenshtein(&unknown, k), *k))
+        .filter(|(distance, k)| *distance <= 3.max(k.len() / 3))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k)
+}
+
+impl RawConfig {
+    /// The settings of defaults, then `file` (if given), then the environment,
+    /// not yet validated. Each layer is read on its own first, so that a key
+    /// no setting has, or a value of the wrong type, is named as it is
+    /// written there: a file's key, or an environment variable.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let defaults = || Figment::from(Serialized::defaults(RawConfig::default()));
+        let mut figment = defaults();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid(
+                    "config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            defaults()
+                .merge(Toml::file(path))
+                .extract::<RawConfig>()
+                .map_err(|e| Layer::File(path).error(e))?;
+            figment = figment.merge(Toml::file(path));
+        }
+        defaults()
+            .merge(environment())
+            .extract::<RawConfig>()
+            .map_err(|e| Layer::Environment.error(e))?;
+        figment
+            .merge(environment())
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))
+    }
+
+    /// `hookrelay config check`: loads and validates the settings, and gives
+    /// them back as [`RawConfig::redacted_toml`] prints them.
+    pub fn check(file: Option<&Path>) -> Result<String, ConfigError> {
+        let raw = Self::load(file)?;
+        raw.clone().validate()?;
+        raw.redacted_toml()
+    }
+
+    /// The settings as TOML, for `hookrelay config check`: every secret
+    /// replaced by `[redacted]`, and the password of each URL.
+    pub fn redacted_toml(&self) -> Result<String, ConfigError> {
+        const REDACTED: &str = "[redacted]";
+        let mut value = toml::Value::try_from(self)
+            .map_err(|e| ConfigError::Load(format!("cannot print the settings: {e}")))?;
+        if let Some(table) = value.as_table_mut() {
+            if self.admin_token.is_some() {
+                table.insert("admin_token".into(), REDACTED.into());
+            }
+            // Never serialized; said to be set, no more.
+            if self.encryption_key.is_some() {
+                table.insert("encryption_key".into(), REDACTED.into());
+            }
+            for key in ["database_url", "amqp_url"] {
+                if let Some(toml::Value::String(url)) = table.get_mut(key) {
+                    *url = redact_url(url);
+                }
+            }
+        }
+        toml::to_string_pretty(&value)
+            .map_err(|e| ConfigError::Load(format!("cannot print the settings: {e}")))
+    }
+}
+
+/// A URL with its password (if any) replaced; one that does not parse is
+/// hidden whole, since its password cannot be found.
+fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_none() {
+                return parsed.to_string();
+            }
+            // The URL would percent-encode the brackets of `[redacted]`.
+            match parsed.set_password(Some("redacted")) {
+                Ok(()) => parsed.to_string().replacen(":redacted@", ":[redacted]@", 1),
+                Err(()) => "[redacted]".into(),
+            }
+        }
+        Err(_) => "[redacted]".into(),
     }
 }
 
@@ -554,6 +762,16 @@ impl RawConfig {
                 "must be 1-64 characters of letters, digits, '-', '_' or '.'",
             ));
         }
+        for (setting, value) in [
+            ("app_name", &self.app_name),
+            ("vendor_name", &self.vendor_name),
+        ] {
+            // Atlassian shows these in its app list and refuses long ones.
+            if value.trim().is_empty() || value.chars().count() > 80 {
+                return Err(invalid(setting, "must be 1-80 characters"));
+            }
+        }
+        http_url("vendor_url", &self.vendor_url)?;
         let install_keys_url = http_url("install_keys_url", &self.install_keys_url)?;
         if self.jwt_leeway_secs > 600 {
             return Err(invalid("jwt_leeway_secs", "must be at most 600"));
@@ -741,6 +959,9 @@ impl RawConfig {
             exchange,
             admin_token,
             app_key: self.app_key,
+            app_name: self.app_name.trim().to_string(),
+            vendor_name: self.vendor_name.trim().to_string(),
+            vendor_url: self.vendor_url.trim().to_string(),
             install_keys_url,
             jwt_leeway: Duration::from_secs(self.jwt_leeway_secs),
             allow_private_destinations: self.allow_private_destinations,
@@ -1247,6 +1468,168 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("HOOKRELAY_ENCRYPTION_KEY_FILE"), "{err}");
+    }
+
+    /// `Config::load` in a jail: its own environment and working directory.
+    // The closure's error type is figment's, which Jail fixes.
+    #[allow(clippy::result_large_err)]
+    fn load_in_jail(vars: &[(&str, &str)], file: Option<&str>) -> Result<RawConfig, ConfigError> {
+        let mut result = None;
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            let path = match file {
+                Some(text) => {
+                    jail.create_file("hookrelay.toml", text)?;
+                    Some(jail.directory().join("hookrelay.toml"))
+                }
+                None => None,
+            };
+            result = Some(RawConfig::load(path.as_deref()));
+            Ok(())
+        });
+        result.expect("the jail ran")
+    }
+
+    #[test]
+    fn unknown_variables_stop_loading_with_the_closest_name() {
+        let err = load_in_jail(&[("HOOKRELAY_LISTN", "127.0.0.1:1")], None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "unknown environment variable HOOKRELAY_LISTN (did you mean HOOKRELAY_LISTEN?)"
+        );
+
+        let err = load_in_jail(&[("HOOKRELAY_JIRA__EVNTS", "jira:issue_created")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("HOOKRELAY_JIRA__EVNTS") && err.ends_with("HOOKRELAY_JIRA__EVENTS?)"),
+            "{err}"
+        );
+
+        // Nothing close: no guess.
+        let err = load_in_jail(&[("HOOKRELAY_COLOUR_SCHEME", "dark")], None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "unknown environment variable HOOKRELAY_COLOUR_SCHEME");
+
+        // Variables that are read but are not settings.
+        let raw = load_in_jail(
+            &[
+                ("HOOKRELAY_CONFIG", "/nonexistent.toml"),
+                ("HOOKRELAY_LOG", "debug"),
+                ("HOOKRELAY_TEST_POSTGRES_URL", "postgres://x"),
+                ("HOOKRELAY_BENCH_BODIES", "40"),
+                ("HOOKRELAY_ADVISORY_DBS", "/tmp"),
+                ("HOOKRELAY_LISTEN", "0.0.0.0:9"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(raw.listen, "0.0.0.0:9");
+    }
+
+    #[test]
+    fn unknown_file_keys_stop_loading_with_the_closest_name() {
+        let err = load_in_jail(&[], Some("listn = \"127.0.0.1:1\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("unknown key `listn` in ")
+                && err.ends_with("hookrelay.toml (did you mean `listen`?)"),
+            "{err}"
+        );
+
+        let err = load_in_jail(&[], Some("[confluence]\nscope = [\"READ\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`confluence.scope`") && err.contains("did you mean `confluence.scopes`?"),
+            "{err}"
+        );
+
+        let err = load_in_jail(
+            &[],
+            Some("[jira.webhooks.\"jira:issue_updated\"]\nfilters = \"project = X\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("did you mean"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_variable_once() {
+        let err = load_in_jail(&[("HOOKRELAY_JWT_LEEWAY_SECS", "soon")], None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err.matches("HOOKRELAY_JWT_LEEWAY_SECS").count(), 1, "{err}");
+        assert_eq!(err.matches("soon").count(), 1, "{err}");
+        assert!(!err.contains("default."), "figment's key leaks: {err}");
+
+        let err = load_in_jail(&[], Some("jwt_leeway_secs = \n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hookrelay.toml: TOML parse error at line 1") && !err.contains('\n'),
+            "{err}"
+        );
+
+        let err = load_in_jail(&[], Some("jwt_leeway_secs = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err.matches("jwt_leeway_secs").count(), 1, "{err}");
+        assert!(err.contains("hookrelay.toml"), "{err}");
+    }
+
+    #[test]
+    fn redacted_settings_hide_every_secret() {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let raw = RawConfig {
+            admin_token: Some("an-admin-token-of-some-length".into()),
+            encryption_key: Some(SecretString::from(key.clone())),
+            database_url: "postgres://hookrelay:db-password@db:5432/hookrelay".into(),
+            amqp_url: Some("amqp://guest:amqp-password@mq:5672/%2f".into()),
+            ..RawConfig::default()
+        };
+        let text = raw.redacted_toml().unwrap();
+        for secret in ["an-admin-token", &key, "db-password", "amqp-password"] {
+            assert!(!text.contains(secret), "{secret} shown:\n{text}");
+        }
+        let printed: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(printed["admin_token"].as_str(), Some("[redacted]"));
+        assert_eq!(printed["encryption_key"].as_str(), Some("[redacted]"));
+        assert_eq!(
+            printed["database_url"].as_str(),
+            Some("postgres://hookrelay:[redacted]@db:5432/hookrelay")
+        );
+        // What is not secret is shown as set.
+        assert_eq!(printed["listen"].as_str(), Some("127.0.0.1:8080"));
+        assert_eq!(printed["vendor_name"].as_str(), Some("hookrelay"));
+    }
+
+    #[test]
+    fn descriptor_names_are_checked() {
+        let err = RawConfig {
+            vendor_url: "example.com".into(),
+            ..RawConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("HOOKRELAY_VENDOR_URL"), "{err}");
+        let err = RawConfig {
+            app_name: " ".into(),
+            ..RawConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("HOOKRELAY_APP_NAME"), "{err}");
     }
 
     #[test]

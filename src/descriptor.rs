@@ -83,6 +83,8 @@ pub fn render(config: &Config, product: Product) -> Value {
         })
         .collect();
     descriptor["key"] = json!(config.app_key);
+    descriptor["name"] = json!(config.app_name);
+    descriptor["vendor"] = json!({"name": config.vendor_name, "url": config.vendor_url});
     descriptor["baseUrl"] = json!(config.base_url.as_str().trim_end_matches('/'));
     descriptor["modules"]["webhooks"] = Value::Array(webhooks);
     if let Some(scopes) = &settings.scopes {
@@ -109,6 +111,31 @@ mod tests {
         }
         assert!(default_events(Product::Jira).contains(&"jira:issue_created"));
         assert!(default_events(Product::Confluence).contains(&"page_updated"));
+    }
+
+    #[test]
+    fn names_and_vendor_are_settings() {
+        let config = RawConfig::default().validate().unwrap();
+        let d = render(&config, Product::Jira);
+        assert_eq!(d["name"], "hookrelay");
+        assert_eq!(d["vendor"]["name"], "hookrelay");
+        assert_eq!(d["vendor"]["url"], "https://github.com/hookrelay/hookrelay");
+        let config = RawConfig {
+            app_name: "Acme events".into(),
+            vendor_name: "Acme".into(),
+            vendor_url: "https://acme.example".into(),
+            ..RawConfig::default()
+        }
+        .validate()
+        .unwrap();
+        for product in Product::ALL {
+            let d = render(&config, product);
+            assert_eq!(d["name"], "Acme events");
+            assert_eq!(
+                d["vendor"],
+                json!({"name": "Acme", "url": "https://acme.example"})
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it.
 //! - [`cli`]: the command line inspector (`hookrelay tail`, `events`, `replay`,
 //!   …), a client of a running server's admin API.
+//! - [`healthcheck`]: `hookrelay healthcheck`, a container's probe of `/readyz`.
 //! - [`bench`]: `hookrelay bench`, which measures a running hookrelay as a Jira site would.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
@@ -48,6 +49,7 @@ pub mod descriptor;
 pub mod domain;
 pub mod feed;
 pub mod forge_app;
+pub mod healthcheck;
 pub mod http;
 pub mod intake;
 pub mod payload;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hookrelay::config::Config;
+use hookrelay::config::{Config, RawConfig};
 use hookrelay::domain::Product;
 use hookrelay::forge_app::{self, ManifestOptions, Products};
 use hookrelay::sources::forge_events;
@@ -58,6 +58,25 @@ enum Command {
     /// and tenants, through a running server's admin API.
     #[command(flatten)]
     Inspect(hookrelay::cli::Command),
+    /// Check the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Exit 0 when a running hookrelay (serve or worker) answers /readyz with
+    /// 200, 1 otherwise with the reason on stderr: for container health checks.
+    Healthcheck {
+        /// The URL to check; default http://<HOOKRELAY_LISTEN>/readyz.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the settings and print them as TOML, secrets redacted; exit 1
+    /// with the error when they are invalid.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -134,14 +153,50 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "hookrelay failed");
-            eprintln!("hookrelay: {e:#}");
+            // One line on stderr, whatever the log format: the last thing a
+            // user reads.
+            eprintln!("hookrelay: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes, each said once: a driver's message often
+/// repeats the cause it wraps.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            print!("{}", RawConfig::check(cli.config.as_deref())?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Healthcheck { url } => {
+            let url = match url {
+                Some(url) => url.clone(),
+                None => hookrelay::healthcheck::default_url(
+                    &Config::load(cli.config.as_deref())?.listen,
+                ),
+            };
+            hookrelay::healthcheck::check(&url, std::time::Duration::from_secs(5)).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Descriptor { product } => {
@@ -195,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             app.run_until_stopped(shutdown).await?;
         }
+        Command::Config { .. } | Command::Healthcheck { .. } => {}
         Command::Worker => {
             telemetry::init_tracing(config.log_format);
             let worker = Worker::build(config).await?;

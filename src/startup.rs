@@ -72,11 +72,11 @@ impl Application {
             .build()
             .context("cannot build the HTTP client")?;
         let tenants = Arc::new(TenantCache::new(store.clone(), config.tenant_cache_ttl));
-        let forge = crate::sources::forge::ForgeVerifier::new(
+        let forge = Arc::new(crate::sources::forge::ForgeVerifier::new(
             config.forge.clone(),
             config.jwt_leeway,
             http_client.clone(),
-        );
+        ));
         let auth = Authenticator::new(&config, tenants, http_client);
         let reconciler = config.reconcile_interval.map(|interval| {
             let stop = CancellationToken::new();
@@ -261,6 +261,9 @@ pub struct Worker {
     store: Store,
     broker: Arc<Broker>,
     relay: Relay,
+    /// `/healthz`, `/readyz` and `/metrics`, on the worker's own listen address.
+    probes: actix_web::dev::Server,
+    port: u16,
     shutdown_timeout: Duration,
 }
 
@@ -285,7 +288,29 @@ impl Worker {
             script_engine(&config),
             script_calls(&config, &store)?,
         )?;
+        let probes = web::Data::new(http::ops::Probes {
+            store: store.clone(),
+            broker: broker.clone(),
+            metrics: telemetry::metrics_handle(),
+            forge: None,
+        });
+        let listener = TcpListener::bind(&config.listen).with_context(|| {
+            format!(
+                "cannot listen on {} (HOOKRELAY_LISTEN; a worker beside `serve` needs its own)",
+                config.listen
+            )
+        })?;
+        let port = listener.local_addr()?.port();
+        // Probes are few and cheap: one HTTP thread is plenty.
+        let probes = HttpServer::new(move || http::ops::ops_app(probes.clone()))
+            .workers(1)
+            .listen(listener)?
+            .disable_signals()
+            .shutdown_timeout(config.shutdown_timeout.as_secs())
+            .run();
         tracing::info!(
+            listen = %config.listen,
+            port,
             store = store.backend(),
             broker = broker.kind(),
             queue = %config.relay_queue.name,
@@ -295,16 +320,30 @@ impl Worker {
             store,
             broker,
             relay,
+            probes,
+            port,
             shutdown_timeout: config.shutdown_timeout,
         })
+    }
+
+    /// The port `/healthz`, `/readyz` and `/metrics` are served on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Relays until `shutdown`, then lets attempts in flight finish (up to the
     /// shutdown timeout).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let probes = self.probes.handle();
+        let served = tokio::spawn(self.probes);
         shutdown.cancelled().await;
         tracing::info!("shutting down: finishing delivery attempts in flight");
         self.relay.stop(self.shutdown_timeout).await;
+        // Ready until the last attempt is done, so an orchestrator waits for it.
+        probes.stop(true).await;
+        if let Ok(Err(e)) = served.await {
+            tracing::warn!(error = %e, "the probe server stopped with an error");
+        }
         self.broker.close().await;
         self.store.close().await;
         tracing::info!("stopped");

@@ -8,7 +8,7 @@ pub(crate) mod admin;
 pub(crate) mod bridge;
 mod connect;
 pub mod error;
-mod ops;
+pub mod ops;
 mod sources;
 pub(crate) mod stream;
 pub(crate) mod subscriptions;
@@ -46,8 +46,8 @@ pub struct AppState {
     pub relay_wake: Arc<tokio::sync::Notify>,
     /// What request bodies being read and handled may take, together.
     pub bodies: crate::budget::ByteBudget,
-    /// Verifies Forge Invocation Tokens.
-    pub forge: crate::sources::forge::ForgeVerifier,
+    /// Verifies Forge Invocation Tokens; `/readyz` reports its keys.
+    pub forge: Arc<crate::sources::forge::ForgeVerifier>,
     /// Admin-webhook sources' secrets, by source id, for a few seconds.
     pub source_secrets: sources::SecretCache,
     /// The expiry of the app system token last kept per Forge installation, so
@@ -73,9 +73,7 @@ pub use sources::{forge_token_cache, source_secret_cache};
 
 /// The route table.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz))
-        .route("/metrics", web::get().to(ops::metrics))
+    cfg.configure(ops::routes)
         .route(
             "/atlassian-connect.json",
             web::get().to(connect::default_descriptor),
@@ -114,8 +112,15 @@ pub fn app(
     >,
 > {
     let context_path = state.config.context_path.clone();
+    let probes = web::Data::new(ops::Probes {
+        store: state.store.clone(),
+        broker: state.broker.clone(),
+        metrics: state.metrics.clone(),
+        forge: Some(state.forge.clone()),
+    });
     let mut app = actix_web::App::new()
         .app_data(state)
+        .app_data(probes)
         .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NotFound.into()))
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::NotFound)

@@ -270,8 +270,26 @@ impl Store {
                 .acquire_timeout(config.database_acquire_timeout)
                 .test_before_acquire(false)
                 .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
-                .connect_with(options)
-                .await?;
+                .connect_with(options.clone())
+                .await
+                .map_err(|e| (e, options));
+            let pool = match pool {
+                Ok(pool) => pool,
+                // The pool retries a refused or unreachable database until its
+                // timeout and then says only "pool timed out": one direct
+                // attempt tells the operator why.
+                Err((sqlx::Error::PoolTimedOut, options)) => {
+                    use sqlx::ConnectOptions;
+                    let attempt =
+                        tokio::time::timeout(config.database_acquire_timeout, options.connect())
+                            .await;
+                    return Err(match attempt {
+                        Ok(Err(e)) => e.into(),
+                        _ => sqlx::Error::PoolTimedOut.into(),
+                    });
+                }
+                Err((e, _)) => return Err(e.into()),
+            };
             let crypt = if config.encryption_keys.is_empty() {
                 tracing::warn!(
                     "secrets are stored unencrypted: set HOOKRELAY_ENCRYPTION_KEY \

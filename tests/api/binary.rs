@@ -1,5 +1,6 @@
 //! The `hookrelay` binary as a user runs it: configuration from the environment,
-//! start-up errors, JSON logs, `migrate`, `descriptor`, and graceful shutdown.
+//! start-up errors, JSON logs, `migrate`, `descriptor`, `config check`,
+//! `healthcheck`, the worker's probes, and graceful shutdown.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -339,4 +340,294 @@ fn example_config_file_loads() {
     );
     assert_eq!(d["baseUrl"], "https://override.example.com");
     assert_eq!(d["modules"]["webhooks"].as_array().unwrap().len(), 1);
+}
+
+/// Runs `cmd`, which must fail with exit code 1, and gives its standard
+/// error, which must be one line.
+fn one_line_failure(cmd: &mut Command) -> String {
+    let output = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        output.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+#[test]
+fn unknown_settings_stop_start_up_with_the_closest_name() {
+    let stderr = one_line_failure(
+        hookrelay()
+            .arg("serve")
+            .env("HOOKRELAY_LISTN", "127.0.0.1:0"),
+    );
+    assert_eq!(
+        stderr.trim_end(),
+        "hookrelay: unknown environment variable HOOKRELAY_LISTN (did you mean HOOKRELAY_LISTEN?)"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hookrelay.toml");
+    std::fs::write(&file, "[jira]\nevnts = [\"jira:issue_created\"]\n").unwrap();
+    let stderr = one_line_failure(hookrelay().arg("--config").arg(&file).arg("serve"));
+    assert!(
+        stderr.contains("unknown key `jira.evnts`")
+            && stderr.contains(&file.display().to_string())
+            && stderr.contains("did you mean `jira.events`?"),
+        "{stderr}"
+    );
+
+    // Variables read by hookrelay or its tests that are not settings.
+    json_output(
+        hookrelay()
+            .args(["descriptor", "--product", "jira"])
+            .env("HOOKRELAY_LOG", "warn")
+            .env("HOOKRELAY_TEST_SOMETHING", "1")
+            .env("HOOKRELAY_BENCH_BODIES", "40"),
+    );
+}
+
+#[test]
+fn type_errors_name_the_variable_once() {
+    let stderr = one_line_failure(
+        hookrelay()
+            .arg("serve")
+            .env("HOOKRELAY_JWT_LEEWAY_SECS", "soon"),
+    );
+    assert_eq!(
+        stderr.matches("HOOKRELAY_JWT_LEEWAY_SECS").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("invalid type").count(), 1, "{stderr}");
+}
+
+#[test]
+fn config_check_prints_the_settings_with_secrets_redacted() {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let secrets = [
+        (
+            "HOOKRELAY_ADMIN_TOKEN",
+            "admin-token-0123456789".to_string(),
+        ),
+        ("HOOKRELAY_ENCRYPTION_KEY", key.clone()),
+        (
+            "HOOKRELAY_DATABASE_URL",
+            "postgres://hookrelay:pg-password-42@db:5432/hookrelay".to_string(),
+        ),
+        (
+            "HOOKRELAY_AMQP_URL",
+            "amqp://guest:mq-password-42@mq:5672/%2f".to_string(),
+        ),
+    ];
+    let mut cmd = hookrelay();
+    cmd.args(["config", "check"])
+        .env("HOOKRELAY_LISTEN", "0.0.0.0:9090")
+        .env("HOOKRELAY_VENDOR_NAME", "Acme");
+    for (var, value) in &secrets {
+        cmd.env(var, value);
+    }
+    let output = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for secret in [
+        "admin-token-0123456789",
+        &key,
+        "pg-password-42",
+        "mq-password-42",
+    ] {
+        assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
+    }
+    let printed: toml::Table = toml::from_str(&stdout).expect("the settings are TOML");
+    assert_eq!(printed["listen"].as_str(), Some("0.0.0.0:9090"));
+    assert_eq!(printed["vendor_name"].as_str(), Some("Acme"));
+    assert_eq!(printed["admin_token"].as_str(), Some("[redacted]"));
+    assert_eq!(printed["encryption_key"].as_str(), Some("[redacted]"));
+    assert_eq!(
+        printed["amqp_url"].as_str(),
+        Some("amqp://guest:[redacted]@mq:5672/%2f")
+    );
+
+    // Invalid: the error, exit 1, nothing printed.
+    let stderr = one_line_failure(
+        hookrelay()
+            .args(["config", "check"])
+            .env("HOOKRELAY_ADMIN_TOKEN", "short"),
+    );
+    assert!(stderr.contains("HOOKRELAY_ADMIN_TOKEN"), "{stderr}");
+    assert!(!stderr.contains("short"), "{stderr}");
+}
+
+#[test]
+fn descriptor_names_and_vendor_are_settings() {
+    let d = json_output(hookrelay().args(["descriptor", "--product", "jira"]));
+    assert_eq!(d["name"], "hookrelay");
+    assert_eq!(d["vendor"]["name"], "hookrelay");
+    assert_eq!(d["vendor"]["url"], "https://github.com/hookrelay/hookrelay");
+    let d = json_output(
+        hookrelay()
+            .args(["descriptor", "--product", "confluence"])
+            .env("HOOKRELAY_APP_NAME", "Acme events")
+            .env("HOOKRELAY_VENDOR_NAME", "Acme")
+            .env("HOOKRELAY_VENDOR_URL", "https://acme.example/about"),
+    );
+    assert_eq!(d["name"], "Acme events");
+    assert_eq!(d["vendor"]["name"], "Acme");
+    assert_eq!(d["vendor"]["url"], "https://acme.example/about");
+}
+
+/// A port nothing listens on (bound, then closed).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_database_refusing_connections_is_named_as_such() {
+    let url = format!("postgres://hookrelay@127.0.0.1:{}/hookrelay", closed_port());
+    for command in ["migrate", "serve"] {
+        let stderr = one_line_failure(
+            hookrelay()
+                .arg(command)
+                .env("HOOKRELAY_DATABASE_URL", &url)
+                .env("HOOKRELAY_DATABASE_ACQUIRE_TIMEOUT", "1s"),
+        );
+        let lower = stderr.to_ascii_lowercase();
+        assert!(lower.contains("connection refused"), "{command}: {stderr}");
+        assert!(!lower.contains("timed out"), "{command}: {stderr}");
+        assert_eq!(lower.matches("connection refused").count(), 1, "{stderr}");
+    }
+}
+
+/// The port a started `serve` or `worker` logged (JSON logs).
+fn logged_port(served: &mut Served, message: &str) -> u16 {
+    let line = served.wait_for(Duration::from_secs(60), |l| l.contains(message));
+    let started: Value = serde_json::from_str(&line).expect("log lines are JSON");
+    started["fields"]["port"].as_u64().expect("port logged") as u16
+}
+
+#[test]
+fn healthcheck_exits_0_on_a_ready_server_and_1_otherwise() {
+    // Nothing listening.
+    let url = format!("http://127.0.0.1:{}/readyz", closed_port());
+    let stderr = one_line_failure(hookrelay().args(["healthcheck", "--url", &url]));
+    assert!(stderr.contains(&url), "{stderr}");
+    let stderr = one_line_failure(
+        hookrelay()
+            .arg("healthcheck")
+            .env("HOOKRELAY_LISTEN", format!("0.0.0.0:{}", closed_port())),
+    );
+    assert!(
+        stderr.contains("cannot reach http://127.0.0.1:"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("served.db").display());
+    let mut served = Served::start(&[
+        ("HOOKRELAY_LISTEN", "127.0.0.1:0"),
+        ("HOOKRELAY_DATABASE_URL", &db),
+        ("HOOKRELAY_LOG_FORMAT", "json"),
+    ]);
+    let port = logged_port(&mut served, "hookrelay is serving");
+    // The default URL is built from HOOKRELAY_LISTEN.
+    let output = hookrelay()
+        .arg("healthcheck")
+        .env("HOOKRELAY_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Any other answer than 200 is a failure, with the status said.
+    let stderr = one_line_failure(hookrelay().args([
+        "healthcheck",
+        "--url",
+        &format!("http://127.0.0.1:{port}/no/such/route"),
+    ]));
+    assert!(stderr.contains("answered 404"), "{stderr}");
+    served.signal("TERM");
+    assert!(served.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[tokio::test]
+async fn healthcheck_fails_while_the_store_is_down() {
+    let app = spawn_app(Backend::Postgres).await;
+    let url = app.url("/readyz");
+    let check = move || {
+        hookrelay()
+            .args(["healthcheck", "--url", &url])
+            .output()
+            .unwrap()
+    };
+    let ok = tokio::task::spawn_blocking(check.clone()).await.unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let broken = app.break_store().await;
+    let down = tokio::task::spawn_blocking(check.clone()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(down.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("answered 503"), "{stderr}");
+    broken.restore().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_serves_health_readiness_and_metrics() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut worker = Served::run(
+        "worker",
+        &[
+            ("HOOKRELAY_LISTEN", "127.0.0.1:0"),
+            ("HOOKRELAY_DATABASE_URL", db.url()),
+            ("HOOKRELAY_LOG_FORMAT", "json"),
+        ],
+    );
+    let port =
+        tokio::task::block_in_place(|| logged_port(&mut worker, "hookrelay worker is relaying"));
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("http://127.0.0.1:{port}{path}")).send();
+
+    let health = get("/healthz").await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = get("/readyz").await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["store"]["backend"], "postgres");
+    assert_eq!(ready["broker"]["status"], "up");
+    let metrics = get("/metrics").await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or_default().starts_with("text/plain")));
+    // Nothing else is served there.
+    assert_eq!(get("/admin/api/v1/events").await.unwrap().status(), 404);
+
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let checked = tokio::task::spawn_blocking(move || {
+        hookrelay()
+            .args(["healthcheck", "--url", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(checked.status.success());
+
+    worker.signal("TERM");
+    let status = tokio::task::block_in_place(|| worker.wait_exit(Duration::from_secs(30)));
+    assert!(status.success(), "exit status {status:?}");
 }
