@@ -34,6 +34,8 @@ pub struct Application {
     relay: Option<Relay>,
     /// Reconciliation of failed webhooks on a timer, when it is on.
     reconciler: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// Refreshes the gauges read from the store; stops when dropped.
+    sampler: tokio_util::sync::DropGuard,
     shutdown_timeout: Duration,
 }
 
@@ -41,6 +43,9 @@ impl Application {
     /// Connects to the store, applies migrations and binds the listener. The server
     /// does not serve until [`Application::run_until_stopped`] is awaited.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // First, so that what is recorded while starting (script capacity, the
+        // broker's state) is kept.
+        let metrics = telemetry::metrics_handle();
         let config = Arc::new(config);
         let (store, broker) = open(&config).await?;
         let (publisher, publisher_task) = publisher::start(store.clone(), broker.clone(), &config);
@@ -90,7 +95,7 @@ impl Application {
             config: config.clone(),
             store: store.clone(),
             auth,
-            metrics: telemetry::metrics_handle(),
+            metrics,
             publisher,
             broker: broker.clone(),
             relay_wake,
@@ -129,6 +134,7 @@ impl Application {
             relay = relay.is_some(),
             "hookrelay is serving"
         );
+        let sampler = telemetry::spawn_sampler(store.clone());
         Ok(Self {
             port,
             server,
@@ -137,6 +143,7 @@ impl Application {
             publisher: publisher_task,
             relay,
             reconciler,
+            sampler,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -191,6 +198,7 @@ impl Application {
         {
             tracing::warn!("publisher did not finish in time; its events stay in the outbox");
         }
+        drop(self.sampler);
         self.broker.close().await;
         self.store.close().await;
         tracing::info!("stopped");
@@ -255,11 +263,15 @@ pub struct Worker {
     store: Store,
     broker: Arc<Broker>,
     relay: Relay,
+    /// Refreshes the gauges read from the store; stops when dropped.
+    sampler: tokio_util::sync::DropGuard,
     shutdown_timeout: Duration,
 }
 
 impl Worker {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // First, so that what is recorded while starting is kept.
+        telemetry::metrics_handle();
         let config = Arc::new(config);
         // A SQLite store belongs to one process (its claims are released at
         // every start), so a worker beside `serve` would take over live claims.
@@ -285,10 +297,12 @@ impl Worker {
             queue = %config.relay_queue.name,
             "hookrelay worker is relaying"
         );
+        let sampler = telemetry::spawn_sampler(store.clone());
         Ok(Self {
             store,
             broker,
             relay,
+            sampler,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -299,6 +313,7 @@ impl Worker {
         shutdown.cancelled().await;
         tracing::info!("shutting down: finishing delivery attempts in flight");
         self.relay.stop(self.shutdown_timeout).await;
+        drop(self.sampler);
         self.broker.close().await;
         self.store.close().await;
         tracing::info!("stopped");
