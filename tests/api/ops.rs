@@ -409,8 +409,21 @@ async fn counters_follow_intake_auth_publishing_delivery_and_scripts(backend: Ba
         .await;
     assert_eq!(status, 200);
     wait_for(&app, "hookrelay_subscriptions_disabled", &[], 1.0).await;
+
+    // A delivery that fails every attempt ends up dead, and the sampler sees it.
+    receiver.script("/fail", vec![crate::receiver::Reply::Status(500)]);
+    admin
+        .subscribe(json!({"url": receiver.url("/fail"), "events": ["jira:issue_updated"]}))
+        .await;
+    let answer = app.webhook(&site, "jira:issue_updated", "{}", &[]).await;
+    assert!(answer.status().is_success(), "{}", answer.status());
+    wait_for(&app, "hookrelay_deliveries_dead", &[], 1.0).await;
+    let samples = parse(&scrape(&app).await);
+    let attempts = "hookrelay_delivery_attempts_total";
+    assert_eq!(total(&samples, attempts, &[("outcome", "dead")]), 1.0);
+    assert_eq!(total(&samples, attempts, &[("outcome", "retry")]), 2.0);
     let samples = wait_for(&app, "hookrelay_outbox_backlog", &[], 0.0).await;
-    assert_eq!(total(&samples, "hookrelay_deliveries_dead", &[]), 0.0);
+    assert_eq!(total(&samples, "hookrelay_deliveries_due", &[]), 0.0);
     assert!(total(&samples, "hookrelay_db_pool_max_connections", &[]) >= 1.0);
 }
 
