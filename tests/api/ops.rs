@@ -502,3 +502,52 @@ fn each_request_is_logged_once() {
         );
     }
 }
+
+/// RabbitMQ cut off and back: the link's gauge, the reconnect counter and the
+/// outbox gauges follow.
+#[tokio::test]
+async fn broker_outage_shows_in_the_outbox_and_reconnect_metrics() {
+    use crate::publishing::{on_rabbitmq, wait_for_broker};
+    use crate::rabbit::{amqp_url_via, delete_topology, test_exchange, Proxy};
+    let exchange = test_exchange();
+    let proxy = Proxy::start().await;
+    let app = spawn_app_with(Backend::Postgres, |raw| {
+        on_rabbitmq(raw, &exchange, amqp_url_via(&proxy))
+    })
+    .await;
+    wait_for_broker(&app.address, "up").await;
+    let samples = wait_for(&app, "hookrelay_broker_up", &[], 1.0).await;
+    assert_eq!(
+        total(&samples, "hookrelay_broker_reconnects_total", &[]),
+        0.0
+    );
+
+    proxy.cut();
+    wait_for_broker(&app.address, "down").await;
+    wait_for(&app, "hookrelay_broker_up", &[], 0.0).await;
+    let site = Site::new("jira");
+    app.install(&site).await;
+    let answer = app.webhook(&site, "jira:issue_created", "{}", &[]).await;
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let samples = wait_for(&app, "hookrelay_outbox_backlog", &[], 1.0).await;
+    assert!(total(&samples, "hookrelay_outbox_oldest_age_seconds", &[]) > 0.0);
+
+    proxy.restore();
+    wait_for_broker(&app.address, "up").await;
+    wait_for(&app, "hookrelay_outbox_backlog", &[], 0.0).await;
+    let samples = wait_for(&app, "hookrelay_broker_reconnects_total", &[], 1.0).await;
+    assert_eq!(total(&samples, "hookrelay_broker_up", &[]), 1.0);
+    assert_eq!(
+        total(&samples, "hookrelay_outbox_oldest_age_seconds", &[]),
+        0.0
+    );
+    assert_eq!(
+        total(
+            &samples,
+            "hookrelay_publish_confirms_total",
+            &[("result", "ack")]
+        ),
+        1.0
+    );
+    delete_topology(&exchange, &[]).await;
+}
