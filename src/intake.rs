@@ -6,6 +6,7 @@
 use crate::domain::{Event, Stored};
 use crate::publisher::Publisher;
 use crate::store::{Store, StoreError};
+use crate::telemetry::catalog::INTAKE;
 
 /// Stores `event` once (a repeat of its tenant and webhook identifier returns
 /// the id stored first, as a duplicate), commits it with its outbox row, and
@@ -29,6 +30,8 @@ pub async fn accept(
     let (stored, event) = store.insert_event(event, publish_at).await?;
     tracing::Span::current().record("event_id", tracing::field::display(stored.id));
     if stored.duplicate {
+        metrics::counter!(INTAKE, "source" => event.source.as_str(), "outcome" => "duplicate")
+            .increment(1);
         tracing::info!(
             source = event.source.as_str(),
             "already stored (same tenant and webhook identifier)"
@@ -40,7 +43,7 @@ pub async fn accept(
             retry = event.webhook_retry,
             "event stored"
         );
-        metrics::counter!("hookrelay_events_stored_total", "source" => event.source.as_str())
+        metrics::counter!(INTAKE, "source" => event.source.as_str(), "outcome" => "stored")
             .increment(1);
         publisher.feed().announce(&event);
         if let Some(slot) = slot {

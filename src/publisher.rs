@@ -26,6 +26,7 @@ use crate::budget::{ByteBudget, Held};
 use crate::config::Config;
 use crate::domain::{now_millis, Event, EventId};
 use crate::store::Store;
+use crate::telemetry::catalog::{PUBLISHES, PUBLISH_CONFIRMS, PUBLISH_DELAY};
 
 /// How often the outbox is swept for due rows.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -226,6 +227,7 @@ impl Worker {
     /// the others due again. `attempts[i]` is how often `events[i]` was claimed,
     /// for the backoff. Returns whether all of them were confirmed.
     async fn publish(&self, events: &[Event], attempts: &[i32]) -> bool {
+        metrics::counter!(PUBLISHES).increment(events.len() as u64);
         let results = self.broker.publish(events).await;
         let now = now_millis();
         let mut confirmed: Vec<EventId> = Vec::with_capacity(events.len());
@@ -236,8 +238,7 @@ impl Worker {
                 Ok(()) => {
                     tracing::debug!(event_id = %event.id, routing_key = %event.routing_key(), "published");
                     let delay = (now - event.received_at).to_std().unwrap_or_default();
-                    metrics::histogram!("hookrelay_publish_delay_seconds")
-                        .record(delay.as_secs_f64());
+                    metrics::histogram!(PUBLISH_DELAY).record(delay.as_secs_f64());
                     confirmed.push(event.id);
                 }
                 Err(e) => {
@@ -253,7 +254,7 @@ impl Worker {
                 }
             }
         }
-        metrics::counter!("hookrelay_events_published_total").increment(confirmed.len() as u64);
+        metrics::counter!(PUBLISH_CONFIRMS, "result" => "ack").increment(confirmed.len() as u64);
         if let Err(e) = self.store.complete_outbox(&confirmed).await {
             // The claims run out and the events are published again: a duplicate,
             // never a loss. Consumers deduplicate on the message id.
@@ -261,8 +262,7 @@ impl Worker {
         }
         let all_confirmed = failed.is_empty();
         for (kind, group) in failed {
-            metrics::counter!("hookrelay_publish_failures_total", "reason" => kind)
-                .increment(group.ids.len() as u64);
+            metrics::counter!(PUBLISH_CONFIRMS, "result" => kind).increment(group.ids.len() as u64);
             let delay = if group.transient {
                 Duration::ZERO
             } else {

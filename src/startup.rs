@@ -36,6 +36,8 @@ pub struct Application {
     relay: Option<Relay>,
     /// Reconciliation of failed webhooks on a timer, when it is on.
     reconciler: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// Refreshes the gauges read from the store; stops when dropped.
+    sampler: tokio_util::sync::DropGuard,
     shutdown_timeout: Duration,
 }
 
@@ -43,6 +45,9 @@ impl Application {
     /// Connects to the store, applies migrations and binds the listener. The server
     /// does not serve until [`Application::run_until_stopped`] is awaited.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // First, so that what is recorded while starting (script capacity, the
+        // broker's state) is kept.
+        let metrics = telemetry::metrics_handle();
         let config = Arc::new(config);
         let (store, broker) = open(&config).await?;
         let (publisher, publisher_task) = publisher::start(store.clone(), broker.clone(), &config);
@@ -93,7 +98,7 @@ impl Application {
             config: config.clone(),
             store: store.clone(),
             auth,
-            metrics: telemetry::metrics_handle(),
+            metrics,
             publisher,
             broker: broker.clone(),
             relay_wake,
@@ -132,6 +137,7 @@ impl Application {
             relay = relay.is_some(),
             "hookrelay is serving"
         );
+        let sampler = telemetry::spawn_sampler(store.clone());
         Ok(Self {
             port,
             server,
@@ -141,6 +147,7 @@ impl Application {
             feed,
             relay,
             reconciler,
+            sampler,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -197,6 +204,7 @@ impl Application {
         {
             tracing::warn!("publisher did not finish in time; its events stay in the outbox");
         }
+        drop(self.sampler);
         self.broker.close().await;
         self.store.close().await;
         tracing::info!("stopped");
@@ -264,11 +272,15 @@ pub struct Worker {
     /// `/healthz`, `/readyz` and `/metrics`, on the worker's own listen address.
     probes: actix_web::dev::Server,
     port: u16,
+    /// Refreshes the gauges read from the store; stops when dropped.
+    sampler: tokio_util::sync::DropGuard,
     shutdown_timeout: Duration,
 }
 
 impl Worker {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // First, so that what is recorded while starting is kept.
+        telemetry::metrics_handle();
         let config = Arc::new(config);
         // A SQLite store belongs to one process (its claims are released at
         // every start), so a worker beside `serve` would take over live claims.
@@ -316,12 +328,14 @@ impl Worker {
             queue = %config.relay_queue.name,
             "hookrelay worker is relaying"
         );
+        let sampler = telemetry::spawn_sampler(store.clone());
         Ok(Self {
             store,
             broker,
             relay,
             probes,
             port,
+            sampler,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -344,6 +358,7 @@ impl Worker {
         if let Ok(Err(e)) = served.await {
             tracing::warn!(error = %e, "the probe server stopped with an error");
         }
+        drop(self.sampler);
         self.broker.close().await;
         self.store.close().await;
         tracing::info!("stopped");

@@ -48,6 +48,7 @@ use tracing::Instrument;
 use super::{BrokerStatus, ConsumeError, Message, PublishError};
 use crate::config::{Config, QueueSpec};
 use crate::domain::{Event, EventId};
+use crate::telemetry::catalog;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -654,7 +655,10 @@ impl Shared {
                     }
                     BrokerStatus::Connecting => {}
                 }
-                metrics::gauge!("hookrelay_broker_up").set(if status.is_up() { 1.0 } else { 0.0 });
+                metrics::gauge!(catalog::BROKER_UP).set(if status.is_up() { 1.0 } else { 0.0 });
+                if status.is_up() && matches!(current, BrokerStatus::Down(_)) {
+                    metrics::counter!(catalog::BROKER_RECONNECTS).increment(1);
+                }
             }
             let changed = *current != status;
             *current = status;

@@ -58,7 +58,7 @@ impl LocalBroker {
             stop: CancellationToken::new(),
         };
         broker.declare(&config.relay_queue.name, &config.relay_queue.bindings);
-        metrics::gauge!("hookrelay_broker_up").set(1.0);
+        metrics::gauge!(crate::telemetry::catalog::BROKER_UP).set(1.0);
         if !config.queues.is_empty() {
             tracing::warn!(
                 queues = config.queues.len(),

@@ -467,7 +467,7 @@ async fn proxy(
             Ok(_) => tracing::info!("proxied"),
             Err(e) => tracing::warn!(reason = %e, "proxy call refused or failed"),
         }
-        metrics::counter!("hookrelay_proxy_requests_total", "status" => status.as_u16().to_string())
+        metrics::counter!(crate::telemetry::catalog::PROXY_REQUESTS, "status" => status.as_u16().to_string())
             .increment(1);
         result
     }

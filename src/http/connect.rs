@@ -17,6 +17,7 @@ use crate::descriptor;
 use crate::domain::{
     Event, EventId, InstallData, LifecycleChange, LifecycleOutcome, Product, Source, TenantState,
 };
+use crate::telemetry::catalog::{self, AUTH_FAILURES};
 
 pub async fn descriptor_for(
     state: web::Data<AppState>,
@@ -47,7 +48,8 @@ pub(super) fn signed_request(req: &HttpRequest) -> SignedRequest<'_> {
 /// Logs why authentication failed and turns it into the answer: 503 when the
 /// failure is ours (store or key server), 401 otherwise.
 fn auth_failure(e: AuthError) -> ApiError {
-    metrics::counter!("hookrelay_auth_failures_total", "reason" => auth_reason(&e)).increment(1);
+    metrics::counter!(AUTH_FAILURES, "source" => "connect", "reason" => auth_reason(&e))
+        .increment(1);
     match &e {
         AuthError::QshMismatch { canonical } => {
             tracing::warn!(reason = %e, canonical = %canonical, "request not authenticated")
@@ -65,6 +67,29 @@ fn auth_failure(e: AuthError) -> ApiError {
         ApiError::Unauthorized(e.to_string())
     }
 }
+
+/// Every reason [`auth_reason`] gives, and `replayed` (a signed-install token
+/// used twice), registered at zero on start-up.
+pub(super) const AUTH_REASONS: &[&str] = &[
+    "missing_token",
+    "malformed",
+    "algorithm",
+    "signature",
+    "expired",
+    "not_yet_valid",
+    "missing_claim",
+    "qsh",
+    "unknown_tenant",
+    "uninstalled",
+    "product",
+    "issuer",
+    "audience",
+    "kid",
+    "unknown_kid",
+    "key_server",
+    "store",
+    "replayed",
+];
 
 fn auth_reason(e: &AuthError) -> &'static str {
     match e {
@@ -120,7 +145,7 @@ pub(super) async fn read_body(
             budget = state.bodies.total(),
             "request bodies in memory at their budget (HOOKRELAY_INTAKE_MEMORY); refused"
         );
-        metrics::counter!("hookrelay_intake_busy_total").increment(1);
+        metrics::counter!(catalog::INTAKE_BUSY).increment(1);
         ApiError::Unavailable("too many request bodies in flight, retry later".into())
     };
     let mut held = Held::none();
@@ -211,14 +236,7 @@ pub async fn webhook(
     );
     async move {
         let result = intake(&req, product, event, webhook_id, payload, &state).await;
-        let outcome = match &result {
-            Ok(_) => "stored",
-            Err(ApiError::Unauthorized(_)) => "unauthorized",
-            Err(ApiError::Unavailable(_)) => "unavailable",
-            Err(_) => "rejected",
-        };
-        metrics::counter!("hookrelay_webhooks_total", "product" => product.as_str(), "outcome" => outcome)
-            .increment(1);
+        super::count_refused("connect", &result);
         result
     }
     .instrument(span)
@@ -349,7 +367,7 @@ pub async fn lifecycle(
             Err(ApiError::Unauthorized(_)) => "unauthorized",
             Err(_) => "rejected",
         };
-        metrics::counter!("hookrelay_lifecycle_total", "callback" => target.as_str(), "outcome" => outcome)
+        metrics::counter!(catalog::LIFECYCLE, "callback" => target.as_str(), "outcome" => outcome)
             .increment(1);
         result.map(|_| HttpResponse::NoContent().finish())
     }
@@ -455,7 +473,8 @@ async fn apply_callback(
         }
         LifecycleOutcome::UnknownTenant => tracing::info!("no such tenant, ignored"),
         LifecycleOutcome::Replayed => {
-            metrics::counter!("hookrelay_auth_failures_total", "reason" => "replayed").increment(1);
+            metrics::counter!(AUTH_FAILURES, "source" => "connect", "reason" => "replayed")
+                .increment(1);
             tracing::warn!("signed-install token already used; refused");
             return Err(ApiError::Unauthorized(
                 "this signed-install token was already used".into(),

@@ -3,6 +3,10 @@
 //! Routes are registered at the root and, when `HOOKRELAY_BASE_URL` has a path,
 //! under that path too, so hookrelay works behind a proxy that strips the context
 //! path and behind one that does not.
+//!
+//! Every request is logged once when answered (target `hookrelay::access`, at
+//! info) and counted in `/metrics` by its route pattern, never its raw path, so
+//! that ids in paths cannot multiply the series.
 
 pub(crate) mod admin;
 pub(crate) mod bridge;
@@ -14,7 +18,9 @@ pub(crate) mod stream;
 pub(crate) mod subscriptions;
 pub(crate) mod triggers;
 
+use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
@@ -29,6 +35,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::publisher::Publisher;
 use crate::store::Store;
+use crate::telemetry::catalog::{HTTP_DURATION, HTTP_REQUESTS, INTAKE};
 use error::ApiError;
 
 /// Everything a handler needs, shared by all workers.
@@ -66,6 +73,33 @@ pub struct AppState {
     pub script_calls: crate::product::ScriptCalls,
     /// API keys whose use was written down lately.
     pub key_touches: bridge::KeyTouches,
+}
+
+/// Each source's reasons for refusing credentials, registered at zero on
+/// start-up so that `hookrelay_auth_failures_total` has its series from start.
+pub const AUTH_FAILURE_REASONS: &[(&str, &[&str])] = &[
+    ("connect", connect::AUTH_REASONS),
+    ("forge", sources::FORGE_AUTH_REASONS),
+    ("jira-admin", sources::ADMIN_AUTH_REASONS),
+    // A web trigger's refusal is labelled with the trigger's auth type.
+    ("webtrigger", &["key", "hmac-sha256", "standard-webhooks"]),
+];
+
+/// Counts a source's request that ended in an error answer, by why. (Stored
+/// and duplicate events are counted by `intake::accept`, where that is known.)
+fn count_refused<T>(source: &'static str, result: &Result<T, ApiError>) {
+    let Err(e) = result else { return };
+    let outcome = match e {
+        ApiError::Unauthorized(_) | ApiError::BadKey(_) | ApiError::Forbidden(_) => "unauthorized",
+        ApiError::PayloadTooLarge(_) => "too_large",
+        ApiError::Unavailable(_)
+        | ApiError::RateLimited(..)
+        | ApiError::BadGateway(_)
+        | ApiError::GatewayTimeout(_) => "unavailable",
+        ApiError::Internal => "error",
+        _ => "invalid",
+    };
+    metrics::counter!(INTAKE, "source" => source, "outcome" => outcome).increment(1);
 }
 
 pub use bridge::key_touches;
@@ -130,14 +164,24 @@ pub fn app(
     }
     app.configure(routes)
         .wrap_fn(|req, srv| {
+            let started = Instant::now();
+            let method = req.method().clone();
             // Echo the request id tracing-actix-web assigned, so a caller can quote it.
             let request_id = req
                 .extensions()
                 .get::<tracing_actix_web::RequestId>()
                 .map(|id| id.to_string());
+            let route = req.extensions_mut().remove::<MatchedRoute>();
             let fut = srv.call(req);
             async move {
-                let mut response = fut.await?;
+                let result = fut.await;
+                let status = match &result {
+                    Ok(response) => response.status(),
+                    Err(e) => e.as_response_error().status_code(),
+                };
+                let route = route.map_or(Cow::Borrowed(UNMATCHED), |r| Cow::Owned(r.0));
+                answered(&method, route, status, started, request_id.as_deref());
+                let mut response = result?;
                 // A web trigger's script may set its own, which is its answer.
                 let name = HeaderName::from_static("x-request-id");
                 if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
@@ -152,6 +196,68 @@ pub fn app(
         .wrap(TracingLogger::<RedactedRootSpan>::new())
 }
 
+/// The route label of a request no route matched (a 404).
+const UNMATCHED: &str = "unmatched";
+
+/// The route pattern a request matched, found once by the root span and taken
+/// by [`answered`].
+struct MatchedRoute(String);
+
+/// The access log line and the HTTP metrics of one answered request.
+fn answered(
+    method: &actix_web::http::Method,
+    route: Cow<'static, str>,
+    status: actix_web::http::StatusCode,
+    started: Instant,
+    request_id: Option<&str>,
+) {
+    let elapsed = started.elapsed();
+    // Outside the request's span, so that the line carries its fields once.
+    tracing::info!(
+        target: "hookrelay::access",
+        parent: None,
+        method = %method,
+        route = %route,
+        status = status.as_u16(),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        request_id = request_id.unwrap_or(""),
+        "request answered"
+    );
+    metrics::histogram!(HTTP_DURATION, "route" => route.clone()).record(elapsed.as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status_label(status))
+        .increment(1);
+}
+
+/// The status code as a label, without an allocation for the common ones.
+fn status_label(status: actix_web::http::StatusCode) -> Cow<'static, str> {
+    const COMMON: &[(u16, &str)] = &[
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (302, "302"),
+        (303, "303"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (409, "409"),
+        (413, "413"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    let code = status.as_u16();
+    match COMMON.iter().find(|(c, _)| *c == code) {
+        Some((_, label)) => Cow::Borrowed(label),
+        None => Cow::Owned(code.to_string()),
+    }
+}
+
 /// The request's root span: tracing-actix-web's, with the values of query
 /// parameters that carry credentials (`jwt`, `token`, `access_token`, ...) left
 /// out of `http.target`. A token in the log could be replayed.
@@ -164,13 +270,15 @@ impl RootSpanBuilder for RedactedRootSpan {
             .get::<RequestId>()
             .map(|id| id.to_string())
             .unwrap_or_default();
-        let route = request.match_pattern().unwrap_or_else(|| "default".into());
+        let route = request
+            .match_pattern()
+            .unwrap_or_else(|| UNMATCHED.to_string());
         let client_ip = request
             .connection_info()
             .realip_remote_addr()
             .unwrap_or("")
             .to_string();
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "HTTP request",
             http.method = %request.method(),
             http.route = %route,
@@ -181,7 +289,9 @@ impl RootSpanBuilder for RedactedRootSpan {
             otel.status_code = tracing::field::Empty,
             exception.message = tracing::field::Empty,
             exception.details = tracing::field::Empty,
-        )
+        );
+        request.extensions_mut().insert(MatchedRoute(route));
+        span
     }
 
     fn on_request_end<B: MessageBody>(

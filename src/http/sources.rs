@@ -28,6 +28,7 @@ use crate::sources::admin_webhook::{self, SignatureError, PREFIX_LEN};
 use crate::sources::forge::{self, ForgeError};
 use crate::sources::forge_events;
 use crate::store::{ForgeInstallation, ForgeLifecycle, NewSource, SourceSecret, TokenUse};
+use crate::telemetry::catalog::AUTH_FAILURES;
 
 /// Admin-webhook secrets by source id. Changes made by this process clear
 /// their entry; other processes' changes show within the TTL.
@@ -51,12 +52,43 @@ pub fn forge_token_cache() -> TokenCache {
         .build()
 }
 
-/// Counts a request of `source` by its result: `verified`, or the reason it
-/// was refused.
-fn count(source: &'static str, result: &'static str) {
-    metrics::counter!("hookrelay_source_requests_total", "source" => source, "result" => result)
-        .increment(1);
+/// Counts a request of `source` refused for its credentials, by the reason.
+fn count(source: &'static str, reason: &'static str) {
+    metrics::counter!(AUTH_FAILURES, "source" => source, "reason" => reason).increment(1);
 }
+
+/// Every reason a Forge request is refused for (`ForgeError::reason`, and the
+/// checks made here), registered at zero on start-up.
+pub(super) const FORGE_AUTH_REASONS: &[&str] = &[
+    "not_configured",
+    "missing_token",
+    "malformed",
+    "algorithm",
+    "kid",
+    "missing_claim",
+    "issuer",
+    "audience",
+    "app_id",
+    "expired",
+    "not_yet_valid",
+    "ic_label",
+    "isolated_cloud",
+    "unknown_kid",
+    "signature",
+    "jwks",
+    "replayed",
+    "tenant_kind",
+];
+
+/// Every reason an admin webhook is refused for (`SignatureError::reason`, and
+/// an unknown source).
+pub(super) const ADMIN_AUTH_REASONS: &[&str] = &[
+    "missing_signature",
+    "signature_method",
+    "malformed_signature",
+    "signature",
+    "unknown_source",
+];
 
 // ---------------------------------------------------------------- Forge Remote
 
@@ -71,7 +103,9 @@ pub async fn forge_events(
         forge_event = tracing::field::Empty,
         event_id = tracing::field::Empty,
     );
-    forge_event(&req, payload, &state).instrument(span).await
+    let result = forge_event(&req, payload, &state).instrument(span).await;
+    super::count_refused("forge", &result);
+    result
 }
 
 async fn forge_event(
@@ -91,7 +125,6 @@ async fn forge_event(
     let body = json_text(body)?;
     let event = forge::read_event(&body).map_err(|e| {
         tracing::warn!(reason = %e, "Forge event body refused");
-        count("forge", "bad_body");
         ApiError::BadRequest(e)
     })?;
     span.record("forge_event", event.event_type.as_str());
@@ -161,7 +194,6 @@ async fn forge_event(
         received_at: crate::domain::now_millis(),
         payload: event.payload.to_string(),
     };
-    count("forge", "verified");
     accept(state, new_event).await
 }
 
@@ -266,9 +298,11 @@ pub async fn admin_webhook(
         event = tracing::field::Empty,
         event_id = tracing::field::Empty,
     );
-    admin_event(&req, &id, webhook_id, payload, &state)
+    let result = admin_event(&req, &id, webhook_id, payload, &state)
         .instrument(span)
-        .await
+        .await;
+    super::count_refused("jira-admin", &result);
+    result
 }
 
 async fn admin_event(
@@ -300,7 +334,6 @@ async fn admin_event(
     let (body, _held) = read_body(req, payload, state.config.max_body_bytes, state).await?;
     let secrets = secrets(state, &source.client_key).await?;
     admin_webhook::verify(&digest, &body, secrets.iter()).map_err(signature_refused)?;
-    count("jira-admin", "verified");
 
     let body = json_text(body)?;
     let event = webhook_event(&body)?;

@@ -24,6 +24,7 @@ use crate::domain::{
     Source, Trigger, TriggerAuthType, TriggerId, TriggerMode,
 };
 use crate::script::RunError;
+use crate::telemetry::catalog::{AUTH_FAILURES, TRIGGER_INVOCATIONS};
 use crate::triggers::{self, CallError, HandlerResponse, RequestObject};
 
 /// Largest script accepted.
@@ -601,7 +602,9 @@ pub async fn call(
 ) -> Result<HttpResponse, ApiError> {
     let id = req.match_info().get("id").unwrap_or_default().to_string();
     let span = tracing::info_span!("trigger", trigger_id = %id, event_id = tracing::field::Empty);
-    call_inner(req, payload, state, id).instrument(span).await
+    let result = call_inner(req, payload, state, id).instrument(span).await;
+    super::count_refused("webtrigger", &result);
+    result
 }
 
 async fn call_inner(
@@ -645,6 +648,12 @@ async fn call_inner(
     if let Err(e) = triggers::authenticate(&trigger, req.headers(), &body, now.timestamp()) {
         tracing::warn!(reason = %e, "web trigger call refused: credentials");
         count(Some(&trigger), "unauthorized");
+        metrics::counter!(
+            AUTH_FAILURES,
+            "source" => "webtrigger",
+            "reason" => trigger.auth.as_str(),
+        )
+        .increment(1);
         return Err(ApiError::Unauthorized(e.to_string()));
     }
     let path = crate::auth::qsh::strip_context_path(req.uri().path(), &state.config.context_path);
@@ -737,7 +746,7 @@ async fn call_inner(
 fn count(trigger: Option<&Trigger>, outcome: &'static str) {
     let (name, mode) = trigger.map_or(("", ""), |t| (t.name.as_str(), t.mode.as_str()));
     metrics::counter!(
-        "hookrelay_trigger_invocations_total",
+        TRIGGER_INVOCATIONS,
         "trigger" => name.to_string(),
         "mode" => mode,
         "outcome" => outcome,

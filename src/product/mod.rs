@@ -256,14 +256,14 @@ impl ProductClient {
         let result = self.call_inner(tenant, call).await;
         let elapsed = started.elapsed();
         let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        metrics::histogram!("hookrelay_bridge_call_duration_seconds", "caller" => caller.as_str())
+        metrics::histogram!(crate::telemetry::catalog::BRIDGE_DURATION, "caller" => caller.as_str())
             .record(elapsed.as_secs_f64());
         let outcome = match &result {
             Ok(answer) if answer.status.is_success() => "ok",
             Ok(_) => "error_status",
             Err(e) => e.label(),
         };
-        metrics::counter!("hookrelay_bridge_calls_total", "caller" => caller.as_str(), "outcome" => outcome)
+        metrics::counter!(crate::telemetry::catalog::BRIDGE_CALLS, "caller" => caller.as_str(), "outcome" => outcome)
             .increment(1);
         match &result {
             Ok(answer) => tracing::info!(

@@ -184,7 +184,7 @@ impl Reconciler {
                 "reconciliation stopped; the next run resumes where it stopped"
             ),
         }
-        metrics::counter!("hookrelay_reconcile_recovered_total")
+        metrics::counter!(crate::telemetry::catalog::RECONCILE_RECOVERED)
             .increment(u64::from(summary.recovered));
         result.map(|()| summary)
     }

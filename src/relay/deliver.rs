@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::domain::{now_millis, AttemptOutcome, Subscription, SubscriptionId};
 use crate::script::{Engine, RunKind, ScriptRef};
 use crate::store::{AttemptRecord, ClaimLimits, DueDelivery, Store, StoreError};
+use crate::telemetry::catalog::{DELIVERY_ATTEMPTS, DELIVERY_DURATION};
 
 /// A transform's time limit.
 const TRANSFORM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -542,10 +543,8 @@ impl Dispatcher {
             disable: (verdict == Verdict::Gone).then_some("the endpoint answered 410 Gone"),
             disable_if_failing_since: attempted_at - disable_after,
         };
-        metrics::counter!("hookrelay_delivery_attempts_total", "outcome" => outcome.as_str())
-            .increment(1);
-        metrics::histogram!("hookrelay_delivery_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(DELIVERY_ATTEMPTS, "outcome" => outcome.as_str()).increment(1);
+        metrics::histogram!(DELIVERY_DURATION).record(started.elapsed().as_secs_f64());
         let recorded = self.record(&record).await;
         match outcome {
             AttemptOutcome::Delivered | AttemptOutcome::Filtered => {
@@ -618,8 +617,7 @@ impl Dispatcher {
             disable: None,
             disable_if_failing_since: attempted_at,
         };
-        metrics::counter!("hookrelay_delivery_attempts_total", "outcome" => "filtered")
-            .increment(1);
+        metrics::counter!(DELIVERY_ATTEMPTS, "outcome" => "filtered").increment(1);
         self.record(&record).await;
         tracing::info!(
             duration_ms,

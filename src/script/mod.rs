@@ -354,7 +354,7 @@ impl Engine {
         for _ in 0..capacity {
             pool::spawn(&shared);
         }
-        metrics::gauge!("hookrelay_script_capacity").set(capacity as f64);
+        metrics::gauge!(crate::telemetry::catalog::SCRIPT_CAPACITY).set(capacity as f64);
         Engine {
             inner: Arc::new(Inner {
                 shared,

@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use super::cache::Cache;
 use super::sandbox::{self, Console, Limits, Program};
 use super::{outcome_label, CompileError, EngineSettings, Run, RunError, RunKind};
+use crate::telemetry::catalog::{SCRIPT_ACTIVE, SCRIPT_DURATION, SCRIPT_RUNS};
 
 /// Stack of a worker thread; QuickJS's own limit (`sandbox::JS_STACK_SIZE`)
 /// stays far below it, so native code never overflows it.
@@ -168,11 +169,11 @@ fn work(shared: Arc<Shared>) {
             _ => None,
         };
         let started = Instant::now();
-        metrics::gauge!("hookrelay_script_runs_active").increment(1.0);
+        metrics::gauge!(SCRIPT_ACTIVE).increment(1.0);
         let answer = catch_unwind(AssertUnwindSafe(|| {
             runtime.block_on(execute(&shared, task))
         }));
-        metrics::gauge!("hookrelay_script_runs_active").decrement(1.0);
+        metrics::gauge!(SCRIPT_ACTIVE).decrement(1.0);
         drop(permit);
         match answer {
             Ok(answer) => {
@@ -260,10 +261,9 @@ async fn execute(shared: &Shared, task: Task) -> Reply {
 /// The run's metrics.
 pub(super) fn record(kind: RunKind, run: &Run) {
     let kind = kind.as_str();
-    metrics::histogram!("hookrelay_script_run_duration_seconds", "kind" => kind)
-        .record(run.duration.as_secs_f64());
+    metrics::histogram!(SCRIPT_DURATION, "kind" => kind).record(run.duration.as_secs_f64());
     metrics::counter!(
-        "hookrelay_script_runs_total",
+        SCRIPT_RUNS,
         "kind" => kind,
         "outcome" => outcome_label(&run.outcome),
     )

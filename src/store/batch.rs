@@ -86,7 +86,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                     let (requests, waiters): (Vec<Req>, Vec<Waiter<Resp>>) =
                         batch.into_iter().unzip();
                     let count = requests.len();
-                    metrics::histogram!("hookrelay_store_batch_size", "write" => what)
+                    metrics::histogram!(crate::telemetry::catalog::STORE_BATCH_SIZE, "write" => what)
                         .record(count as f64);
                     let mut results = write(requests).await.into_iter();
                     drop(permit);

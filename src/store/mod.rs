@@ -15,6 +15,7 @@ pub mod crypt;
 mod postgres;
 mod relay;
 mod sqlite;
+pub mod stats;
 #[macro_use]
 mod tenants;
 mod bridge;
@@ -85,6 +86,9 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            metrics::counter!(crate::telemetry::catalog::DB_POOL_TIMEOUTS).increment(1);
+        }
         if is_unavailable(&e) {
             return StoreError::Unavailable(e);
         }

@@ -259,7 +259,7 @@ impl Runner {
             _ => "failed",
         };
         metrics::counter!(
-            "hookrelay_trigger_invocations_total",
+            crate::telemetry::catalog::TRIGGER_INVOCATIONS,
             "trigger" => trigger.name.clone(),
             "mode" => "async",
             "outcome" => outcome,
