@@ -33,6 +33,8 @@
 //! - [`http`]: routes, handlers and the one place errors become answers.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it.
 //! - [`bench`]: `hookrelay bench`, which measures a running hookrelay as a Jira site would.
+//! - [`dev`]: `hookrelay dev site`, which plays a Jira or Confluence site against a
+//!   running hookrelay, and the site simulator it shares with the bench.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
 
@@ -42,6 +44,7 @@ pub mod broker;
 pub mod budget;
 pub mod config;
 pub mod descriptor;
+pub mod dev;
 pub mod domain;
 pub mod forge_app;
 pub mod http;

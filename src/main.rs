@@ -54,6 +54,11 @@ enum Command {
     },
     /// Measure a running hookrelay as a Jira site would: intake, delivery, memory.
     Bench(Box<hookrelay::bench::BenchArgs>),
+    /// Try hookrelay without an Atlassian site (`dev site` plays one).
+    Dev {
+        #[command(subcommand)]
+        command: hookrelay::dev::DevCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Forge { command } => forge(&config, command)?,
         Command::Bench(args) => hookrelay::bench::run(*args).await?,
+        Command::Dev { command } => hookrelay::dev::run(command).await?,
         Command::Migrate => {
             let store = migrated_store(&config).await?;
             tracing::info!(store = store.backend(), "migrations applied");

@@ -20,7 +20,6 @@
 pub mod load;
 pub mod report;
 pub mod sink;
-pub mod site;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,13 +28,21 @@ use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::dev::site::{InstallKey, KeyServer, Site, Target};
+use crate::domain::Product;
 use load::{Mode, Sender};
 use report::{DeliveryReport, IntakeReport, Latency, Report, RssReport};
 use sink::{AdminApi, Sink, Tracker};
-use site::{InstallKey, KeyServer, Site, Target};
 
+/// The event every webhook of the bench is.
+pub const EVENT: &str = "jira:issue_created";
 /// How long one request of the bench may take, answer included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// What to do when the server does not trust the bench's key server, after
+/// the setting it needs.
+const INSTALL_HINT: &str = " (for the sink also HOOKRELAY_ALLOW_PRIVATE_DESTINATIONS=true and \
+     HOOKRELAY_ADMIN_TOKEN) and run the bench again; --keys-listen fixes the key server's \
+     address (default 127.0.0.1:8788), so that one start of the server serves every run";
 /// The largest body `--size` allows.
 const MAX_SIZE: usize = 64 * 1024 * 1024;
 
@@ -161,18 +168,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_ctrl_c(stop.clone()));
     let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .context("cannot build the HTTP client")?;
+    let client = crate::dev::site::client(REQUEST_TIMEOUT)?;
 
     let kid = format!("hookrelay-bench-{run_id}");
-    let key = tokio::task::spawn_blocking(move || InstallKey::generate(kid))
-        .await
-        .context("the key generation stopped")??;
+    let key = InstallKey::generate(kid).await?;
     let keys = KeyServer::start(&args.keys_listen, args.keys_url.as_ref(), &key)?;
     let bench = Bench {
         args: &args,
@@ -233,9 +232,10 @@ impl Bench<'_> {
 
     /// Installs the site, measures, uninstalls it.
     async fn with_key_server(&self, key: &InstallKey, keys: &KeyServer) -> anyhow::Result<Report> {
-        let target = Target::discover(&self.client, &self.args.url).await?;
-        let site = Arc::new(Site::new(&self.run_id));
-        site.install(&self.client, &target, key, keys).await?;
+        let target = Target::discover(&self.client, &self.args.url, Product::Jira).await?;
+        let site = Arc::new(Site::new(Product::Jira, "hookrelay-bench", &self.run_id));
+        site.install(&self.client, &target, key, keys, INSTALL_HINT)
+            .await?;
         self.say(&format!("installed {}", site.client_key));
         let report = self.with_site(&target, &site).await;
         let uninstalled = match site.uninstall(&self.client, &target, key).await {
@@ -357,12 +357,12 @@ impl Bench<'_> {
                 concurrency: args.concurrency as usize,
             },
         };
-        let body = site.issue_created_body(args.size);
+        let body = load::issue_created_body(&site.base_url, args.size);
         let body_bytes = body.len();
         let sender = Arc::new(Sender::new(
             self.client.clone(),
-            target.webhook_url(),
-            target.webhook_qsh(),
+            target.webhook_url(EVENT),
+            target.webhook_qsh(EVENT),
             site.clone(),
             body,
             prefix,

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use url::Url;
 
-use super::site::{answer_detail, bind, EVENT};
+use super::EVENT;
+use crate::dev::site::{answer_detail, bind};
 use crate::relay::signing;
 
 /// Largest delivery the sink reads: above hookrelay's largest body and its envelope.

@@ -10,6 +10,7 @@ mod binary;
 mod bridge;
 mod consuming;
 mod descriptor;
+mod dev_site;
 mod faults;
 mod forge_app;
 mod hardening;
