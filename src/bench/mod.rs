@@ -28,11 +28,12 @@ use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::dev::admin::{AdminApi, Subscription};
 use crate::dev::site::{InstallKey, KeyServer, Site, Target};
 use crate::domain::Product;
 use load::{Mode, Sender};
 use report::{DeliveryReport, IntakeReport, Latency, Report, RssReport};
-use sink::{AdminApi, Sink, Tracker};
+use sink::{Sink, Tracker};
 
 /// The event every webhook of the bench is.
 pub const EVENT: &str = "jira:issue_created";
@@ -276,11 +277,18 @@ impl Bench<'_> {
             client: self.client.clone(),
             base: format!("{}/admin/api/v1", target.url.as_str().trim_end_matches('/')),
             token,
+            alternative: ", or run with --no-sink",
         };
         let mut subscriptions = Vec::new();
         for i in 0..args.subscriptions as usize {
             match admin
-                .subscribe(&sink.url_of(i), &site.client_key, args.sink_concurrency)
+                .subscribe(
+                    &sink.url_of(i),
+                    &[EVENT],
+                    &site.client_key,
+                    "hookrelay bench sink",
+                    args.sink_concurrency,
+                )
                 .await
             {
                 Ok(subscription) => subscriptions.push(subscription),
@@ -324,7 +332,7 @@ impl Bench<'_> {
     }
 
     /// Deletes the subscriptions; false if one could not be.
-    async fn unsubscribe(&self, admin: &AdminApi, subscriptions: &[sink::Subscription]) -> bool {
+    async fn unsubscribe(&self, admin: &AdminApi, subscriptions: &[Subscription]) -> bool {
         let mut deleted = true;
         for subscription in subscriptions {
             if let Err(e) = admin.unsubscribe(&subscription.id).await {

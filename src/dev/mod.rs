@@ -15,6 +15,8 @@
 //! stays installed afterwards, so that its events can be looked at and
 //! replayed.
 
+pub mod admin;
+pub mod receiver;
 pub mod site;
 
 use std::path::PathBuf;
@@ -25,6 +27,8 @@ use serde_json::Value;
 use url::Url;
 
 use crate::domain::Product;
+use admin::AdminApi;
+use receiver::Receiver;
 use site::{answer_detail, InstallKey, KeyServer, Site, Target};
 
 /// How long one request may take, answer included.
@@ -69,7 +73,7 @@ pub const FIXTURES: &[Fixture] = &[
 pub enum DevCommand {
     /// Play a Jira or Confluence site against a running hookrelay: a signed
     /// install through a key server of its own, then webhooks.
-    Site(SiteArgs),
+    Site(Box<SiteArgs>),
 }
 
 /// The options of `hookrelay dev site`.
@@ -77,12 +81,14 @@ pub enum DevCommand {
 #[command(after_long_help = "\
 Start the server for it, for example:
   HOOKRELAY_INSTALL_KEYS_URL=http://127.0.0.1:8788 hookrelay serve
+and with --receiver also HOOKRELAY_ADMIN_TOKEN=<16 characters or more> and
+HOOKRELAY_ALLOW_PRIVATE_DESTINATIONS=true.
 
 Bundled events: jira:issue_created, jira:issue_updated, comment_created (Jira); \
 page_updated (Confluence).
 
-Exit status: 0 when the site was installed and every webhook accepted, 1 otherwise, \
-2 for bad options.")]
+Exit status: 0 when the site was installed and every webhook accepted (and, with \
+--receiver, delivered), 1 otherwise, 2 for bad options.")]
 pub struct SiteArgs {
     /// Where hookrelay serves.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -111,6 +117,25 @@ pub struct SiteArgs {
     /// The URL the server reaches the key server at, when not http://<--keys-listen>.
     #[arg(long)]
     pub keys_url: Option<Url>,
+    /// Run a local endpoint that prints each delivery it gets, subscribed to
+    /// the site's events through the admin API; it stays up for replays
+    /// until Ctrl-C, then the subscription is deleted. The server needs
+    /// HOOKRELAY_ADMIN_TOKEN and HOOKRELAY_ALLOW_PRIVATE_DESTINATIONS=true.
+    #[arg(long)]
+    pub receiver: bool,
+    /// Where the receiver listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0", requires = "receiver")]
+    pub receiver_listen: String,
+    /// The URL the server reaches the receiver at, when not
+    /// http://<--receiver-listen> (dev site adds /hookrelay-dev).
+    #[arg(long, requires = "receiver")]
+    pub receiver_url: Option<Url>,
+    /// The server's admin token, to subscribe the receiver.
+    #[arg(long, env = "HOOKRELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Longest wait for the receiver's deliveries of the events sent.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
 }
 
 fn parse_product(s: &str) -> Result<Product, String> {
@@ -185,7 +210,7 @@ fn webhooks(args: &SiteArgs) -> anyhow::Result<Vec<Webhook>> {
 /// Runs a `hookrelay dev` command.
 pub async fn run(command: DevCommand) -> anyhow::Result<()> {
     match command {
-        DevCommand::Site(args) => site(args).await,
+        DevCommand::Site(args) => site(*args).await,
     }
 }
 
@@ -193,6 +218,9 @@ pub async fn run(command: DevCommand) -> anyhow::Result<()> {
 /// how to look at what was stored. An error means a step failed (exit 1).
 async fn site(args: SiteArgs) -> anyhow::Result<()> {
     let webhooks = webhooks(&args)?;
+    if args.receiver && args.admin_token.is_none() {
+        bail!("--receiver needs --admin-token (or HOOKRELAY_ADMIN_TOKEN)");
+    }
     let client = site::client(REQUEST_TIMEOUT)?;
     // Short, so that client keys stay readable; random, so that runs never meet.
     let run_id = hex::encode(rand::random::<[u8; 4]>());
@@ -212,7 +240,8 @@ fn say(what: &str) {
     println!("hookrelay dev site: {what}");
 }
 
-/// Installs the site and sends the webhooks.
+/// Installs the site, subscribes the receiver (with `--receiver`), and sends
+/// the webhooks.
 async fn play(
     args: &SiteArgs,
     client: &reqwest::Client,
@@ -237,8 +266,79 @@ async fn play(
             ));
         }
     }
+    let admin = AdminApi {
+        client: client.clone(),
+        base: format!("{}/admin/api/v1", args.url.as_str().trim_end_matches('/')),
+        token: args.admin_token.clone().unwrap_or_default(),
+        alternative: ", or run without --receiver",
+    };
+    if !args.receiver {
+        return send_all(args, client, &target, &site, webhooks, &admin, None).await;
+    }
+    let receiver = Receiver::start(&args.receiver_listen, args.receiver_url.as_ref())?;
+    let mut events: Vec<&str> = webhooks.iter().map(|w| w.event.as_str()).collect();
+    events.sort_unstable();
+    events.dedup();
+    let subscription = match admin
+        .subscribe(
+            &receiver.url,
+            &events,
+            &site.client_key,
+            "hookrelay dev site receiver",
+            None,
+        )
+        .await
+        .and_then(|subscription| {
+            receiver.set_secret(&subscription.secret)?;
+            Ok(subscription)
+        }) {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            receiver.stop().await;
+            return Err(e);
+        }
+    };
+    say(&format!(
+        "subscribed the receiver at {} (subscription {})",
+        receiver.url, subscription.id
+    ));
+    let sent = send_all(
+        args,
+        client,
+        &target,
+        &site,
+        webhooks,
+        &admin,
+        Some(&receiver),
+    )
+    .await;
+    if sent.is_ok() {
+        say("the receiver stays up for replays; Ctrl-C to stop");
+        // A failed signal handler leaves nothing to wait for: clean up now.
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let deleted = admin.unsubscribe(&subscription.id).await;
+    receiver.stop().await;
+    match deleted {
+        Ok(()) => say(&format!("deleted subscription {}", subscription.id)),
+        Err(e) => say(&format!("warning: {e:#}")),
+    }
+    sent
+}
+
+/// Sends every webhook `--count` times, and with a receiver waits for their
+/// deliveries; then says how to look at them and replay one.
+async fn send_all(
+    args: &SiteArgs,
+    client: &reqwest::Client,
+    target: &Target,
+    site: &Site,
+    webhooks: &[Webhook],
+    admin: &AdminApi,
+    receiver: Option<&Receiver>,
+) -> anyhow::Result<()> {
     let mut refused = 0u64;
-    let mut last_id = None;
+    let mut ids = Vec::new();
     let mut first = true;
     for n in 0..args.count {
         for webhook in webhooks {
@@ -246,11 +346,11 @@ async fn play(
                 tokio::time::sleep(args.interval).await;
             }
             first = false;
-            let webhook_id = format!("hookrelay-dev-{run_id}-{}-{n}", webhook.event);
-            match send(client, &target, &site, webhook, &webhook_id).await? {
+            let webhook_id = format!("{}-{}-{n}", site.client_key, webhook.event);
+            match send(client, target, site, webhook, &webhook_id).await? {
                 Ok((status, id)) => {
                     say(&format!("sent {} → {status}, event id {id}", webhook.event));
-                    last_id = Some(id);
+                    ids.push(id);
                 }
                 Err(refusal) => {
                     say(&format!("sent {} → {refusal}", webhook.event));
@@ -259,20 +359,35 @@ async fn play(
             }
         }
     }
-    let admin = format!("{}/admin/api/v1", args.url.as_str().trim_end_matches('/'));
+    let mut undelivered = 0;
+    if let Some(receiver) = receiver {
+        let deadline = tokio::time::Instant::now() + args.wait;
+        while !receiver.missing(&ids).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        undelivered = receiver.missing(&ids).len();
+    }
     say(&format!(
         "see them: curl -H \"Authorization: Bearer $HOOKRELAY_ADMIN_TOKEN\" \
-         '{admin}/events?tenant={}'",
-        site.client_key
+         '{}/events?tenant={}'",
+        admin.base, site.client_key
     ));
-    if let Some(id) = last_id {
+    if let Some(id) = ids.last() {
         say(&format!(
             "replay one: curl -X POST -H \"Authorization: Bearer $HOOKRELAY_ADMIN_TOKEN\" \
-             {admin}/events/{id}/replay"
+             {}/events/{id}/replay",
+            admin.base
         ));
     }
     if refused > 0 {
         bail!("hookrelay refused {refused} of the site's webhooks");
+    }
+    if undelivered > 0 {
+        bail!(
+            "{undelivered} of the {} events sent were not delivered to the receiver within {}",
+            ids.len(),
+            humantime::format_duration(args.wait)
+        );
     }
     Ok(())
 }

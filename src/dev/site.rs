@@ -126,6 +126,40 @@ pub fn bind(
     Ok((listener, url))
 }
 
+/// Serves `handler` for every request on `listener`, on `workers` threads,
+/// with `state` and bodies up to `max_body`; `what` names the server in the
+/// error. The handle stops it.
+pub fn serve<T, F, Args>(
+    listener: TcpListener,
+    state: Arc<T>,
+    max_body: usize,
+    workers: usize,
+    handler: F,
+    what: &str,
+) -> anyhow::Result<ServerHandle>
+where
+    T: Send + Sync + 'static,
+    F: actix_web::Handler<Args> + Send,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    let state = web::Data::from(state);
+    let server = HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(max_body))
+            .default_service(web::to(handler.clone()))
+    })
+    .workers(workers)
+    .disable_signals()
+    .listen(listener)
+    .with_context(|| format!("cannot start the {what}"))?
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok(handle)
+}
+
 struct KeyDoc {
     kid: String,
     pem: String,
@@ -155,19 +189,8 @@ impl KeyServer {
             pem: key.public_pem.clone(),
             hits: AtomicUsize::new(0),
         });
-        let state = web::Data::from(doc.clone());
-        let server = HttpServer::new(move || {
-            actix_web::App::new()
-                .app_data(state.clone())
-                .default_service(web::get().to(serve_key))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .context("cannot start the install-key server")?
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+        // Key fetches have no body.
+        let handle = serve(listener, doc.clone(), 0, 1, serve_key, "install-key server")?;
         Ok(Self { url, doc, handle })
     }
 
@@ -182,7 +205,9 @@ impl KeyServer {
 }
 
 async fn serve_key(req: HttpRequest, doc: web::Data<KeyDoc>) -> HttpResponse {
-    if req.path().rsplit('/').next() == Some(doc.kid.as_str()) {
+    if req.method() == actix_web::http::Method::GET
+        && req.path().rsplit('/').next() == Some(doc.kid.as_str())
+    {
         doc.hits.fetch_add(1, Ordering::Relaxed);
         HttpResponse::Ok()
             .content_type("text/plain")

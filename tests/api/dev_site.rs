@@ -1,13 +1,15 @@
 //! `hookrelay dev site` as a newcomer runs it: the binary against a running
 //! hookrelay that trusts its key server (the site is installed, every bundled
-//! event or a given file is stored), against one that does not (a clear
-//! message, exit 1), and with options it cannot use.
+//! event or a given file is stored; with `--receiver` each is delivered and
+//! a replay arrives), against one that does not (a clear message, exit 1),
+//! and with options it cannot use.
 
 use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::binary::hookrelay;
+use crate::binary::{hookrelay, Served};
 use crate::both_backends;
 use crate::helpers::*;
 
@@ -215,6 +217,10 @@ async fn dev_site_with_options_it_cannot_use_exits_2_or_1_before_starting() {
             "--file PATH --event jira:worklog_created",
         ),
         (
+            vec!["--receiver"],
+            "--receiver needs --admin-token (or HOOKRELAY_ADMIN_TOKEN)",
+        ),
+        (
             vec!["--file", "/nonexistent.json", "--event", "x"],
             "cannot read --file",
         ),
@@ -231,4 +237,74 @@ async fn dev_site_with_options_it_cannot_use_exits_2_or_1_before_starting() {
         assert!(stderr.contains(says), "{all:?}: {stderr}");
         assert!(output.stdout.is_empty(), "{all:?}: nothing started");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_site_receiver_prints_deliveries_and_replays_then_unsubscribes_on_ctrl_c() {
+    let keys_listen = format!("127.0.0.1:{}", free_port());
+    let keys_url = format!("http://{keys_listen}");
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.install_keys_url = keys_url;
+        c.admin_token = Some(TOKEN.into());
+        c.allow_private_destinations = true;
+    })
+    .await;
+    let mut run = Served::stdout_of(&[
+        "dev",
+        "site",
+        "--url",
+        &app.address,
+        "--keys-listen",
+        &keys_listen,
+        "--event",
+        "jira:issue_created",
+        "--receiver",
+        "--admin-token",
+        TOKEN,
+    ]);
+    // The waits block: off the runtime's threads, which serve the app.
+    let wait = Duration::from_secs(30);
+    let mut wait_for = |pred: &dyn Fn(&str) -> bool| {
+        tokio::task::block_in_place(|| run.wait_for(wait, |l| pred(l)))
+    };
+    let line = wait_for(&|l| l.contains("subscribed the receiver at "));
+    let subscription = line
+        .rsplit_once("(subscription ")
+        .map(|(_, id)| id.trim_end_matches(')').to_string())
+        .unwrap();
+    let line = wait_for(&|l| l.contains("sent jira:issue_created → "));
+    let (_, id) = accepted(&line).pop().unwrap();
+    let delivered = format!("received jira:issue_created event id {id} ");
+    let line = wait_for(&|l| l.contains(&delivered));
+    assert!(line.contains(", signature valid)"), "{line}");
+    wait_for(&|l| l.contains("Ctrl-C to stop"));
+
+    // A replay reaches the receiver while it stays up.
+    let response = app
+        .client
+        .post(app.url(&format!("/admin/api/v1/events/{id}/replay")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let line = wait_for(&|l| l.contains(&delivered));
+    assert!(line.contains("signature valid"), "{line}");
+
+    run.signal("INT");
+    let status = tokio::task::block_in_place(|| run.wait_exit(wait));
+    assert!(status.success(), "{status:?}");
+    let lines = tokio::task::block_in_place(|| run.all_lines(wait));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("deleted subscription {subscription}"))),
+        "{lines:?}"
+    );
+    let subscriptions = admin_get(&app, "/subscriptions").await;
+    assert_eq!(
+        subscriptions["data"],
+        serde_json::json!([]),
+        "{subscriptions}"
+    );
 }
