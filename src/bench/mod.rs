@@ -1,7 +1,7 @@
 //! `hookrelay bench`: measures a running hookrelay the way a user plans
 //! capacity, in the spirit of `nats bench`.
 //!
-//! It plays a Jira site ([`site`]): it serves its own install key on loopback,
+//! It plays a Jira site ([`crate::dev::site`]): it serves its own install key on loopback,
 //! installs a site of its own with a signed `installed` callback, and sends
 //! signed `jira:issue_created` webhooks of a chosen size ([`load`]), closed-loop
 //! (a fixed number in flight) or open-loop (a fixed rate). It subscribes a

@@ -7,6 +7,7 @@
 use std::process::Output;
 use std::time::Duration;
 
+use hookrelay::config::RawConfig;
 use serde_json::Value;
 
 use crate::binary::{hookrelay, Served};
@@ -29,12 +30,25 @@ async fn dev_site(args: &[&str]) -> Output {
     .unwrap()
 }
 
-/// A server fetching install keys from `http://<keys_listen>`.
-async fn app_trusting(backend: Backend, keys_listen: &str) -> TestApp {
+/// `hookrelay dev site --url <app> --keys-listen <keys_listen> <extra>`.
+async fn dev_site_at(app: &TestApp, keys_listen: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["--url", app.address.as_str(), "--keys-listen", keys_listen];
+    args.extend_from_slice(extra);
+    dev_site(&args).await
+}
+
+/// A server fetching install keys from `http://<keys_listen>`, after
+/// `adjust` has had its say.
+async fn app_trusting(
+    backend: Backend,
+    keys_listen: &str,
+    adjust: impl FnOnce(&mut RawConfig),
+) -> TestApp {
     let keys_url = format!("http://{keys_listen}");
     spawn_app_with(backend, |c| {
         c.install_keys_url = keys_url;
         c.admin_token = Some(TOKEN.into());
+        adjust(c);
     })
     .await
 }
@@ -108,20 +122,10 @@ both_backends!(dev_site_installs_a_site_and_its_events_are_stored);
 
 async fn dev_site_installs_a_site_and_its_events_are_stored(backend: Backend) {
     let keys_listen = format!("127.0.0.1:{}", free_port());
-    let app = app_trusting(backend, &keys_listen).await;
+    let app = app_trusting(backend, &keys_listen, |_| {}).await;
 
     // Every bundled Jira event, twice.
-    let output = dev_site(&[
-        "--url",
-        &app.address,
-        "--keys-listen",
-        &keys_listen,
-        "--interval",
-        "0s",
-        "--count",
-        "2",
-    ])
-    .await;
+    let output = dev_site_at(&app, &keys_listen, &["--interval", "0s", "--count", "2"]).await;
     let stdout = stdout_of(&output);
     let jira = client_key(&stdout);
     assert!(jira.starts_with("jira:hookrelay-dev-"), "{stdout}");
@@ -155,18 +159,18 @@ async fn dev_site_installs_a_site_and_its_events_are_stored(backend: Backend) {
     let file = dir.path().join("page.json");
     let payload = serde_json::json!({"page": {"id": "4242", "title": "from a file"}});
     std::fs::write(&file, payload.to_string()).unwrap();
-    let output = dev_site(&[
-        "--url",
-        &app.address,
-        "--keys-listen",
+    let output = dev_site_at(
+        &app,
         &keys_listen,
-        "--product",
-        "confluence",
-        "--file",
-        file.to_str().unwrap(),
-        "--event",
-        "page_created",
-    ])
+        &[
+            "--product",
+            "confluence",
+            "--file",
+            file.to_str().unwrap(),
+            "--event",
+            "page_created",
+        ],
+    )
     .await;
     let stdout = stdout_of(&output);
     let wiki = client_key(&stdout);
@@ -186,7 +190,7 @@ async fn dev_site_refused_install_says_what_to_set_and_exits_1() {
     // The server fetches install keys from another key server (the test's
     // own), which, like Atlassian's, knows no key of the site's.
     let app = spawn_app_with(Backend::Sqlite, |c| c.admin_token = Some(TOKEN.into())).await;
-    let output = dev_site(&["--url", &app.address, "--keys-listen", &keys_listen]).await;
+    let output = dev_site_at(&app, &keys_listen, &[]).await;
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -198,6 +202,27 @@ async fn dev_site_refused_install_says_what_to_set_and_exits_1() {
     assert!(!stdout.contains("sent "), "nothing sent: {stdout}");
     let tenants = admin_get(&app, "/tenants").await;
     assert_eq!(tenants["data"], serde_json::json!([]), "{tenants}");
+}
+
+#[tokio::test]
+async fn dev_site_reports_a_refused_webhook_and_exits_1() {
+    let keys_listen = format!("127.0.0.1:{}", free_port());
+    let app = app_trusting(Backend::Sqlite, &keys_listen, |c| c.max_body_bytes = 1024).await;
+    // The bundled jira:issue_created payload is over 5 KiB: too large here.
+    let output = dev_site_at(&app, &keys_listen, &["--event", "jira:issue_created"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout.contains("sent jira:issue_created → 413, refused: "),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("refused 1 of the site's webhooks"),
+        "{stderr}"
+    );
+    let jira = client_key(&stdout);
+    assert_eq!(stored(&app, &jira).await, vec![], "nothing stored");
 }
 
 #[tokio::test]
@@ -242,10 +267,7 @@ async fn dev_site_with_options_it_cannot_use_exits_2_or_1_before_starting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_site_receiver_prints_deliveries_and_replays_then_unsubscribes_on_ctrl_c() {
     let keys_listen = format!("127.0.0.1:{}", free_port());
-    let keys_url = format!("http://{keys_listen}");
-    let app = spawn_app_with(Backend::Sqlite, |c| {
-        c.install_keys_url = keys_url;
-        c.admin_token = Some(TOKEN.into());
+    let app = app_trusting(Backend::Sqlite, &keys_listen, |c| {
         c.allow_private_destinations = true;
     })
     .await;
