@@ -167,7 +167,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
 /// be made (exit status 1).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    tokio::spawn(stop_on_ctrl_c(stop.clone()));
+    // SIGINT stops the load and the drain; the cleanup still runs.
+    tokio::spawn(crate::dev::stop_on_ctrl_c(stop.clone(), "hookrelay bench"));
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let client = crate::dev::site::client(REQUEST_TIMEOUT)?;
 
@@ -195,19 +196,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("hookrelay accepted none of the bench's webhooks");
     }
     Ok(())
-}
-
-/// SIGINT stops the load and the drain (the cleanup still runs); a second
-/// one exits at once.
-async fn stop_on_ctrl_c(stop: CancellationToken) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
-    eprintln!("hookrelay bench: interrupted; cleaning up (Ctrl-C again to quit at once)");
-    stop.cancel();
-    if tokio::signal::ctrl_c().await.is_ok() {
-        std::process::exit(130);
-    }
 }
 
 /// One run's settings and shared parts.

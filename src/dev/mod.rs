@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::domain::Product;
@@ -236,6 +237,19 @@ async fn site(args: SiteArgs) -> anyhow::Result<()> {
     played
 }
 
+/// SIGINT cancels `stop`, so that the run cleans up after itself; a second
+/// one exits at once. `who` names the command in the message.
+pub async fn stop_on_ctrl_c(stop: CancellationToken, who: &str) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    eprintln!("{who}: interrupted; cleaning up (Ctrl-C again to quit at once)");
+    stop.cancel();
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(130);
+    }
+}
+
 fn say(what: &str) {
     println!("hookrelay dev site: {what}");
 }
@@ -272,9 +286,13 @@ async fn play(
         token: args.admin_token.clone().unwrap_or_default(),
         alternative: ", or run without --receiver",
     };
+    // Without a receiver there is nothing to clean up: Ctrl-C ends the run.
+    let stop = CancellationToken::new();
     if !args.receiver {
-        return send_all(args, client, &target, &site, webhooks, &admin, None).await;
+        return send_all(args, &target, &site, webhooks, &admin, None, &stop).await;
     }
+    // From here Ctrl-C ends the run through the cleanup below.
+    tokio::spawn(stop_on_ctrl_c(stop.clone(), "hookrelay dev site"));
     let receiver = Receiver::start(&args.receiver_listen, args.receiver_url.as_ref())?;
     let mut events: Vec<&str> = webhooks.iter().map(|w| w.event.as_str()).collect();
     events.sort_unstable();
@@ -304,18 +322,17 @@ async fn play(
     ));
     let sent = send_all(
         args,
-        client,
         &target,
         &site,
         webhooks,
         &admin,
         Some(&receiver),
+        &stop,
     )
     .await;
     if sent.is_ok() {
         say("the receiver stays up for replays; Ctrl-C to stop");
-        // A failed signal handler leaves nothing to wait for: clean up now.
-        let _ = tokio::signal::ctrl_c().await;
+        stop.cancelled().await;
     }
     let deleted = admin.unsubscribe(&subscription.id).await;
     receiver.stop().await;
@@ -327,27 +344,34 @@ async fn play(
 }
 
 /// Sends every webhook `--count` times, and with a receiver waits for their
-/// deliveries; then says how to look at them and replay one.
+/// deliveries; then says how to look at them and replay one. The webhooks
+/// go through the admin API's client (one client for the run).
 async fn send_all(
     args: &SiteArgs,
-    client: &reqwest::Client,
     target: &Target,
     site: &Site,
     webhooks: &[Webhook],
     admin: &AdminApi,
     receiver: Option<&Receiver>,
+    stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut refused = 0u64;
     let mut ids = Vec::new();
     let mut first = true;
-    for n in 0..args.count {
+    'sending: for n in 0..args.count {
         for webhook in webhooks {
             if !first && !args.interval.is_zero() {
-                tokio::time::sleep(args.interval).await;
+                tokio::select! {
+                    () = tokio::time::sleep(args.interval) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+            if stop.is_cancelled() {
+                break 'sending;
             }
             first = false;
             let webhook_id = format!("{}-{}-{n}", site.client_key, webhook.event);
-            match send(client, target, site, webhook, &webhook_id).await? {
+            match send(&admin.client, target, site, webhook, &webhook_id).await? {
                 Ok((status, id)) => {
                     say(&format!("sent {} → {status}, event id {id}", webhook.event));
                     ids.push(id);
@@ -362,7 +386,10 @@ async fn send_all(
     let mut undelivered = 0;
     if let Some(receiver) = receiver {
         let deadline = tokio::time::Instant::now() + args.wait;
-        while !receiver.missing(&ids).is_empty() && tokio::time::Instant::now() < deadline {
+        while !receiver.missing(&ids).is_empty()
+            && tokio::time::Instant::now() < deadline
+            && !stop.is_cancelled()
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         undelivered = receiver.missing(&ids).len();
@@ -378,6 +405,9 @@ async fn send_all(
              {}/events/{id}/replay",
             admin.base
         ));
+    }
+    if stop.is_cancelled() {
+        bail!("interrupted");
     }
     if refused > 0 {
         bail!("hookrelay refused {refused} of the site's webhooks");
