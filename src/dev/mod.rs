@@ -112,10 +112,10 @@ pub struct SiteArgs {
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     pub interval: Duration,
     /// Where the site's install-key server listens. The server must have
-    /// HOOKRELAY_INSTALL_KEYS_URL set to its URL (http://<this>).
+    /// HOOKRELAY_INSTALL_KEYS_URL set to its URL (http:// and this address).
     #[arg(long, default_value = "127.0.0.1:8788")]
     pub keys_listen: String,
-    /// The URL the server reaches the key server at, when not http://<--keys-listen>.
+    /// The URL the server reaches the key server at, when not http:// and --keys-listen.
     #[arg(long)]
     pub keys_url: Option<Url>,
     /// Run a local endpoint that prints each delivery it gets, subscribed to
@@ -128,7 +128,7 @@ pub struct SiteArgs {
     #[arg(long, default_value = "127.0.0.1:0", requires = "receiver")]
     pub receiver_listen: String,
     /// The URL the server reaches the receiver at, when not
-    /// http://<--receiver-listen> (dev site adds /hookrelay-dev).
+    /// http:// and --receiver-listen (dev site adds /hookrelay-dev).
     #[arg(long, requires = "receiver")]
     pub receiver_url: Option<Url>,
     /// The server's admin token, to subscribe the receiver.
