@@ -36,6 +36,8 @@
 //!   …), a client of a running server's admin API.
 //! - [`healthcheck`]: `hookrelay healthcheck`, a container's probe of `/readyz`.
 //! - [`bench`]: `hookrelay bench`, which measures a running hookrelay as a Jira site would.
+//! - [`dev`]: `hookrelay dev site`, which plays a Jira or Confluence site against a
+//!   running hookrelay, and the site simulator it shares with the bench.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls in here.
 
@@ -46,6 +48,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod descriptor;
+pub mod dev;
 pub mod domain;
 pub mod feed;
 pub mod forge_app;

@@ -70,6 +70,11 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Try hookrelay without an Atlassian site (`dev site` plays one).
+    Dev {
+        #[command(subcommand)]
+        command: hookrelay::dev::DevCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -211,6 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Forge { command } => forge(&config, command)?,
         Command::Bench(args) => hookrelay::bench::run(*args).await?,
+        Command::Dev { command } => hookrelay::dev::run(command).await?,
         Command::Migrate => {
             let store = migrated_store(&config).await?;
             tracing::info!(store = store.backend(), "migrations applied");

@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use hdrhistogram::Histogram;
+use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::sink::{histogram, Tracker};
-use super::site::Site;
+use super::EVENT;
+use crate::dev::site::{unix_now, Site};
 
 /// Most requests in flight at once in open loop.
 pub const MAX_IN_FLIGHT: usize = 4096;
@@ -112,20 +114,16 @@ impl Sender {
     /// One webhook, due at `due`; counted when `measured`.
     async fn send(&self, due: Instant, measured: bool) {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let result = match self.site.webhook_token(&self.qsh) {
-            Ok(token) => {
+        let webhook_id = format!("{}{seq}", self.prefix);
+        let request = self
+            .site
+            .webhook_request(&self.client, &self.url, &self.qsh, &webhook_id);
+        let result = match request {
+            Ok(request) => {
                 if let Some(tracker) = &self.tracker {
                     tracker.sent(seq, measured);
                 }
-                self.client
-                    .post(&self.url)
-                    .header("Authorization", format!("JWT {token}"))
-                    .header("Content-Type", "application/json")
-                    .header(
-                        "X-Atlassian-Webhook-Identifier",
-                        format!("{}{seq}", self.prefix),
-                    )
-                    .header("X-Atlassian-Webhook-Flow", "Primary")
+                request
                     .body(self.body.clone())
                     .send()
                     .await
@@ -252,5 +250,87 @@ fn classify(e: &reqwest::Error) -> &'static str {
         "connect"
     } else {
         "error"
+    }
+}
+
+/// A `jira:issue_created` body as Jira Cloud sends it from the site at
+/// `base`, `size` bytes long:
+/// the issue's description is padded to reach it. A `size` below the
+/// unpadded body gives the unpadded body.
+pub fn issue_created_body(base: &str, size: usize) -> Vec<u8> {
+    let account = "557058:6a3c1b5e-4d1f-9c0a-hookrelay-bench";
+    let user = json!({
+        "self": format!("{base}/rest/api/2/user?accountId={account}"),
+        "accountId": account,
+        "displayName": "hookrelay bench",
+        "active": true,
+        "timeZone": "Etc/UTC",
+        "accountType": "atlassian",
+    });
+    let body = |description: &str| {
+        json!({
+            "timestamp": unix_now() * 1000,
+            "webhookEvent": EVENT,
+            "issue_event_type_name": "issue_created",
+            "user": user,
+            "issue": {
+                "id": "10042",
+                "self": format!("{base}/rest/api/2/10042"),
+                "key": "BENCH-42",
+                "fields": {
+                    "issuetype": {"id": "10001", "name": "Task", "subtask": false},
+                    "project": {
+                        "id": "10000",
+                        "key": "BENCH",
+                        "name": "Bench",
+                        "projectTypeKey": "software",
+                    },
+                    "priority": {"id": "3", "name": "Medium"},
+                    "status": {
+                        "id": "10000",
+                        "name": "To Do",
+                        "statusCategory": {"id": 2, "key": "new", "name": "To Do"},
+                    },
+                    "summary": "Checkout fails with a timeout on large carts",
+                    "description": description,
+                    "labels": ["bench"],
+                    "reporter": {"accountId": account, "displayName": "hookrelay bench"},
+                    "assignee": null,
+                    "created": "2026-01-15T10:00:00.000+0000",
+                    "updated": "2026-01-15T10:00:00.000+0000",
+                },
+            },
+        })
+        .to_string()
+    };
+    let unpadded = body("").len();
+    // ASCII without anything JSON escapes: each character is one byte.
+    const TEXT: &str = "Steps to reproduce: add forty items to the cart, open the \
+                        checkout and pay by card. Expected: the order is placed. \
+                        Actual: the page spins and times out after thirty seconds. ";
+    let padding: String = TEXT
+        .chars()
+        .cycle()
+        .take(size.saturating_sub(unpadded))
+        .collect();
+    body(&padding).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    #[test]
+    fn bodies_have_the_size_asked_for_and_are_json() {
+        for size in [0, 100, 2048, 10_000] {
+            let body = issue_created_body("https://bench.atlassian.invalid", size);
+            let parsed: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(parsed["webhookEvent"], EVENT);
+            if size >= 1500 {
+                assert_eq!(body.len(), size);
+            }
+        }
     }
 }

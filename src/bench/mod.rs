@@ -1,7 +1,7 @@
 //! `hookrelay bench`: measures a running hookrelay the way a user plans
 //! capacity, in the spirit of `nats bench`.
 //!
-//! It plays a Jira site ([`site`]): it serves its own install key on loopback,
+//! It plays a Jira site ([`crate::dev::site`]): it serves its own install key on loopback,
 //! installs a site of its own with a signed `installed` callback, and sends
 //! signed `jira:issue_created` webhooks of a chosen size ([`load`]), closed-loop
 //! (a fixed number in flight) or open-loop (a fixed rate). It subscribes a
@@ -20,7 +20,6 @@
 pub mod load;
 pub mod report;
 pub mod sink;
-pub mod site;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,13 +28,22 @@ use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::dev::admin::{AdminApi, Subscription};
+use crate::dev::site::{InstallKey, KeyServer, Site, Target};
+use crate::domain::Product;
 use load::{Mode, Sender};
 use report::{DeliveryReport, IntakeReport, Latency, Report, RssReport};
-use sink::{AdminApi, Sink, Tracker};
-use site::{InstallKey, KeyServer, Site, Target};
+use sink::{Sink, Tracker};
 
+/// The event every webhook of the bench is.
+pub const EVENT: &str = "jira:issue_created";
 /// How long one request of the bench may take, answer included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// What to do when the server does not trust the bench's key server, after
+/// the setting it needs.
+const INSTALL_HINT: &str = " (for the sink also HOOKRELAY_ALLOW_PRIVATE_DESTINATIONS=true and \
+     HOOKRELAY_ADMIN_TOKEN) and run the bench again; --keys-listen fixes the key server's \
+     address (default 127.0.0.1:8788), so that one start of the server serves every run";
 /// The largest body `--size` allows.
 const MAX_SIZE: usize = 64 * 1024 * 1024;
 
@@ -159,20 +167,13 @@ fn parse_size(s: &str) -> Result<usize, String> {
 /// be made (exit status 1).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    tokio::spawn(stop_on_ctrl_c(stop.clone()));
+    // SIGINT stops the load and the drain; the cleanup still runs.
+    tokio::spawn(crate::dev::stop_on_ctrl_c(stop.clone(), "hookrelay bench"));
     let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .context("cannot build the HTTP client")?;
+    let client = crate::dev::site::client(REQUEST_TIMEOUT)?;
 
     let kid = format!("hookrelay-bench-{run_id}");
-    let key = tokio::task::spawn_blocking(move || InstallKey::generate(kid))
-        .await
-        .context("the key generation stopped")??;
+    let key = InstallKey::generate(kid).await?;
     let keys = KeyServer::start(&args.keys_listen, args.keys_url.as_ref(), &key)?;
     let bench = Bench {
         args: &args,
@@ -195,19 +196,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("hookrelay accepted none of the bench's webhooks");
     }
     Ok(())
-}
-
-/// SIGINT stops the load and the drain (the cleanup still runs); a second
-/// one exits at once.
-async fn stop_on_ctrl_c(stop: CancellationToken) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
-    eprintln!("hookrelay bench: interrupted; cleaning up (Ctrl-C again to quit at once)");
-    stop.cancel();
-    if tokio::signal::ctrl_c().await.is_ok() {
-        std::process::exit(130);
-    }
 }
 
 /// One run's settings and shared parts.
@@ -233,9 +221,10 @@ impl Bench<'_> {
 
     /// Installs the site, measures, uninstalls it.
     async fn with_key_server(&self, key: &InstallKey, keys: &KeyServer) -> anyhow::Result<Report> {
-        let target = Target::discover(&self.client, &self.args.url).await?;
-        let site = Arc::new(Site::new(&self.run_id));
-        site.install(&self.client, &target, key, keys).await?;
+        let target = Target::discover(&self.client, &self.args.url, Product::Jira).await?;
+        let site = Arc::new(Site::new(Product::Jira, "hookrelay-bench", &self.run_id));
+        site.install(&self.client, &target, key, keys, INSTALL_HINT)
+            .await?;
         self.say(&format!("installed {}", site.client_key));
         let report = self.with_site(&target, &site).await;
         let uninstalled = match site.uninstall(&self.client, &target, key).await {
@@ -276,11 +265,18 @@ impl Bench<'_> {
             client: self.client.clone(),
             base: format!("{}/admin/api/v1", target.url.as_str().trim_end_matches('/')),
             token,
+            alternative: ", or run with --no-sink",
         };
         let mut subscriptions = Vec::new();
         for i in 0..args.subscriptions as usize {
             match admin
-                .subscribe(&sink.url_of(i), &site.client_key, args.sink_concurrency)
+                .subscribe(
+                    &sink.url_of(i),
+                    &[EVENT],
+                    &site.client_key,
+                    "hookrelay bench sink",
+                    args.sink_concurrency,
+                )
                 .await
             {
                 Ok(subscription) => subscriptions.push(subscription),
@@ -324,7 +320,7 @@ impl Bench<'_> {
     }
 
     /// Deletes the subscriptions; false if one could not be.
-    async fn unsubscribe(&self, admin: &AdminApi, subscriptions: &[sink::Subscription]) -> bool {
+    async fn unsubscribe(&self, admin: &AdminApi, subscriptions: &[Subscription]) -> bool {
         let mut deleted = true;
         for subscription in subscriptions {
             if let Err(e) = admin.unsubscribe(&subscription.id).await {
@@ -357,12 +353,12 @@ impl Bench<'_> {
                 concurrency: args.concurrency as usize,
             },
         };
-        let body = site.issue_created_body(args.size);
+        let body = load::issue_created_body(&site.base_url, args.size);
         let body_bytes = body.len();
         let sender = Arc::new(Sender::new(
             self.client.clone(),
-            target.webhook_url(),
-            target.webhook_qsh(),
+            target.webhook_url(EVENT),
+            target.webhook_qsh(EVENT),
             site.clone(),
             body,
             prefix,

@@ -14,14 +14,14 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use actix_web::dev::ServerHandle;
-use actix_web::{web, HttpRequest, HttpResponse, HttpServer};
-use anyhow::{bail, Context};
+use actix_web::{web, HttpRequest, HttpResponse};
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use url::Url;
 
-use super::site::{answer_detail, bind, EVENT};
+use crate::dev::receiver::signed;
+use crate::dev::site::{bind, serve};
 use crate::relay::signing;
 
 /// Largest delivery the sink reads: above hookrelay's largest body and its envelope.
@@ -295,20 +295,7 @@ impl Sink {
             keys: OnceLock::new(),
             open,
         });
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            actix_web::App::new()
-                .app_data(data.clone())
-                .app_data(web::PayloadConfig::new(SINK_MAX_BODY))
-                .default_service(web::to(receive))
-        })
-        .workers(2)
-        .disable_signals()
-        .listen(listener)
-        .context("cannot start the sink")?
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+        let handle = serve(listener, state.clone(), SINK_MAX_BODY, 2, receive, "sink")?;
         Ok(Self {
             url,
             state,
@@ -347,24 +334,14 @@ impl Sink {
 /// Every request is a delivery: checked, matched, answered 204. Its
 /// subscription is the last segment of the path.
 async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<SinkState>) -> HttpResponse {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let sub = req
         .path()
         .rsplit('/')
         .next()
         .and_then(|i| i.parse::<usize>().ok())
         .unwrap_or(usize::MAX);
-    let signed = match (
-        state.keys.get().and_then(|keys| keys.get(sub)),
-        header("webhook-id"),
-        header("webhook-timestamp").and_then(|t| t.trim().parse::<i64>().ok()),
-        header("webhook-signature"),
-    ) {
-        (Some(key), Some(id), Some(timestamp), Some(signature)) => {
-            signing::verify(key, id, timestamp, &body, signature)
-        }
-        _ => false,
-    };
+    let key = state.keys.get().and_then(|keys| keys.get(sub));
+    let signed = signed(key, &req, &body);
     let webhook_id = serde_json::from_slice::<Envelope>(&body)
         .ok()
         .and_then(|e| e.webhook_id);
@@ -373,98 +350,6 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<SinkState>
     let _ = open.wait_for(|open| *open).await;
     state.tracker.delivered(webhook_id.as_deref(), sub, signed);
     HttpResponse::NoContent().finish()
-}
-
-/// The admin API of the hookrelay under test.
-pub struct AdminApi {
-    pub client: reqwest::Client,
-    /// `<url>/admin/api/v1`
-    pub base: String,
-    pub token: String,
-}
-
-/// The subscription the bench made.
-pub struct Subscription {
-    pub id: String,
-    pub secret: String,
-}
-
-impl AdminApi {
-    /// Subscribes `url` to the run's `jira:issue_created` events of `client_key`.
-    pub async fn subscribe(
-        &self,
-        url: &str,
-        client_key: &str,
-        max_concurrency: Option<u32>,
-    ) -> anyhow::Result<Subscription> {
-        let mut body = json!({
-            "url": url,
-            "events": [EVENT],
-            "tenants": [client_key],
-            "description": format!("hookrelay bench sink for {client_key}; safe to delete"),
-        });
-        if let Some(n) = max_concurrency {
-            body["max_concurrency"] = json!(n);
-        }
-        let url = format!("{}/subscriptions", self.base);
-        let response = self
-            .client
-            .post(&url)
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach hookrelay (POST {url})"))?;
-        let status = response.status();
-        if !status.is_success() {
-            let detail = answer_detail(response).await;
-            if status == reqwest::StatusCode::UNAUTHORIZED {
-                bail!(
-                    "the admin API refused the bench ({status}: {detail}): pass the server's \
-                     HOOKRELAY_ADMIN_TOKEN with --admin-token or in the environment, or run \
-                     with --no-sink"
-                );
-            }
-            if detail.contains("ALLOW_PRIVATE_DESTINATIONS") {
-                bail!(
-                    "hookrelay refuses to deliver to the bench's sink at {url} ({detail}): start \
-                     hookrelay with HOOKRELAY_ALLOW_PRIVATE_DESTINATIONS=true, or run with --no-sink"
-                );
-            }
-            bail!("hookrelay refused the sink's subscription ({status}: {detail})");
-        }
-        let created: Value = response
-            .json()
-            .await
-            .context("the answer to the subscription is not JSON")?;
-        match (created["id"].as_str(), created["secret"].as_str()) {
-            (Some(id), Some(secret)) => Ok(Subscription {
-                id: id.to_string(),
-                secret: secret.to_string(),
-            }),
-            _ => bail!("the answer to the subscription has no id or secret: {created}"),
-        }
-    }
-
-    /// Deletes subscription `id`, with its deliveries.
-    pub async fn unsubscribe(&self, id: &str) -> anyhow::Result<()> {
-        let url = format!("{}/subscriptions/{id}", self.base);
-        let response = self
-            .client
-            .delete(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach hookrelay (DELETE {url})"))?;
-        let status = response.status();
-        if !status.is_success() {
-            bail!(
-                "hookrelay did not delete the subscription ({status}: {})",
-                answer_detail(response).await
-            );
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! (a clean run in closed loop with the sink, then one in open loop without
 //! it), and against a server that does not trust it.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
@@ -11,17 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::binary::{hookrelay, Served};
+use crate::helpers::free_port;
 
 const ADMIN_TOKEN: &str = "bench-test-admin-token-0123";
-
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `hookrelay serve` on SQLite in `dir`, fetching install keys from
 /// `keys_url`, with its address.

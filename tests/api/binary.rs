@@ -129,9 +129,25 @@ impl Served {
         }
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
+        Self::reading(child, stderr)
+    }
+
+    /// Starts `hookrelay <args>`, whose stdout lines are read instead (its
+    /// stderr goes to the test's).
+    pub fn stdout_of(args: &[&str]) -> Self {
+        let mut child = hookrelay()
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        Self::reading(child, stdout)
+    }
+
+    fn reading(child: Child, out: impl Read + Send + 'static) -> Self {
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
                     break;
                 }

@@ -12,6 +12,7 @@ mod browser;
 mod cli;
 mod consuming;
 mod descriptor;
+mod dev_site;
 mod faults;
 mod forge_app;
 mod hardening;
