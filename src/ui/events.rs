@@ -17,13 +17,11 @@ pub async fn tail(session: Session, filters: web::Query<TailFilters>) -> HttpRes
     let stream = format!(
         "{}?{}",
         session.href("/admin/tail/stream"),
-        form_urlencoded::Serializer::new(String::new())
-            .extend_pairs([
-                ("event", filters.event.as_str()),
-                ("tenant", filters.tenant.as_str()),
-                ("source", filters.source.as_str()),
-            ])
-            .finish()
+        super::query_string(&[
+            ("event", &filters.event),
+            ("tenant", &filters.tenant),
+            ("source", &filters.source),
+        ])
     );
     page(shell(
         &session,
@@ -105,39 +103,31 @@ pub async fn list(
     state: web::Data<AppState>,
     search: web::Query<Search>,
 ) -> Result<HttpResponse, UiError> {
-    let q: web::Query<ListQuery> = query(&[
-        ("event", &search.event),
-        ("tenant", &search.tenant),
-        ("source", &search.source),
-        ("webhook_id", &search.webhook_id),
-        ("since", &search.since),
-        ("until", &search.until),
-        ("cursor", &search.cursor),
-        ("limit", "50"),
-    ])?;
+    let pairs = |cursor: &'_ str| {
+        [
+            ("event", search.event.clone()),
+            ("tenant", search.tenant.clone()),
+            ("source", search.source.clone()),
+            ("webhook_id", search.webhook_id.clone()),
+            ("since", search.since.clone()),
+            ("until", search.until.clone()),
+            ("cursor", cursor.to_string()),
+        ]
+    };
+    let mut asked: Vec<(&str, &str)> = Vec::new();
+    let given = pairs(&search.cursor);
+    asked.extend(given.iter().map(|(k, v)| (*k, v.as_str())));
+    asked.push(("limit", "50"));
+    let q: web::Query<ListQuery> = query(&asked)?;
     let (found, error) =
         match api(admin::list_events(Admin::signed_in(&session), state, q).await).await {
             Ok(found) => (found, None),
             Err(UiError::Api(e)) => (Value::Null, Some(e.to_string())),
             Err(e) => return Err(e),
         };
-    let next = found["next_cursor"].as_str().map(|cursor| {
-        let pairs = [
-            ("event", search.event.as_str()),
-            ("tenant", &search.tenant),
-            ("source", &search.source),
-            ("webhook_id", &search.webhook_id),
-            ("since", &search.since),
-            ("until", &search.until),
-            ("cursor", cursor),
-        ];
-        format!(
-            "?{}",
-            form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(pairs.iter().filter(|(_, v)| !v.is_empty()))
-                .finish()
-        )
-    });
+    let next = found["next_cursor"]
+        .as_str()
+        .map(|cursor| format!("?{}", super::query_string(&pairs(cursor))));
     let empty = Vec::new();
     let events = found["data"].as_array().unwrap_or(&empty);
     Ok(page(shell(

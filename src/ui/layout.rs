@@ -153,8 +153,9 @@ pub fn bars(points: &[(String, i64)], caption: &str) -> Markup {
     const H: i64 = 120;
     let max = points.iter().map(|p| p.1).max().unwrap_or(0).max(1);
     let step = W / points.len().max(1);
-    let mut svg =
-        format!(r#"<svg viewBox="0 0 {W} {H}" role="img" aria-label="{caption}" class="chart">"#);
+    let mut svg = format!(
+        r#"<svg viewBox="0 0 {W} {H}" preserveAspectRatio="none" role="img" aria-label="{caption}" class="chart">"#
+    );
     for (i, (label, value)) in points.iter().enumerate() {
         let h = value * (H - 10) / max;
         let x = i * step;

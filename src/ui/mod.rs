@@ -156,12 +156,47 @@ fn body(value: &Value) -> crate::http::admin::AdminBody {
     crate::http::admin::AdminBody(web::Bytes::from(value.to_string()))
 }
 
-/// A query string for an admin API handler's query extractor.
+/// `pairs` as a query string, leaving out empty values.
+fn query_string<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            pairs
+                .iter()
+                .filter(|(_, v)| !v.as_ref().is_empty())
+                .map(|(k, v)| (k.as_ref(), v.as_ref())),
+        )
+        .finish()
+}
+
+/// A query for an admin API handler's query extractor.
 fn query<T: serde::de::DeserializeOwned>(pairs: &[(&str, &str)]) -> Result<web::Query<T>, UiError> {
-    let text = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs.iter().filter(|(_, v)| !v.is_empty()))
-        .finish();
-    web::Query::from_query(&text).map_err(|e| UiError::Api(ApiError::BadRequest(e.to_string())))
+    web::Query::from_query(&query_string(pairs))
+        .map_err(|e| UiError::Api(ApiError::BadRequest(e.to_string())))
+}
+
+/// Where an edit form's post leads: back to `page` when the API took the
+/// change; the form's page again, with why, when it refused it.
+async fn edited<Fut>(
+    answer: Result<HttpResponse, ApiError>,
+    page: String,
+    again: impl FnOnce(String) -> Fut,
+) -> Result<HttpResponse, UiError>
+where
+    Fut: std::future::Future<Output = Result<HttpResponse, UiError>>,
+{
+    match api(answer).await {
+        Ok(_) => Ok(see_other(page)),
+        Err(UiError::Api(e)) if !matches!(e, ApiError::NotFound) => {
+            Ok(refused(again(e.to_string()).await?))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A form shown again with why it was refused.
+fn refused(mut response: HttpResponse) -> HttpResponse {
+    *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    response
 }
 
 /// A text field of a JSON value, or "".

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::layout::{csrf, json as pretty, notice, or_dash, shell, tag};
-use super::{api, body, page, see_other, text, Session, UiError};
+use super::{api, body, page, refused, see_other, text, Session, UiError};
 use crate::domain::EventId;
 use crate::http::admin::Admin;
 use crate::http::error::ApiError;
@@ -261,12 +261,6 @@ pub async fn create(
     }
 }
 
-/// A form shown again with why it was refused.
-fn refused(mut response: HttpResponse) -> HttpResponse {
-    *response.status_mut() = actix_web::http::StatusCode::UNPROCESSABLE_ENTITY;
-    response
-}
-
 pub async fn show(
     session: Session,
     state: web::Data<AppState>,
@@ -364,31 +358,23 @@ pub async fn update(
     f: web::Form<SubscriptionForm>,
 ) -> Result<HttpResponse, UiError> {
     session.check(&f.csrf)?;
-    let changes = match f.changes() {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(refused(
-                render(&session, &state, &id, None, Some(&e.to_string()), None).await?,
-            ))
+    let answer = match f.changes() {
+        Ok(changes) => {
+            handlers::update(
+                Admin::signed_in(&session),
+                state.clone(),
+                web::Path::from(id.to_string()),
+                body(&changes),
+            )
+            .await
         }
-    };
-    match api(handlers::update(
-        Admin::signed_in(&session),
-        state.clone(),
-        web::Path::from(id.to_string()),
-        body(&changes),
-    )
-    .await)
-    .await
-    {
-        Ok(_) => Ok(see_other(
-            session.href(&format!("/admin/subscriptions/{id}")),
-        )),
-        Err(UiError::Api(e)) if !matches!(e, ApiError::NotFound) => Ok(refused(
-            render(&session, &state, &id, None, Some(&e.to_string()), None).await?,
-        )),
         Err(e) => Err(e),
-    }
+    };
+    let page = session.href(&format!("/admin/subscriptions/{id}"));
+    super::edited(answer, page, |why| async move {
+        render(&session, &state, &id, None, Some(&why), None).await
+    })
+    .await
 }
 
 #[derive(Deserialize)]

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::layout::{csrf, json as pretty, notice, or_dash, shell, tag};
-use super::{api, body, page, see_other, text, Session, UiError};
+use super::{api, body, page, refused, text, Session, UiError};
 use crate::domain::{EventId, InvocationId, TriggerId};
 use crate::http::admin::Admin;
 use crate::http::error::ApiError;
@@ -191,11 +191,6 @@ fn new_page(session: &Session, f: &TriggerForm, error: Option<&str>) -> HttpResp
     ))
 }
 
-fn refused(mut response: HttpResponse) -> HttpResponse {
-    *response.status_mut() = actix_web::http::StatusCode::UNPROCESSABLE_ENTITY;
-    response
-}
-
 pub async fn create(
     session: Session,
     state: web::Data<AppState>,
@@ -321,29 +316,23 @@ pub async fn update(
     f: web::Form<TriggerForm>,
 ) -> Result<HttpResponse, UiError> {
     session.check(&f.csrf)?;
-    let changes = match f.changes(false) {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(refused(
-                render(&session, &state, &id, None, Some(&e.to_string()), None).await?,
-            ))
+    let answer = match f.changes(false) {
+        Ok(changes) => {
+            handlers::update(
+                Admin::signed_in(&session),
+                state.clone(),
+                web::Path::from(id.to_string()),
+                body(&changes),
+            )
+            .await
         }
-    };
-    match api(handlers::update(
-        Admin::signed_in(&session),
-        state.clone(),
-        web::Path::from(id.to_string()),
-        body(&changes),
-    )
-    .await)
-    .await
-    {
-        Ok(_) => Ok(see_other(session.href(&format!("/admin/triggers/{id}")))),
-        Err(UiError::Api(e)) if !matches!(e, ApiError::NotFound) => Ok(refused(
-            render(&session, &state, &id, None, Some(&e.to_string()), None).await?,
-        )),
         Err(e) => Err(e),
-    }
+    };
+    let page = session.href(&format!("/admin/triggers/{id}"));
+    super::edited(answer, page, |why| async move {
+        render(&session, &state, &id, None, Some(&why), None).await
+    })
+    .await
 }
 
 #[derive(Deserialize)]

@@ -136,6 +136,16 @@ async fn wait_text(client: &Client, css: &str, text: &str, reload: bool) -> Stri
     }
 }
 
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn fill(client: &Client, css: &str, value: &str) {
     let field = client.find(Locator::Css(css)).await.unwrap();
     field.clear().await.unwrap();
@@ -170,36 +180,18 @@ async fn the_inspector_works_in_a_browser() {
         .path()
         .ends_with("/admin/login"));
     fill(&client, "#token", "not-the-admin-token").await;
-    client
-        .find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form button").await;
     wait_text(&client, "p.error", "not the admin token", false).await;
     shot(&client, "login").await;
     fill(&client, "#token", TOKEN).await;
-    client
-        .find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form button").await;
     wait_text(&client, "h1", "Overview", false).await;
 
     // A subscription through the form.
     client.goto(&at("/admin/subscriptions/new")).await.unwrap();
     fill(&client, "input[name=url]", &receiver.url("/hooks")).await;
     fill(&client, "input[name=events]", "jira:*").await;
-    client
-        .find(Locator::Css("#subscription-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#subscription-form button[type=submit]").await;
     wait_text(&client, "p.ok", "shown this once", false).await;
 
     // The live tail shows a signed webhook as it is stored.
@@ -224,13 +216,7 @@ async fn the_inspector_works_in_a_browser() {
     shot(&client, "tail").await;
 
     // Its page: the delivery and its attempt.
-    client
-        .find(Locator::Css(&format!("{row} a")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, &format!("{row} a")).await;
     wait_text(&client, "h1", "jira:issue_created", false).await;
     receiver
         .wait_for("/hooks", 1, Duration::from_secs(10))
@@ -247,13 +233,7 @@ async fn the_inspector_works_in_a_browser() {
     shot(&client, "event").await;
 
     // Replaying the delivery adds an attempt.
-    client
-        .find(Locator::Css("section.delivery form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "section.delivery form button").await;
     wait_text(&client, "p.ok", "Replayed: 1", false).await;
     receiver
         .wait_for("/hooks", 2, Duration::from_secs(10))
@@ -274,6 +254,15 @@ async fn the_inspector_works_in_a_browser() {
         client.refresh().await.unwrap();
     }
 
+    client
+        .execute(
+            "document.querySelector('section.delivery').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    shot(&client, "event-deliveries").await;
+
     // A trigger through the form, and a test run of its script.
     client.goto(&at("/admin/triggers/new")).await.unwrap();
     fill(&client, "input[name=name]", "hello").await;
@@ -285,21 +274,9 @@ async fn the_inspector_works_in_a_browser() {
          return { statusCode: 201, body: 'hi ' + JSON.parse(request.body).hello };\n}\n",
     )
     .await;
-    client
-        .find(Locator::Css("#trigger-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#trigger-form button[type=submit]").await;
     wait_text(&client, "p.ok", "Created", false).await;
-    client
-        .find(Locator::Css("#test-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#test-form button").await;
     wait_text(&client, "#test-status", "201", false).await;
     wait_text(&client, "#test-body", "hi world", false).await;
     wait_text(&client, "#test-console", "log: got POST", false).await;
@@ -373,13 +350,7 @@ async fn the_inspector_works_in_a_browser() {
 
     // Signing out ends the session, for the cookie too.
     client.goto(&at("/admin/")).await.unwrap();
-    client
-        .find(Locator::Css("form.logout button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form.logout button").await;
     wait_text(&client, "h1", "hookrelay", false).await;
     let after = app
         .client
