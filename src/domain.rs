@@ -15,7 +15,10 @@ use uuid::Uuid;
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+            utoipa::ToSchema,
+        )]
         #[serde(transparent)]
         pub struct $name(pub Uuid);
 
@@ -54,7 +57,7 @@ impl EventId {
 }
 
 /// A Connect installation's `clientKey`: the tenant's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct ClientKey(pub String);
 
@@ -65,7 +68,7 @@ impl fmt::Display for ClientKey {
 }
 
 /// The Atlassian product a Connect app is installed into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Product {
     Jira,
@@ -98,7 +101,7 @@ impl fmt::Display for Product {
 }
 
 /// Where an event came from (the envelope's `source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
     Connect,
@@ -130,7 +133,7 @@ impl Source {
 
 /// What a tenant is: a Connect installation, a Forge installation, or a Jira
 /// admin webhook source an admin created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TenantKind {
     Connect,
@@ -160,7 +163,7 @@ impl TenantKind {
 /// The lifecycle state of a tenant: Connect installations move through all
 /// four, Forge installations between installed and uninstalled, admin-webhook
 /// sources are enabled or disabled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TenantState {
     Installed,
@@ -314,7 +317,7 @@ pub struct Stored {
 }
 
 /// The one shape every consumer sees (README, "Broker": the envelope).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Envelope<'a> {
     pub id: EventId,
     pub source: &'static str,
@@ -330,10 +333,11 @@ pub struct Envelope<'a> {
     pub recovered: bool,
     /// Always present on the broker and in deliveries; left out of admin listings.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub payload: Option<&'a RawValue>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EnvelopeTenant<'a> {
     pub client_key: &'a str,
     pub base_url: Option<&'a str>,
@@ -493,7 +497,7 @@ impl fmt::Debug for Subscription {
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     /// Due at `next_attempt_at`, or being attempted.
@@ -532,7 +536,7 @@ impl DeliveryState {
 }
 
 /// One event's delivery to one subscription.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub id: DeliveryId,
     pub event_id: EventId,
@@ -543,17 +547,20 @@ pub struct Delivery {
     #[serde(rename = "attempt_count")]
     pub attempts: i32,
     #[serde(serialize_with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
     pub next_attempt_at: DateTime<Utc>,
     pub last_status: Option<i32>,
     pub last_error: Option<String>,
     #[serde(serialize_with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: DateTime<Utc>,
 }
 
 /// What one attempt led to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AttemptOutcome {
     Delivered,
@@ -607,13 +614,14 @@ impl AttemptOutcome {
 }
 
 /// One HTTP attempt of a delivery, as the attempt log keeps it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub id: Uuid,
     pub delivery_id: DeliveryId,
     pub event_id: EventId,
     pub subscription_id: SubscriptionId,
     #[serde(serialize_with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
     pub attempted_at: DateTime<Utc>,
     pub duration_ms: i32,
     /// The response status, if a response came.
@@ -627,7 +635,7 @@ pub struct Attempt {
 
 /// A web trigger's id: random and unguessable (144 bits, base64url), since
 /// with auth `none` the URL is the only secret.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct TriggerId(pub String);
 
@@ -639,7 +647,7 @@ impl fmt::Display for TriggerId {
 
 /// Whether a web trigger answers with its script's response or accepts the
 /// request for later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TriggerMode {
     Sync,
@@ -664,7 +672,7 @@ impl TriggerMode {
 }
 
 /// How a web trigger's caller proves itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TriggerAuthType {
     /// The unguessable URL is the secret.
@@ -770,7 +778,7 @@ uuid_id!(
 );
 
 /// Where an invocation stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InvocationState {
     /// The script ran and gave a valid response.

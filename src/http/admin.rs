@@ -12,25 +12,59 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::stream::TailQuery;
 use super::AppState;
 use crate::domain::{ClientKey, Envelope, Event, EventId};
 use crate::store::EventFilter;
 
-const OPENAPI: &str = include_str!("openapi.json");
 const DEFAULT_LIMIT: i64 = 20;
-const MAX_LIMIT: i64 = 100;
+pub(crate) const MAX_LIMIT: i64 = 100;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::bridge::admin_routes(super::triggers::admin_routes(
-        super::subscriptions::routes(super::sources::admin_routes(
-            web::scope("/admin/api/v1")
-                .route("/openapi.json", web::get().to(openapi))
-                .route("/events", web::get().to(list_events))
-                .route("/events/stream", web::get().to(stream_events))
-                .route("/events/{id}", web::get().to(get_event)),
-        )),
-    )));
+    cfg.service(api_routes().scope);
+}
+
+/// Every route of the admin API, each module adding its own.
+pub(crate) fn api_routes() -> Routes {
+    let routes = Routes {
+        scope: web::scope("/admin/api/v1"),
+        listed: Vec::new(),
+    }
+    .get("/openapi.json", openapi)
+    .get("/events", list_events)
+    .get("/events/stream", stream_events)
+    .get("/events/{id}", get_event);
+    super::bridge::admin_routes(super::triggers::admin_routes(super::subscriptions::routes(
+        super::sources::admin_routes(routes),
+    )))
+}
+
+/// The admin API's routes as they are registered, and a list of them (method
+/// and path) made by the same calls, so that a test can hold the OpenAPI
+/// document against what the server really serves.
+pub(crate) struct Routes {
+    scope: actix_web::Scope,
+    pub(crate) listed: Vec<(&'static str, &'static str)>,
+}
+
+macro_rules! route_methods {
+    ($($method:ident),*) => {$(
+        pub(crate) fn $method<F, Args>(mut self, path: &'static str, handler: F) -> Self
+        where
+            F: actix_web::Handler<Args>,
+            Args: FromRequest + 'static,
+            F::Output: actix_web::Responder + 'static,
+        {
+            self.scope = self.scope.route(path, web::$method().to(handler));
+            self.listed.push((stringify!($method), path));
+            self
+        }
+    )*};
+}
+
+impl Routes {
+    route_methods!(get, post, put, patch, delete);
 }
 
 /// Proof that the request carried the admin bearer token, or came from a
@@ -111,23 +145,43 @@ impl FromRequest for AdminBody {
     }
 }
 
+/// `GET /openapi.json`: the document generated from the handlers (see
+/// [`super::openapi`]); the one route without the token.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    summary = "This document",
+    security(()),
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
+)]
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(OPENAPI)
+    HttpResponse::Ok().json(super::openapi::document())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// An event name, or a pattern with `*`.
     pub event: Option<String>,
+    /// A tenant's client key.
     pub tenant: Option<String>,
+    /// connect, forge, jira-admin or webtrigger.
+    #[param(pattern = "^(connect|forge|jira-admin|webtrigger)?$")]
     pub source: Option<String>,
+    /// The sender's own id of the webhook (Jira's `X-Atlassian-Webhook-Identifier`).
     pub webhook_id: Option<String>,
-    /// RFC 3339 times: received at or after `since`, before `until`.
+    /// Received at or after this RFC 3339 time.
+    #[param(value_type = Option<String>, format = DateTime)]
     pub since: Option<String>,
+    /// Received before this RFC 3339 time.
+    #[param(value_type = Option<String>, format = DateTime)]
     pub until: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
+    /// The `next_cursor` of the page before.
+    #[param(value_type = Option<String>, format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -186,15 +240,16 @@ impl ListQuery {
 
 /// An event as the admin API shows it: the envelope plus what Jira said about
 /// its delivery attempt.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct AdminEvent<'a> {
     #[serde(flatten)]
     envelope: Envelope<'a>,
+    /// Jira's retry number of the webhook, when it said.
     webhook_retry: Option<i32>,
     webhook_flow: Option<&'a str>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct EventDetail<'a> {
     #[serde(flatten)]
     event: AdminEvent<'a>,
@@ -238,7 +293,26 @@ pub(super) fn page<T: Serialize>(
     let next_cursor = (data.len() as i64 == limit)
         .then(|| data.last().map(id))
         .flatten();
-    HttpResponse::Ok().json(serde_json::json!({"data": data, "next_cursor": next_cursor}))
+    HttpResponse::Ok().json(Page { data, next_cursor })
+}
+
+/// A page of a listing.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Page<'a, T> {
+    pub data: &'a [T],
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<uuid::Uuid>,
+}
+
+/// A whole listing (the lists that are not paged).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct List<T> {
+    pub data: Vec<T>,
+}
+
+/// A whole listing as the answer.
+pub(super) fn list<T: Serialize>(data: Vec<T>) -> HttpResponse {
+    HttpResponse::Ok().json(List { data })
 }
 
 /// The `cursor` query parameter of a listing: the id of the last item seen.
@@ -255,8 +329,24 @@ fn parse_event_id(s: &str) -> Option<EventId> {
     uuid::Uuid::parse_str(s).ok().map(EventId)
 }
 
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(openapi, list_events, stream_events, get_event))]
+pub(super) struct Doc;
+
 /// `GET /events?event=&tenant=&source=&webhook_id=&since=&until=&limit=&cursor=`:
 /// newest first, without payloads. `next_cursor` is set when there may be more.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    summary = "List stored events",
+    description = "Newest first, without payloads.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of events", body = Page<AdminEvent>),
+        (status = 400, description = "A parameter is not valid", body = ErrorBody),
+    )
+)]
 pub(crate) async fn list_events(
     _: Admin,
     state: web::Data<AppState>,
@@ -273,16 +363,41 @@ pub(crate) async fn list_events(
 
 /// `GET /events/stream?event=&tenant=&source=`: the events stored from now on,
 /// as Server-Sent Events (see [`super::stream`]).
+#[utoipa::path(
+    get,
+    path = "/events/stream",
+    tag = "events",
+    summary = "Follow events as they are stored",
+    description = "Server-Sent Events: an `event` message per stored event (its envelope with a \
+payload preview), `lagged` when this client fell behind and missed some, and a comment every \
+15 s to keep the connection alive. A client that stops reading is dropped.",
+    params(TailQuery),
+    responses(
+        (status = 200, description = "The stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A parameter is not valid", body = ErrorBody),
+    )
+)]
 async fn stream_events(
     _: Admin,
     state: web::Data<AppState>,
-    query: web::Query<super::stream::TailQuery>,
+    query: web::Query<TailQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tail = query.into_inner().tail()?;
     Ok(super::stream::events(&state, tail))
 }
 
 /// `GET /events/{id}`: one event with its payload, its deliveries and their attempts.
+#[utoipa::path(
+    get,
+    path = "/events/{id}",
+    tag = "events",
+    summary = "One event, with its payload and deliveries",
+    params(("id" = String, Path, description = "The event's id")),
+    responses(
+        (status = 200, description = "The event", body = EventDetail),
+        (status = 404, description = "No such event", body = ErrorBody),
+    )
+)]
 pub(crate) async fn get_event(
     _: Admin,
     state: web::Data<AppState>,

@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use super::admin::{Admin, AdminBody};
-use super::error::ApiError;
+use super::admin::{Admin, AdminBody, List, Routes};
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::domain::{format_timestamp, ClientKey, Product, Tenant, TenantKind};
+use crate::domain::{format_timestamp, ClientKey, Product, Tenant, TenantKind, TenantState};
 use crate::product::reconcile::ReconcileError;
 use crate::product::{self, Call, CallError, Caller};
 use crate::store::{Activity, ApiKey, ApiToken};
@@ -45,21 +45,32 @@ pub fn key_touches() -> KeyTouches {
         .build()
 }
 
-pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
-    scope
-        .route("/tenants", web::get().to(list_tenants))
-        .route("/tenants/{key:.+}/reconcile", web::post().to(reconcile))
-        .route("/tenants/{key:.+}", web::get().to(get_tenant))
-        .route("/api-keys", web::post().to(create_key))
-        .route("/api-keys", web::get().to(list_keys))
-        .route("/api-keys/{id}", web::get().to(get_key))
-        .route("/api-keys/{id}", web::delete().to(delete_key))
-        .route("/sources/{id}/api-token", web::put().to(set_api_token))
-        .route(
-            "/sources/{id}/api-token",
-            web::delete().to(delete_api_token),
-        )
+pub(super) fn admin_routes(routes: Routes) -> Routes {
+    routes
+        .get("/tenants", list_tenants)
+        .post("/tenants/{key:.+}/reconcile", reconcile)
+        .get("/tenants/{key:.+}", get_tenant)
+        .post("/api-keys", create_key)
+        .get("/api-keys", list_keys)
+        .get("/api-keys/{id}", get_key)
+        .delete("/api-keys/{id}", delete_key)
+        .put("/sources/{id}/api-token", set_api_token)
+        .delete("/sources/{id}/api-token", delete_api_token)
 }
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    list_tenants,
+    reconcile,
+    get_tenant,
+    create_key,
+    list_keys,
+    get_key,
+    delete_key,
+    set_api_token,
+    delete_api_token
+))]
+pub(super) struct Doc;
 
 pub fn proxy_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/proxy/{key}", web::route().to(proxy))
@@ -72,17 +83,23 @@ fn bad(detail: impl Into<String>) -> ApiError {
 
 // ------------------------------------------------------------------ tenants
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TenantQuery {
+    /// Tenants of this kind only.
+    #[param(value_type = Option<TenantKind>)]
     kind: Option<String>,
 }
 
-#[derive(Serialize)]
+/// An installed site (Connect or Forge) or an admin-webhook source, with its activity.
+#[derive(Serialize, utoipa::ToSchema)]
 struct TenantView {
     client_key: String,
+    #[schema(value_type = TenantKind)]
     kind: &'static str,
     product: Product,
     base_url: String,
+    #[schema(value_type = TenantState)]
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
@@ -94,9 +111,12 @@ struct TenantView {
     api_base_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     environment: Option<String>,
+    #[schema(format = DateTime)]
     installed_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
     /// Received time of the newest event stored for it.
+    #[schema(format = DateTime)]
     last_event_at: Option<String>,
     /// Events stored for it.
     event_count: i64,
@@ -105,9 +125,11 @@ struct TenantView {
     reconcile: Option<ReconcileView>,
 }
 
-#[derive(Serialize, Default)]
+/// Where reconciliation of Jira's failed webhooks stands for a tenant.
+#[derive(Serialize, Default, utoipa::ToSchema)]
 struct ReconcileView {
     cursor: Option<String>,
+    #[schema(format = DateTime)]
     last_run_at: Option<String>,
     last_error: Option<String>,
     recovered: i64,
@@ -133,6 +155,17 @@ fn tenant_view(t: Tenant, activity: Activity, reconcile: Option<ReconcileView>) 
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/tenants",
+    tag = "tenants",
+    summary = "List tenants",
+    params(TenantQuery),
+    responses(
+        (status = 200, description = "Every tenant", body = List<TenantView>),
+        (status = 400, description = "`kind` is not valid", body = ErrorBody),
+    )
+)]
 pub(crate) async fn list_tenants(
     _: Admin,
     query: web::Query<TenantQuery>,
@@ -154,9 +187,20 @@ pub(crate) async fn list_tenants(
             tenant_view(t, seen, None)
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+    Ok(super::admin::list(data))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tenants/{key}",
+    tag = "tenants",
+    summary = "One tenant",
+    params(("key" = String, Path, description = "The tenant's client key")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantView),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    )
+)]
 async fn get_tenant(
     _: Admin,
     key: web::Path<String>,
@@ -183,6 +227,20 @@ async fn get_tenant(
     Ok(HttpResponse::Ok().json(tenant_view(tenant, activity, reconcile)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tenants/{key}/reconcile",
+    tag = "tenants",
+    summary = "Recover the webhooks Jira failed to deliver, now",
+    params(("key" = String, Path, description = "The tenant's client key")),
+    responses(
+        (status = 200, description = "What the run found", body = crate::product::reconcile::Summary),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "Not a tenant that can be reconciled", body = ErrorBody),
+        (status = 502, description = "Jira could not be reached or answered nothing usable", body = ErrorBody),
+        (status = 504, description = "Jira did not answer in time", body = ErrorBody),
+    )
+)]
 async fn reconcile(
     _: Admin,
     key: web::Path<String>,
@@ -209,18 +267,30 @@ async fn reconcile(
 
 // ----------------------------------------------------------------- API keys
 
-#[derive(Deserialize)]
+/// An API key for the proxy, scoped to tenants, methods and paths (each left
+/// out for any).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewKey {
+    /// Required: 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// Client keys.
+    #[schema(min_items = 1, max_items = 100)]
     tenants: Option<Vec<String>>,
+    /// HTTP methods.
+    #[schema(min_items = 1, max_items = 100)]
     methods: Option<Vec<String>>,
+    /// Path patterns, such as `/rest/api/3/issue/*`.
+    #[schema(min_items = 1, max_items = 100)]
     paths: Option<Vec<String>>,
     /// RFC 3339; the key is refused after it.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 
-#[derive(Serialize)]
+/// An API key as the API shows it: never the key but in the answer to its creation.
+#[derive(Serialize, utoipa::ToSchema)]
 struct KeyView<'a> {
     id: &'a str,
     name: &'a str,
@@ -228,9 +298,12 @@ struct KeyView<'a> {
     tenants: Option<&'a [String]>,
     methods: Option<&'a [String]>,
     paths: Option<&'a [String]>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
     /// The last call made with it, to the minute.
+    #[schema(format = DateTime)]
     last_used_at: Option<String>,
     /// Only in the answer to its creation.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -280,6 +353,17 @@ fn scope(
     Ok(Some(out))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api-keys",
+    tag = "api-keys",
+    summary = "Create an API key for the proxy",
+    request_body = NewKey,
+    responses(
+        (status = 201, description = "Created; the answer holds the key, this once", body = KeyView),
+        (status = 400, description = "The body is not valid", body = ErrorBody),
+    )
+)]
 async fn create_key(
     _: Admin,
     state: web::Data<AppState>,
@@ -356,12 +440,31 @@ async fn create_key(
         .json(key_view(&key, Some(&secret))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api-keys",
+    tag = "api-keys",
+    summary = "List API keys",
+    responses((status = 200, description = "Every key", body = List<KeyView>))
+)]
 async fn list_keys(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let keys = state.store.api_keys().await?;
-    let data: Vec<KeyView> = keys.iter().map(|k| key_view(k, None)).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+    Ok(super::admin::list(
+        keys.iter().map(|k| key_view(k, None)).collect(),
+    ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api-keys/{id}",
+    tag = "api-keys",
+    summary = "One API key",
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The key", body = KeyView),
+        (status = 404, description = "No such key", body = ErrorBody),
+    )
+)]
 async fn get_key(
     _: Admin,
     id: web::Path<String>,
@@ -371,6 +474,17 @@ async fn get_key(
     Ok(HttpResponse::Ok().json(key_view(&key, None)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api-keys/{id}",
+    tag = "api-keys",
+    summary = "Revoke an API key",
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such key", body = ErrorBody),
+    )
+)]
 async fn delete_key(
     _: Admin,
     id: web::Path<String>,
@@ -385,13 +499,29 @@ async fn delete_key(
 
 // ------------------------------------------------- sources' API tokens
 
-#[derive(Deserialize)]
+/// An Atlassian API token (with its account's email) for a source's product calls.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
+    #[schema(format = Email, max_length = 320)]
     email: String,
+    #[schema(value_type = String, min_length = 1, max_length = 1024)]
     token: SecretString,
 }
 
+#[utoipa::path(
+    put,
+    path = "/sources/{id}/api-token",
+    tag = "sources",
+    summary = "Attach an Atlassian API token to an admin-webhook source",
+    params(("id" = String, Path, description = "The source's id")),
+    request_body = NewToken,
+    responses(
+        (status = 204, description = "Attached"),
+        (status = 400, description = "The body is not valid", body = ErrorBody),
+        (status = 404, description = "No such source", body = ErrorBody),
+    )
+)]
 async fn set_api_token(
     _: Admin,
     id: web::Path<String>,
@@ -424,6 +554,17 @@ async fn set_api_token(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/sources/{id}/api-token",
+    tag = "sources",
+    summary = "Remove a source's API token",
+    params(("id" = String, Path, description = "The source's id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such source, or it has no token", body = ErrorBody),
+    )
+)]
 async fn delete_api_token(
     _: Admin,
     id: web::Path<String>,

@@ -51,9 +51,12 @@ pub enum ApiError {
     Internal,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The error shape every failure has.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody<'a> {
+    /// A short machine-readable code, such as `bad_request` or `not_found`.
     error: &'a str,
+    /// One line saying why.
     detail: String,
 }
 

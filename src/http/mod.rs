@@ -12,6 +12,7 @@ pub(crate) mod admin;
 pub(crate) mod bridge;
 mod connect;
 pub mod error;
+pub(crate) mod openapi;
 pub mod ops;
 mod sources;
 pub(crate) mod stream;

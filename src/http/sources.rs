@@ -16,11 +16,11 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use super::admin::{Admin, AdminBody};
+use super::admin::{Admin, AdminBody, List, Routes};
 use super::connect::{
     accept, header, json_text, read_body, webhook_flow, webhook_identifier, webhook_retry,
 };
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::domain::{format_timestamp, ClientKey, Event, EventId, Source, Tenant, TenantKind};
 use crate::domain::{Product, TenantState};
@@ -404,60 +404,85 @@ async fn secrets(state: &AppState, source: &ClientKey) -> Result<Arc<Vec<SecretS
 
 // -------------------------------------------------------------- the admin API
 
-pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
-    scope
-        .route("/sources", web::post().to(create_source))
-        .route("/sources", web::get().to(list_sources))
-        .route("/sources/{id}", web::get().to(get_source))
-        .route("/sources/{id}", web::patch().to(update_source))
-        .route("/sources/{id}", web::delete().to(delete_source))
+pub(super) fn admin_routes(routes: Routes) -> Routes {
+    routes
+        .post("/sources", create_source)
+        .get("/sources", list_sources)
+        .get("/sources/{id}", get_source)
+        .patch("/sources/{id}", update_source)
+        .delete("/sources/{id}", delete_source)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create_source, list_sources, get_source, update_source, delete_source))]
+pub(super) struct Doc;
+
+/// A Jira admin-webhook source to create.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateSource {
+    /// Always `jira-admin`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^jira-admin$")]
     kind: String,
+    /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    /// The site's http(s) URL, without query or fragment.
+    #[schema(format = "uri", max_length = 2048)]
     base_url: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Changes to a source; add a secret and retire one in two requests.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChangeSource {
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// Changing the site drops an attached API token.
+    #[schema(format = "uri", max_length = 2048)]
     base_url: Option<String>,
+    /// Make another secret (shown in this answer only), for rotation.
     #[serde(default)]
     add_secret: bool,
+    /// Retire the secret with this prefix (not the last one).
     remove_secret: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SecretView {
+    /// The secret's first characters, to tell it apart.
     prefix: String,
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ApiTokenView {
     email: String,
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
-#[derive(Serialize)]
+/// A Jira admin-webhook source: the URL to give Jira, and its secrets' prefixes.
+#[derive(Serialize, utoipa::ToSchema)]
 struct SourceView {
     id: String,
+    /// Always `jira-admin`.
     #[serde(rename = "type")]
     kind: &'static str,
     name: Option<String>,
     base_url: String,
+    /// Where Jira sends this source's webhooks.
     url: String,
     product: Product,
     secrets: Vec<SecretView>,
     /// The Atlassian API token product calls are made with, if attached
     /// (its email and when; never the token).
     api_token: Option<ApiTokenView>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
     /// Only when a secret was just made: shown once.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -556,6 +581,14 @@ fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| bad(format!("invalid body: {e}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sources",
+    tag = "sources",
+    summary = "Create a Jira admin-webhook source",
+    request_body = CreateSource,
+    responses((status = 201, description = "Created; the answer holds the secret, this once", body = SourceView), (status = 400, description = "The body is not valid", body = ErrorBody))
+)]
 async fn create_source(
     _: Admin,
     state: web::Data<AppState>,
@@ -582,6 +615,13 @@ async fn create_source(
     Ok(HttpResponse::Created().json(view))
 }
 
+#[utoipa::path(
+    get,
+    path = "/sources",
+    tag = "sources",
+    summary = "List admin-webhook sources",
+    responses((status = 200, description = "Every source", body = List<SourceView>))
+)]
 async fn list_sources(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut views = Vec::new();
     for tenant in state
@@ -591,9 +631,17 @@ async fn list_sources(_: Admin, state: web::Data<AppState>) -> Result<HttpRespon
     {
         views.push(source_view(&state, tenant, None).await?);
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": views })))
+    Ok(super::admin::list(views))
 }
 
+#[utoipa::path(
+    get,
+    path = "/sources/{id}",
+    tag = "sources",
+    summary = "One source",
+    params(("id" = String, Path, description = "The source's id")),
+    responses((status = 200, description = "The source", body = SourceView), (status = 404, description = "No such source", body = ErrorBody))
+)]
 async fn get_source(
     _: Admin,
     id: web::Path<String>,
@@ -607,6 +655,20 @@ async fn get_source(
     Ok(HttpResponse::Ok().json(source_view(&state, tenant, None).await?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/sources/{id}",
+    tag = "sources",
+    summary = "Change a source, or rotate its secrets",
+    params(("id" = String, Path, description = "The source's id")),
+    request_body = ChangeSource,
+    responses(
+        (status = 200, description = "The source as changed", body = SourceView),
+        (status = 400, description = "The body is not valid, or no secret has that prefix", body = ErrorBody),
+        (status = 404, description = "No such source", body = ErrorBody),
+        (status = 409, description = "That is the source's last secret", body = ErrorBody),
+    )
+)]
 async fn update_source(
     _: Admin,
     id: web::Path<String>,
@@ -661,6 +723,14 @@ async fn update_source(
     Ok(HttpResponse::Ok().json(source_view(&state, tenant, shown).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/sources/{id}",
+    tag = "sources",
+    summary = "Delete a source",
+    params(("id" = String, Path, description = "The source's id")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such source", body = ErrorBody))
+)]
 async fn delete_source(
     _: Admin,
     id: web::Path<String>,

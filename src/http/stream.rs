@@ -24,11 +24,15 @@ use crate::relay::matching;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The tail's filters, as query parameters.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TailQuery {
     /// An event name, or a pattern with `*`.
     pub event: Option<String>,
+    /// A tenant's client key.
     pub tenant: Option<String>,
+    /// connect, forge, jira-admin or webtrigger.
+    #[param(pattern = "^(connect|forge|jira-admin|webtrigger)?$")]
     pub source: Option<String>,
 }
 

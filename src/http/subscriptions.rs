@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::admin::{cursor, limit, page, Admin, AdminBody};
-use super::error::ApiError;
+use super::admin::{cursor, limit, list as whole, page, Admin, AdminBody, List, Page, Routes};
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::domain::{
     format_timestamp, now_millis, Attempt, Delivery, DeliveryState, EventId, Subscription,
@@ -36,26 +36,38 @@ const RESERVED_HEADERS: &[&str] = &[
     "webhook-signature",
 ];
 
-pub fn routes(scope: actix_web::Scope) -> actix_web::Scope {
-    scope
-        .route("/subscriptions", web::post().to(create))
-        .route("/subscriptions", web::get().to(list))
-        .route("/subscriptions/{id}", web::get().to(show))
-        .route("/subscriptions/{id}", web::patch().to(update))
-        .route("/subscriptions/{id}", web::delete().to(delete))
-        .route("/subscriptions/{id}/deliveries", web::get().to(deliveries))
-        .route("/subscriptions/{id}/attempts", web::get().to(attempts))
-        .route(
-            "/subscriptions/{id}/replay",
-            web::post().to(replay_subscription),
-        )
-        .route("/events/{id}/replay", web::post().to(replay_event))
+pub(super) fn routes(routes: Routes) -> Routes {
+    routes
+        .post("/subscriptions", create)
+        .get("/subscriptions", list)
+        .get("/subscriptions/{id}", show)
+        .patch("/subscriptions/{id}", update)
+        .delete("/subscriptions/{id}", delete)
+        .get("/subscriptions/{id}/deliveries", deliveries)
+        .get("/subscriptions/{id}/attempts", attempts)
+        .post("/subscriptions/{id}/replay", replay_subscription)
+        .post("/events/{id}/replay", replay_event)
 }
 
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    create,
+    list,
+    show,
+    update,
+    delete,
+    deliveries,
+    attempts,
+    replay_subscription,
+    replay_event
+))]
+pub(super) struct Doc;
+
 /// A subscription as the API shows it: everything but the secret.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SubscriptionView<'a> {
     id: SubscriptionId,
+    #[schema(format = "uri")]
     url: &'a str,
     events: &'a [String],
     tenants: Option<&'a [String]>,
@@ -66,9 +78,13 @@ pub struct SubscriptionView<'a> {
     rate_limit: Option<u32>,
     max_concurrency: u32,
     enabled: bool,
+    /// Why hookrelay disabled it, when it did.
     disabled_reason: Option<&'a str>,
+    #[schema(format = DateTime)]
     failing_since: Option<String>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
     /// Only when it was just set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,25 +112,46 @@ fn view<'a>(sub: &'a Subscription, secret: Option<&'a str>) -> SubscriptionView<
     }
 }
 
-/// `PATCH` fields: absent leaves a field alone; `null` clears an optional one.
-#[derive(Deserialize, Default)]
+/// A subscription's fields, to create one (`url` and `events` required) or to
+/// change one (`PATCH`): absent leaves a field alone; `null` clears an
+/// optional one.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SubscriptionChanges)]
 struct Changes {
+    /// Where deliveries are POSTed: http(s), public unless private
+    /// destinations are allowed.
+    #[schema(format = "uri", max_length = 2048)]
     url: Option<String>,
+    /// Event names, or patterns with `*` for any run of characters.
+    #[schema(min_items = 1, max_items = 100)]
     events: Option<Vec<String>>,
+    /// Only these tenants' events (client keys); `null` for every tenant.
     #[serde(default, deserialize_with = "present")]
+    #[schema(min_items = 1)]
     tenants: Option<Option<Vec<String>>>,
+    /// A JSONPath (RFC 9535) query the envelope must match.
     #[serde(default, deserialize_with = "present")]
     filter: Option<Option<String>>,
+    /// Extra request headers (at most 32; not the signature's or the body's).
     headers: Option<BTreeMap<String, String>>,
+    /// The Standard Webhooks secret (`whsec_` and base64); generated when
+    /// left out at creation, and shown in that answer only.
     secret: Option<String>,
+    /// A JavaScript function of the envelope giving the body to send, or
+    /// `null` to skip the delivery.
     #[serde(default, deserialize_with = "present")]
     transform: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     description: Option<Option<String>>,
+    /// Deliveries per second, 1 to 100000; `null` for no limit.
     #[serde(default, deserialize_with = "present")]
+    #[schema(minimum = 1, maximum = 100_000)]
     rate_limit: Option<Option<u32>>,
+    /// Deliveries in flight at once, 1 to 1000.
+    #[schema(minimum = 1, maximum = 1_000)]
     max_concurrency: Option<u32>,
+    /// `true` re-enables a subscription hookrelay disabled.
     enabled: Option<bool>,
 }
 
@@ -294,6 +331,17 @@ async fn load(state: &AppState, id: &str) -> Result<Subscription, ApiError> {
 
 /// `POST /subscriptions`: `url` and `events` are required; the secret is
 /// generated unless given, and returned this once.
+#[utoipa::path(
+    post,
+    path = "/subscriptions",
+    tag = "subscriptions",
+    summary = "Create a subscription",
+    request_body = Changes,
+    responses(
+        (status = 201, description = "Created; the answer holds the secret, this once", body = SubscriptionView),
+        (status = 400, description = "The body or a parameter is not valid", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create(
     _: Admin,
     state: web::Data<AppState>,
@@ -328,12 +376,26 @@ pub(crate) async fn create(
         .json(view(&sub, Some(&secret))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/subscriptions",
+    tag = "subscriptions",
+    summary = "List subscriptions",
+    responses((status = 200, description = "Every subscription", body = List<SubscriptionView>))
+)]
 pub(crate) async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let subs = state.store.subscriptions(false).await?;
-    let data: Vec<_> = subs.iter().map(|s| view(s, None)).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+    Ok(whole(subs.iter().map(|s| view(s, None)).collect()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{id}",
+    tag = "subscriptions",
+    summary = "One subscription",
+    params(("id" = String, Path, description = "The subscription's id")),
+    responses((status = 200, description = "The subscription", body = SubscriptionView), (status = 404, description = "No such subscription", body = ErrorBody))
+)]
 pub(crate) async fn show(
     _: Admin,
     state: web::Data<AppState>,
@@ -345,6 +407,20 @@ pub(crate) async fn show(
 
 /// `PATCH /subscriptions/{id}`: any field; `{"enabled": true}` re-enables one
 /// that hookrelay disabled, and its pending deliveries resume.
+#[utoipa::path(
+    patch,
+    path = "/subscriptions/{id}",
+    tag = "subscriptions",
+    summary = "Change a subscription",
+    params(("id" = String, Path, description = "The subscription's id")),
+    request_body = Changes,
+    responses(
+        (status = 200, description = "The subscription as changed", body = SubscriptionView),
+        (status = 400, description = "The body or a parameter is not valid", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+        (status = 409, description = "Changed by someone else meanwhile; read it again", body = ErrorBody),
+    )
+)]
 pub(crate) async fn update(
     _: Admin,
     state: web::Data<AppState>,
@@ -374,6 +450,14 @@ pub(crate) async fn update(
     Ok(HttpResponse::Ok().json(view(&sub, secret.as_deref())))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/subscriptions/{id}",
+    tag = "subscriptions",
+    summary = "Delete a subscription",
+    params(("id" = String, Path, description = "The subscription's id")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such subscription", body = ErrorBody))
+)]
 async fn delete(
     _: Admin,
     state: web::Data<AppState>,
@@ -387,14 +471,29 @@ async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
+    /// Deliveries in this state only (deliveries listing).
+    #[param(value_type = Option<DeliveryState>)]
     state: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// The `next_cursor` of the page before.
+    #[param(value_type = Option<String>, format = Uuid)]
     cursor: Option<String>,
 }
 
 /// `GET /subscriptions/{id}/deliveries?state=&limit=&cursor=`, newest first.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{id}/deliveries",
+    tag = "subscriptions",
+    summary = "The subscription's deliveries, newest first",
+    params(("id" = String, Path, description = "The subscription's id"), PageQuery),
+    responses((status = 200, description = "A page of deliveries", body = Page<Delivery>), (status = 400, description = "The body or a parameter is not valid", body = ErrorBody), (status = 404, description = "No such subscription", body = ErrorBody))
+)]
 pub(crate) async fn deliveries(
     _: Admin,
     state: web::Data<AppState>,
@@ -420,6 +519,14 @@ pub(crate) async fn deliveries(
 }
 
 /// `GET /subscriptions/{id}/attempts?limit=&cursor=`: the attempt log, newest first.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{id}/attempts",
+    tag = "subscriptions",
+    summary = "The subscription's attempt log, newest first",
+    params(("id" = String, Path, description = "The subscription's id"), PageQuery),
+    responses((status = 200, description = "A page of attempts", body = Page<Attempt>), (status = 400, description = "The body or a parameter is not valid", body = ErrorBody), (status = 404, description = "No such subscription", body = ErrorBody))
+)]
 async fn attempts(
     _: Admin,
     state: web::Data<AppState>,
@@ -438,15 +545,36 @@ async fn attempts(
     Ok(page(&data, limit, |a| a.id))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplaySubscription {
-    /// Which deliveries to reopen; dead ones by default.
+    /// Which deliveries to reopen (not `pending`); dead ones by default.
+    #[schema(min_items = 1)]
     states: Option<Vec<DeliveryState>>,
+}
+
+/// How many deliveries a replay reopened.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Replayed {
+    replayed: u64,
 }
 
 /// `POST /subscriptions/{id}/replay`: reopens the subscription's dead deliveries
 /// (or those in `states`) as new rounds, due now.
+#[utoipa::path(
+    post,
+    path = "/subscriptions/{id}/replay",
+    tag = "subscriptions",
+    summary = "Replay the subscription's dead (or other finished) deliveries",
+    params(("id" = String, Path, description = "The subscription's id")),
+    request_body(content = Option<ReplaySubscription>, description = "Optional"),
+    responses(
+        (status = 202, description = "Reopened, due now", body = Replayed),
+        (status = 400, description = "The body or a parameter is not valid", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+        (status = 409, description = "The subscription is disabled", body = ErrorBody),
+    )
+)]
 pub(crate) async fn replay_subscription(
     _: Admin,
     state: web::Data<AppState>,
@@ -469,18 +597,43 @@ pub(crate) async fn replay_subscription(
     let replayed = state.store.replay_subscription(sub.id, &states).await?;
     tracing::info!(subscription_id = %sub.id, replayed, "deliveries replayed");
     state.relay_wake.notify_one();
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "replayed": replayed })))
+    Ok(HttpResponse::Accepted().json(Replayed { replayed }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplayEvent {
     /// Only to this subscription (which need not match the event).
     subscription_id: Option<String>,
 }
 
+/// The deliveries a replay of an event made.
+#[derive(Serialize, utoipa::ToSchema)]
+struct EventReplayed {
+    deliveries: Vec<Delivery>,
+    /// Present (`true`) when a web trigger's script runs again too.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    script_run: bool,
+}
+
 /// `POST /events/{id}/replay`: delivers the event again, with the same id, to
 /// every enabled subscription that matches it now, or to the one named.
+#[utoipa::path(
+    post,
+    path = "/events/{id}/replay",
+    tag = "events",
+    summary = "Deliver an event again",
+    description = "With the same id, to every enabled subscription that matches it now, or to \
+the one named (which need not match).",
+    params(("id" = String, Path, description = "The event's id")),
+    request_body(content = Option<ReplayEvent>, description = "Optional"),
+    responses(
+        (status = 202, description = "New deliveries, due now", body = EventReplayed),
+        (status = 400, description = "The body or a parameter is not valid", body = ErrorBody),
+        (status = 404, description = "No such event or subscription", body = ErrorBody),
+        (status = 409, description = "The subscription is disabled", body = ErrorBody),
+    )
+)]
 pub(crate) async fn replay_event(
     _: Admin,
     state: web::Data<AppState>,
@@ -532,16 +685,15 @@ pub(crate) async fn replay_event(
         && state.store.replay_run(event.id).await?;
     tracing::info!(event_id = %event.id, deliveries = deliveries.len(), script, "event replayed");
     state.relay_wake.notify_one();
-    let mut answer = serde_json::json!({ "deliveries": deliveries });
-    if script {
-        answer["script_run"] = serde_json::json!(true);
-    }
-    Ok(HttpResponse::Accepted().json(answer))
+    Ok(HttpResponse::Accepted().json(EventReplayed {
+        deliveries,
+        script_run: script,
+    }))
 }
 
 /// An event's deliveries, each with its attempts (oldest first), for
 /// `GET /events/{id}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DeliveryWithAttempts {
     #[serde(flatten)]
     delivery: Delivery,

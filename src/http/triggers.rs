@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::Instrument as _;
 
-use super::admin::{cursor, limit, page, Admin, AdminBody};
-use super::error::ApiError;
+use super::admin::{cursor, limit, list as whole, page, Admin, AdminBody, List, Page, Routes};
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::domain::{
     format_timestamp, now_millis, Event, EventId, Invocation, InvocationId, InvocationState,
@@ -33,15 +33,19 @@ const MAX_TIMEOUT_MS: u64 = 55_000;
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 const MAX_METHODS: usize = 16;
 
-pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
-    scope
-        .route("/triggers", web::post().to(create))
-        .route("/triggers", web::get().to(list))
-        .route("/triggers/{id}", web::get().to(show))
-        .route("/triggers/{id}", web::patch().to(update))
-        .route("/triggers/{id}", web::delete().to(delete))
-        .route("/triggers/{id}/invocations", web::get().to(invocations))
+pub(super) fn admin_routes(routes: Routes) -> Routes {
+    routes
+        .post("/triggers", create)
+        .get("/triggers", list)
+        .get("/triggers/{id}", show)
+        .patch("/triggers/{id}", update)
+        .delete("/triggers/{id}", delete)
+        .get("/triggers/{id}/invocations", invocations)
 }
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create, list, show, update, delete, invocations))]
+pub(super) struct Doc;
 
 pub fn call_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/x1/{id}", web::route().to(call))
@@ -52,7 +56,7 @@ pub fn call_routes(cfg: &mut web::ServiceConfig) {
 // Admin API
 
 /// A trigger as the API shows it: everything but its secrets.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TriggerView<'a> {
     id: &'a str,
     name: &'a str,
@@ -79,7 +83,7 @@ struct TriggerView<'a> {
     forward_secret: Option<&'a str>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct AuthView<'a> {
     #[serde(rename = "type")]
     kind: TriggerAuthType,
@@ -136,17 +140,34 @@ fn trigger_url(state: &AppState, id: &TriggerId) -> String {
 
 /// Create and `PATCH` fields: absent leaves a field alone; `null` clears an
 /// optional one.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TriggerChanges)]
 struct Changes {
+    /// 1 to 64 of a-z, 0-9, `_` and `-`, starting with a letter or digit;
+    /// unique. Required at creation.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     name: Option<String>,
+    /// HTTP methods the trigger answers (1 to 16), or `["*"]` for any;
+    /// `["POST"]` when left out.
+    #[schema(min_items = 1, max_items = 16)]
     methods: Option<Vec<String>>,
+    /// `sync` answers with the script's response; `async` (the default)
+    /// answers 202 and runs it later.
+    #[schema(value_type = Option<TriggerMode>)]
     mode: Option<String>,
+    /// How callers prove themselves; `none` when left out.
     auth: Option<AuthChange>,
+    /// The JavaScript handler (at most 256 KiB); a trigger has a script or
+    /// a `forward` URL, or neither (async: the request is only stored).
     #[serde(default, deserialize_with = "super::subscriptions::present")]
     script: Option<Option<String>>,
+    /// A URL each request is forwarded to, signed, instead of a script.
     #[serde(default, deserialize_with = "super::subscriptions::present")]
+    #[schema(format = "uri")]
     forward: Option<Option<String>>,
+    /// How long the script may run, in milliseconds (10000 when left out).
+    #[schema(minimum = 1, maximum = 55000)]
     timeout_ms: Option<u64>,
     enabled: Option<bool>,
     #[serde(default, deserialize_with = "super::subscriptions::present")]
@@ -156,10 +177,11 @@ struct Changes {
     tenant: Option<Option<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AuthChange {
     #[serde(rename = "type")]
+    #[schema(value_type = TriggerAuthType)]
     kind: String,
     header: Option<String>,
     /// A secret of the caller's own (for a sender that already has one);
@@ -368,6 +390,18 @@ fn generate_key() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+#[utoipa::path(
+    post,
+    path = "/triggers",
+    tag = "triggers",
+    summary = "Create a trigger",
+    request_body = Changes,
+    responses(
+        (status = 201, description = "Created; the answer holds the generated key or secret, this once", body = TriggerView),
+        (status = 400, description = "The body is not valid, or the script does not compile", body = ErrorBody),
+        (status = 409, description = "A trigger of that name exists", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create(
     _: Admin,
     state: web::Data<AppState>,
@@ -426,13 +460,28 @@ async fn load(state: &AppState, id: &str) -> Result<Trigger, ApiError> {
         .ok_or(ApiError::NotFound)
 }
 
+#[utoipa::path(
+    get,
+    path = "/triggers",
+    tag = "triggers",
+    summary = "List triggers",
+    responses((status = 200, description = "Every trigger", body = List<TriggerView>))
+)]
 pub(crate) async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let all = state.store.triggers().await?;
     let none = NewSecrets::default();
     let data: Vec<_> = all.iter().map(|t| view(&state, t, &none)).collect();
-    Ok(HttpResponse::Ok().json(json!({ "data": data })))
+    Ok(whole(data))
 }
 
+#[utoipa::path(
+    get,
+    path = "/triggers/{id}",
+    tag = "triggers",
+    summary = "One trigger",
+    params(("id" = String, Path, description = "The trigger's id")),
+    responses((status = 200, description = "The trigger", body = TriggerView), (status = 404, description = "No such trigger", body = ErrorBody))
+)]
 pub(crate) async fn show(
     _: Admin,
     state: web::Data<AppState>,
@@ -442,6 +491,20 @@ pub(crate) async fn show(
     Ok(HttpResponse::Ok().json(view(&state, &t, &NewSecrets::default())))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/triggers/{id}",
+    tag = "triggers",
+    summary = "Change a trigger",
+    params(("id" = String, Path, description = "The trigger's id")),
+    request_body = Changes,
+    responses(
+        (status = 200, description = "The trigger as changed; a new auth's key or secret shown this once", body = TriggerView),
+        (status = 400, description = "The body is not valid, or the script does not compile", body = ErrorBody),
+        (status = 404, description = "No such trigger", body = ErrorBody),
+        (status = 409, description = "A trigger of that name exists, or it changed meanwhile", body = ErrorBody),
+    )
+)]
 pub(crate) async fn update(
     _: Admin,
     state: web::Data<AppState>,
@@ -473,6 +536,14 @@ pub(crate) async fn update(
     Ok(HttpResponse::Ok().json(view(&state, &t, &new)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/triggers/{id}",
+    tag = "triggers",
+    summary = "Delete a trigger",
+    params(("id" = String, Path, description = "The trigger's id")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such trigger", body = ErrorBody))
+)]
 async fn delete(
     _: Admin,
     state: web::Data<AppState>,
@@ -489,14 +560,19 @@ async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// The `next_cursor` of the page before.
+    #[param(value_type = Option<String>, format = Uuid)]
     cursor: Option<String>,
 }
 
 /// An invocation as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct InvocationView {
     id: InvocationId,
     trigger_id: String,
@@ -555,6 +631,18 @@ pub fn invocation_view(i: Invocation, request: Option<&str>) -> InvocationView {
 
 /// `GET /triggers/{id}/invocations?limit=&cursor=`, newest first, each with
 /// its request.
+#[utoipa::path(
+    get,
+    path = "/triggers/{id}/invocations",
+    tag = "triggers",
+    summary = "The trigger's invocations, newest first, each with its request",
+    params(("id" = String, Path, description = "The trigger's id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of invocations", body = Page<InvocationView>),
+        (status = 400, description = "A parameter is not valid", body = ErrorBody),
+        (status = 404, description = "No such trigger", body = ErrorBody),
+    )
+)]
 pub(crate) async fn invocations(
     _: Admin,
     state: web::Data<AppState>,

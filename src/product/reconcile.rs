@@ -43,7 +43,8 @@ pub const MAX_PAGES_NOW: u32 = 20;
 const MAX_TICK: Duration = Duration::from_secs(60);
 
 /// What one run did.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ReconcileSummary)]
 pub struct Summary {
     /// Pages read.
     pub pages: u32,
