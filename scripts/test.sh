@@ -8,7 +8,8 @@
 # and Chromium with ChromeDriver, for the inspector's browser test.
 # Then it runs every test, on PostgreSQL and on SQLite (the fault suite
 # included), checks the dependencies against the vendored advisory database
-# (scripts/supply-chain.sh) and fuzzes each target briefly (scripts/fuzz.sh).
+# (scripts/supply-chain.sh), fuzzes each target briefly (scripts/fuzz.sh) and runs
+# schemathesis against the live admin API on both stores (scripts/schemathesis.sh).
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh lifecycle       # extra arguments go to the test runner (a filter)
@@ -164,5 +165,7 @@ if [ $# -eq 0 ]; then
   bash scripts/supply-chain.sh || status=1
   say "fuzzing each target for ${FUZZ_SECONDS:-15} s"
   bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}" || status=1
+  say "schemathesis against the live admin API, on both stores"
+  bash scripts/schemathesis.sh || status=1
 fi
 exit "$status"

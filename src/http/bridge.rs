@@ -411,6 +411,11 @@ async fn create_key(
             if at <= chrono::Utc::now() {
                 return Err(bad("`expires_at` must be in the future"));
             }
+            // `9999-12-31T23:59:59-23:00` parses, but is in the year 10000
+            // in UTC, which RFC 3339 cannot write back.
+            if chrono::Datelike::year(&at) > 9999 {
+                return Err(bad("`expires_at` must be before the year 10000 in UTC"));
+            }
             Some(at)
         }
     };

@@ -429,7 +429,7 @@ struct CreateSource {
     #[schema(min_length = 1, max_length = 200)]
     name: String,
     /// The site's http(s) URL, without query or fragment.
-    #[schema(format = "uri", max_length = 2048)]
+    #[schema(format = "uri", pattern = "^https?://", max_length = 2048)]
     base_url: String,
 }
 
@@ -440,7 +440,7 @@ struct ChangeSource {
     #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
     /// Changing the site drops an attached API token.
-    #[schema(format = "uri", max_length = 2048)]
+    #[schema(format = "uri", pattern = "^https?://", max_length = 2048)]
     base_url: Option<String>,
     /// Make another secret (shown in this answer only), for rotation.
     #[serde(default)]

@@ -121,7 +121,7 @@ fn view<'a>(sub: &'a Subscription, secret: Option<&'a str>) -> SubscriptionView<
 struct Changes {
     /// Where deliveries are POSTed: http(s), public unless private
     /// destinations are allowed.
-    #[schema(format = "uri", max_length = 2048)]
+    #[schema(format = "uri", pattern = "^https?://", max_length = 2048)]
     url: Option<String>,
     /// Event names, or patterns with `*` for any run of characters.
     #[schema(min_items = 1, max_items = 100)]

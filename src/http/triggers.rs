@@ -164,7 +164,7 @@ struct Changes {
     script: Option<Option<String>>,
     /// A URL each request is forwarded to, signed, instead of a script.
     #[serde(default, deserialize_with = "super::subscriptions::present")]
-    #[schema(format = "uri")]
+    #[schema(format = "uri", pattern = "^https?://")]
     forward: Option<Option<String>>,
     /// How long the script may run, in milliseconds (10000 when left out).
     #[schema(minimum = 1, maximum = 55000)]

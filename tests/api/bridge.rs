@@ -2279,6 +2279,16 @@ async fn api_keys_expire_and_show_their_last_use() {
         )
         .await;
     assert_eq!(status, 400);
+    // Parses, but falls in the year 10000 in UTC, which no answer could
+    // write back as an RFC 3339 time.
+    let (status, body) = admin
+        .post(
+            "/api-keys",
+            json!({"name": "far", "expires_at": "9999-12-31T23:59:59-23:00"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("10000"), "{body}");
 
     let expiry = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
     let (id, key) = create_key(
