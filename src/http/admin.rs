@@ -156,7 +156,20 @@ impl FromRequest for AdminBody {
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
 )]
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(super::openapi::document())
+    // Built once: the route needs no token, so each call must stay cheap.
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| {
+        serde_json::to_string(&super::openapi::document()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the OpenAPI document could not be written");
+            String::new()
+        })
+    });
+    if body.is_empty() {
+        return actix_web::ResponseError::error_response(&ApiError::Internal);
+    }
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body.as_str())
 }
 
 #[derive(Deserialize, Default, utoipa::IntoParams)]
