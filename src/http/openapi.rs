@@ -171,6 +171,23 @@ mod tests {
         assert!(seen.contains_key("SubscriptionChanges") && seen.contains_key("TriggerChanges"));
     }
 
+    /// The replay body's states are the delivery states but `pending`.
+    #[test]
+    fn replayable_states_follow_the_delivery_states() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let values = |name: &str| -> BTreeSet<String> {
+            doc["components"]["schemas"][name]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        let mut states = values("DeliveryState");
+        assert!(states.remove("pending"));
+        assert_eq!(values("FinishedState"), states);
+    }
+
     #[test]
     fn path_patterns_are_written_as_plain_parameters() {
         assert_eq!(plain("/sources/{key:.+}/token"), "/sources/{key}/token");

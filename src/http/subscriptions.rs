@@ -124,19 +124,23 @@ struct Changes {
     #[schema(format = "uri", pattern = "^https?://", max_length = 2048)]
     url: Option<String>,
     /// Event names, or patterns with `*` for any run of characters.
-    #[schema(min_items = 1, max_items = 100)]
+    #[schema(min_items = 1, max_items = 100, value_type = Option<Vec<EventPattern>>)]
     events: Option<Vec<String>>,
     /// Only these tenants' events (client keys); `null` for every tenant.
     #[serde(default, deserialize_with = "present")]
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, value_type = Option<Vec<ClientKeyText>>)]
     tenants: Option<Option<Vec<String>>>,
     /// A JSONPath (RFC 9535) query the envelope must match.
     #[serde(default, deserialize_with = "present")]
     filter: Option<Option<String>>,
     /// Extra request headers (at most 32; not the signature's or the body's).
     headers: Option<BTreeMap<String, String>>,
-    /// The Standard Webhooks secret (`whsec_` and base64); generated when
-    /// left out at creation, and shown in that answer only.
+    /// The Standard Webhooks secret (`whsec_` and the base64 of a 24 to 64
+    /// byte key); generated when left out at creation, and shown in that
+    /// answer only.
+    #[schema(
+        pattern = "^whsec_(([A-Za-z0-9+/]{4}){8,21}|([A-Za-z0-9+/]{4}){8,20}([A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/][AQgw]==)|([A-Za-z0-9+/]{4}){21}[A-Za-z0-9+/][AQgw]==)$"
+    )]
     secret: Option<String>,
     /// A JavaScript function of the envelope giving the body to send, or
     /// `null` to skip the delivery.
@@ -154,6 +158,17 @@ struct Changes {
     /// `true` re-enables a subscription hookrelay disabled.
     enabled: Option<bool>,
 }
+
+/// An event name, or a pattern with `*` for any run of characters (the
+/// document's item type for `events`).
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^[A-Za-z0-9*:_./-]{1,200}$")]
+struct EventPattern(#[allow(dead_code)] String);
+
+/// A tenant's client key (the document's item type for `tenants`).
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "\\S")]
+struct ClientKeyText(#[allow(dead_code)] String);
 
 /// A field that is present, even as `null`, becomes `Some`.
 pub(super) fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
@@ -549,8 +564,20 @@ async fn attempts(
 #[serde(deny_unknown_fields)]
 struct ReplaySubscription {
     /// Which deliveries to reopen (not `pending`); dead ones by default.
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, value_type = Option<Vec<FinishedState>>)]
     states: Option<Vec<DeliveryState>>,
+}
+
+/// The states a replay reopens deliveries from (the document's item type for
+/// `states`: every [`DeliveryState`] but `pending`).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum FinishedState {
+    Delivered,
+    Filtered,
+    Failed,
+    Dead,
 }
 
 /// How many deliveries a replay reopened.
