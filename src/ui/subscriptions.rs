@@ -73,7 +73,7 @@ fn list_text(v: &Value) -> String {
 }
 
 /// The fields of the create and edit forms.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 pub struct SubscriptionForm {
     #[serde(default)]
     csrf: String,
@@ -253,6 +253,7 @@ pub async fn create(
                 )),
                 None,
                 None,
+                None,
             )
             .await
         }
@@ -266,7 +267,7 @@ pub async fn show(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, UiError> {
-    render(&session, &state, &id, None, None, None).await
+    render(&session, &state, &id, None, None, None, None).await
 }
 
 /// The subscription's page, with a notice, an error or a "try it" result.
@@ -277,6 +278,7 @@ async fn render(
     ok: Option<&str>,
     error: Option<&str>,
     tried: Option<Markup>,
+    edited: Option<&SubscriptionForm>,
 ) -> Result<HttpResponse, UiError> {
     let sub = api(handlers::show(
         Admin::signed_in(session),
@@ -285,7 +287,9 @@ async fn render(
     )
     .await)
     .await?;
-    let f = SubscriptionForm::from_view(&sub);
+    let f = edited
+        .cloned()
+        .unwrap_or_else(|| SubscriptionForm::from_view(&sub));
     let here = session.href(&format!("/admin/subscriptions/{id}"));
     let enabled = sub["enabled"] == true;
     let deliveries = api(handlers::deliveries(
@@ -372,7 +376,7 @@ pub async fn update(
     };
     let page = session.href(&format!("/admin/subscriptions/{id}"));
     super::edited(answer, page, |why| async move {
-        render(&session, &state, &id, None, Some(&why), None).await
+        render(&session, &state, &id, None, Some(&why), None, Some(&f)).await
     })
     .await
 }
@@ -421,10 +425,19 @@ pub async fn replay(
     match api(answer).await {
         Ok(done) => {
             let message = format!("{} dead deliveries replayed.", done["replayed"]);
-            render(&session, &state, &id, Some(&message), None, None).await
+            render(&session, &state, &id, Some(&message), None, None, None).await
         }
         Err(UiError::Api(e)) if !matches!(e, ApiError::NotFound) => {
-            render(&session, &state, &id, None, Some(&e.to_string()), None).await
+            render(
+                &session,
+                &state,
+                &id,
+                None,
+                Some(&e.to_string()),
+                None,
+                None,
+            )
+            .await
         }
         Err(e) => Err(e),
     }
@@ -467,6 +480,7 @@ pub async fn try_it(
             &id,
             None,
             Some("There is no stored event with that id."),
+            None,
             None,
         )
         .await;
@@ -530,5 +544,5 @@ pub async fn try_it(
             }
         }
     };
-    render(&session, &state, &id, None, None, Some(tried)).await
+    render(&session, &state, &id, None, None, Some(tried), None).await
 }

@@ -49,7 +49,7 @@ pub async fn list(session: Session, state: web::Data<AppState>) -> Result<HttpRe
     )))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 pub struct TriggerForm {
     #[serde(default)]
     csrf: String,
@@ -216,7 +216,16 @@ pub async fn create(
                 ),
                 None => "Created.".to_string(),
             };
-            render(&session, &state, text(&t["id"]), Some(&message), None, None).await
+            render(
+                &session,
+                &state,
+                text(&t["id"]),
+                Some(&message),
+                None,
+                None,
+                None,
+            )
+            .await
         }
         Err(UiError::Api(e)) => Ok(refused(new_page(&session, &f, Some(&e.to_string())))),
         Err(e) => Err(e),
@@ -228,7 +237,7 @@ pub async fn show(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, UiError> {
-    render(&session, &state, &id, None, None, None).await
+    render(&session, &state, &id, None, None, None, None).await
 }
 
 async fn render(
@@ -238,6 +247,7 @@ async fn render(
     ok: Option<&str>,
     error: Option<&str>,
     tested: Option<Markup>,
+    edited: Option<&TriggerForm>,
 ) -> Result<HttpResponse, UiError> {
     let t = api(handlers::show(
         Admin::signed_in(session),
@@ -280,7 +290,7 @@ async fn render(
             }
             @if let Some(tested) = tested { section #test-result { (tested) } }
             h2 { "Edit" }
-            (form(session, &here, &TriggerForm::from_view(&t), false))
+            (form(session, &here, &edited.cloned().unwrap_or_else(|| TriggerForm::from_view(&t)), false))
             h2 { "Invocations" }
             table #invocations {
                 thead { tr { th { "When" } th { "State" } th { "Status" } th { "Duration" } th { "Request" } th { "Response" } th { "Console" } } }
@@ -330,7 +340,7 @@ pub async fn update(
     };
     let page = session.href(&format!("/admin/triggers/{id}"));
     super::edited(answer, page, |why| async move {
-        render(&session, &state, &id, None, Some(&why), None).await
+        render(&session, &state, &id, None, Some(&why), None, Some(&f)).await
     })
     .await
 }
@@ -371,6 +381,7 @@ pub async fn test_run(
             None,
             Some("This trigger has no script to run."),
             None,
+            None,
         )
         .await;
     };
@@ -386,7 +397,7 @@ pub async fn test_run(
             Some((name, value)) => headers.append(name, value),
             None => {
                 let why = format!("header line `{line}` is not `Name: value`");
-                return render(&session, &state, &id, None, Some(&why), None).await;
+                return render(&session, &state, &id, None, Some(&why), None, None).await;
             }
         }
     }
@@ -412,6 +423,7 @@ pub async fn test_run(
             &id,
             None,
             Some("The script engine is busy; try again."),
+            None,
             None,
         )
         .await;
@@ -456,5 +468,5 @@ pub async fn test_run(
         @if run.console.is_empty() { p.muted { "Nothing logged." } }
         @else { pre #test-console { @for line in &run.console { (line.level) ": " (line.message) "\n" } } }
     };
-    render(&session, &state, &id, None, None, Some(tested)).await
+    render(&session, &state, &id, None, None, Some(tested), None).await
 }

@@ -194,6 +194,30 @@ async fn the_inspector_works_in_a_browser() {
     click(&client, "#subscription-form button[type=submit]").await;
     wait_text(&client, "p.ok", "shown this once", false).await;
 
+    // An edit the server refuses comes back with what was typed, not the
+    // saved values.
+    fill(&client, "#subscription-form input[name=filter]", "$[").await;
+    fill(
+        &client,
+        "#subscription-form input[name=description]",
+        "typed, not saved",
+    )
+    .await;
+    click(&client, "#subscription-form button[type=submit]").await;
+    wait_text(&client, "p.error", "JSONPath", false).await;
+    for (field, typed) in [("filter", "$["), ("description", "typed, not saved")] {
+        let value = client
+            .find(Locator::Css(&format!(
+                "#subscription-form input[name={field}]"
+            )))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap();
+        assert_eq!(value.as_deref(), Some(typed), "{field}");
+    }
+
     // The live tail shows a signed webhook as it is stored.
     client.goto(&at("/admin/tail")).await.unwrap();
     wait_text(&client, "[data-status]", "live", false).await;
