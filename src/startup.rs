@@ -113,6 +113,7 @@ impl Application {
             product: script_calls.product.clone(),
             script_calls,
             key_touches: http::key_touches(),
+            wrong_tokens: crate::ui::wrong_tokens(),
         });
 
         let listener = TcpListener::bind(&config.listen)

@@ -74,6 +74,8 @@ pub struct AppState {
     pub script_calls: crate::product::ScriptCalls,
     /// API keys whose use was written down lately.
     pub key_touches: bridge::KeyTouches,
+    /// Wrong admin tokens given to the inspector's sign-in, per address.
+    pub wrong_tokens: crate::ui::WrongTokens,
 }
 
 /// Each source's reasons for refusing credentials, registered at zero on

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::http::error::ApiError;
 
-pub use session::Session;
+pub use session::{wrong_tokens, Session, WrongTokens};
 
 /// The inspector's routes, under `/admin/` (after the admin API's scope).
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -5,7 +5,9 @@
 //! every session, and signing out ends this one everywhere.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use actix_web::cookie::{time, Cookie, SameSite};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
@@ -22,6 +24,22 @@ use crate::store::UiSession;
 const COOKIE: &str = "hookrelay_session";
 /// How long a session lasts from sign-in.
 const LIFETIME_HOURS: i64 = 12;
+/// Wrong tokens one address may try before sign-in from it pauses.
+const MAX_WRONG_TOKENS: u32 = 10;
+/// How long sign-in from an address stays paused after its last wrong token.
+const SIGN_IN_PAUSE: Duration = Duration::from_secs(60);
+/// Addresses whose wrong tokens are counted at once, at most.
+const MAX_COUNTED: u64 = 10_000;
+
+/// Wrong tokens per address (the TCP peer), forgotten a minute after the last.
+pub type WrongTokens = moka::future::Cache<IpAddr, u32>;
+
+pub fn wrong_tokens() -> WrongTokens {
+    moka::future::Cache::builder()
+        .max_capacity(MAX_COUNTED)
+        .time_to_live(SIGN_IN_PAUSE)
+        .build()
+}
 
 /// A signed-in admin, with the CSRF token their forms carry.
 pub struct Session {
@@ -145,8 +163,31 @@ pub async fn login(
             "The inspector is closed: set HOOKRELAY_ADMIN_TOKEN.",
         ));
     };
+    // Guessing is paused for an address after a few wrong tokens: a right one
+    // is not even compared then.
+    let peer = req
+        .peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    if state.wrong_tokens.get(&peer).await.unwrap_or(0) >= MAX_WRONG_TOKENS {
+        tracing::warn!(%peer, "inspector sign-in refused: too many wrong tokens from this address");
+        return Ok(HttpResponse::TooManyRequests()
+            .insert_header(("Retry-After", SIGN_IN_PAUSE.as_secs().to_string()))
+            .content_type("text/html; charset=utf-8")
+            .body(
+                layout::login(
+                    base,
+                    Some("Too many wrong tokens from this address: wait a minute and try again."),
+                )
+                .into_string(),
+            ));
+    }
     let given = form.token.trim();
     if !bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
+        state
+            .wrong_tokens
+            .entry(peer)
+            .and_upsert_with(|seen| async move { seen.map_or(1, |n| n.into_value() + 1) })
+            .await;
         return Ok(refuse("That is not the admin token."));
     }
     let id = random_token();

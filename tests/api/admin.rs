@@ -260,3 +260,45 @@ async fn admin_api_is_closed_without_a_token() {
         .unwrap()
         .contains("HOOKRELAY_ADMIN_TOKEN"));
 }
+
+/// After ten wrong admin tokens from one address, the inspector's sign-in
+/// pauses for that address: even the right token is refused with 429 then.
+#[tokio::test]
+async fn sign_in_pauses_after_ten_wrong_tokens() {
+    const TOKEN: &str = "sign-in-token-0123456789";
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.admin_token = Some(TOKEN.into());
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = |token: &str| {
+        client
+            .post(app.url("/admin/login"))
+            .form(&[("token", token)])
+            .send()
+    };
+    assert_eq!(sign_in(TOKEN).await.unwrap().status(), 303);
+    for guess in 0..10 {
+        let response = sign_in(&format!("guess-{guess}")).await.unwrap();
+        assert_eq!(response.status(), 401, "guess {guess}");
+    }
+    let paused = sign_in(TOKEN).await.unwrap();
+    assert_eq!(paused.status(), 429);
+    assert_eq!(paused.headers()["retry-after"], "60");
+    assert!(paused
+        .text()
+        .await
+        .unwrap()
+        .contains("Too many wrong tokens"));
+    // The bearer API is not the sign-in form: it keeps answering.
+    let listed = client
+        .get(app.url("/admin/api/v1/events"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+}
