@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 
 PG_ADMIN_URL="${HOOKRELAY_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 AMQP_URL="${HOOKRELAY_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
-MAX_EXAMPLES="${ST_MAX_EXAMPLES:-400}"
+MAX_EXAMPLES="${ST_MAX_EXAMPLES:-200}"
 TOKEN="schemathesis-admin-token-$$"
 OUT=target/schemathesis
 VENV=target/schemathesis-venv
