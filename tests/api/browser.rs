@@ -372,6 +372,23 @@ async fn the_inspector_works_in_a_browser() {
         .unwrap();
     assert_eq!(anonymous.status(), 303);
 
+    // Every page (and so the steps above, live tail and test run included)
+    // works under a policy that runs no inline script and refuses framing.
+    let page = app
+        .client
+        .get(app.url("/admin/events"))
+        .header("Cookie", session.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"].to_str().unwrap();
+    for directive in ["script-src 'self'", "frame-ancestors 'none'"] {
+        assert!(policy.contains(directive), "{policy}");
+    }
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+
     // Signing out ends the session, for the cookie too.
     client.goto(&at("/admin/")).await.unwrap();
     click(&client, "form.logout button").await;
