@@ -679,22 +679,39 @@ impl RawConfig {
     }
 }
 
-/// A URL with its password (if any) replaced; one that does not parse is
-/// hidden whole, since its password cannot be found.
+/// A URL with its password replaced, in the user part or in a query
+/// parameter (`?password=…`, which sqlx also reads); one that does not parse
+/// is hidden whole, since its password cannot be found.
 fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_none() {
-                return parsed.to_string();
-            }
-            // The URL would percent-encode the brackets of `[redacted]`.
-            match parsed.set_password(Some("redacted")) {
-                Ok(()) => parsed.to_string().replacen(":redacted@", ":[redacted]@", 1),
-                Err(()) => "[redacted]".into(),
-            }
-        }
-        Err(_) => "[redacted]".into(),
+    const MARK: &str = "REDACTED-BY-HOOKRELAY";
+    let Ok(mut parsed) = Url::parse(url) else {
+        return "[redacted]".into();
+    };
+    if parsed.password().is_some() && parsed.set_password(Some(MARK)).is_err() {
+        return "[redacted]".into();
     }
+    let secret = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        ["pass", "secret", "token", "key"]
+            .iter()
+            .any(|s| name.contains(s))
+    };
+    if parsed.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    MARK.into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    // The URL would percent-encode the brackets of `[redacted]`.
+    parsed.to_string().replace(MARK, "[redacted]")
 }
 
 impl RawConfig {
@@ -1606,6 +1623,19 @@ mod tests {
         assert_eq!(
             printed["database_url"].as_str(),
             Some("postgres://hookrelay:[redacted]@db:5432/hookrelay")
+        );
+        // sqlx also takes the password as a query parameter.
+        let raw = RawConfig {
+            database_url: "postgres://hookrelay@db/hookrelay?sslmode=require&password=q-secret"
+                .into(),
+            ..RawConfig::default()
+        };
+        let text = raw.redacted_toml().unwrap();
+        assert!(!text.contains("q-secret"), "{text}");
+        let printed: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(
+            printed["database_url"].as_str(),
+            Some("postgres://hookrelay@db/hookrelay?sslmode=require&password=[redacted]")
         );
         // What is not secret is shown as set.
         assert_eq!(printed["listen"].as_str(), Some("127.0.0.1:8080"));

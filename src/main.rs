@@ -161,7 +161,11 @@ async fn main() -> ExitCode {
             // One line on stderr, whatever the log format: the last thing a
             // user reads.
             eprintln!("hookrelay: {}", one_line(&e));
-            ExitCode::FAILURE
+            if e.downcast_ref::<hookrelay::dev::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -202,8 +206,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let config = Config::load(cli.config.as_deref())?;
+    // Clients of a server with their own options: the server's settings
+    // (which may be broken, or for another machine) do not concern them.
     match cli.command {
+        Command::Bench(args) => {
+            hookrelay::bench::run(*args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev { command } => {
+            hookrelay::dev::run(command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        command => run_with_config(cli.config, command).await,
+    }
+}
+
+async fn run_with_config(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config.as_deref())?;
+    match command {
         Command::Descriptor { product } => {
             let product = match product {
                 ProductArg::Jira => Product::Jira,
@@ -215,8 +235,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Forge { command } => forge(&config, command)?,
-        Command::Bench(args) => hookrelay::bench::run(*args).await?,
-        Command::Dev { command } => hookrelay::dev::run(command).await?,
         Command::Migrate => {
             let store = migrated_store(&config).await?;
             tracing::info!(store = store.backend(), "migrations applied");
@@ -256,7 +274,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             app.run_until_stopped(shutdown).await?;
         }
-        Command::Config { .. } | Command::Healthcheck { .. } => {}
+        Command::Config { .. }
+        | Command::Healthcheck { .. }
+        | Command::Bench(_)
+        | Command::Dev { .. } => {}
         Command::Worker => {
             telemetry::init_tracing(config.log_format);
             let worker = Worker::build(config).await?;

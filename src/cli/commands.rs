@@ -139,16 +139,20 @@ fn tail_line(json: bool, data: &str) -> Result<String, CliError> {
     let tenant = event
         .get("tenant")
         .map_or_else(|| "-".to_string(), |t| cell(t, "client_key"));
-    let payload = event
-        .get("payload")
-        .map_or_else(String::new, |p| output::preview(&p.to_string(), 100));
+    let payload = if event["payload_omitted"] == true {
+        "(payload left out of the live feed: see `events show`)".to_string()
+    } else {
+        event
+            .get("payload")
+            .map_or_else(String::new, |p| output::preview(&p.to_string(), 100))
+    };
     Ok(format!(
         "{}  {}  {}  {}  {}  {}\n",
-        cell(&event, "received_at"),
-        cell(&event, "source"),
-        cell(&event, "event"),
-        tenant,
-        cell(&event, "id"),
+        output::plain(&cell(&event, "received_at")),
+        output::plain(&cell(&event, "source")),
+        output::plain(&cell(&event, "event")),
+        output::plain(&tenant),
+        output::plain(&cell(&event, "id")),
         payload
     ))
 }

@@ -56,12 +56,19 @@ pub fn text(value: &Value) -> String {
     }
 }
 
+/// `text` on one line, with nothing a terminal would act on: every control
+/// character (line breaks, escape sequences' ESC) becomes a space. What the
+/// server says is printed through this, so an event name cannot move the
+/// cursor or recolour the terminal.
+pub fn plain(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// `text` cut to at most `max` characters, with `…` when cut; one line.
 pub fn preview(text: &str, max: usize) -> String {
-    let one_line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let one_line = plain(text);
     if one_line.chars().count() <= max {
         one_line
     } else {
@@ -86,7 +93,7 @@ impl Table {
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.iter().map(|c| plain(c)).collect());
     }
 
     pub fn render(&self) -> String {
@@ -120,7 +127,7 @@ impl Table {
 pub fn fields(value: &Value, keys: &[&str]) -> String {
     let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
     keys.iter()
-        .map(|k| format!("{k:width$}  {}\n", cell(value, k)))
+        .map(|k| format!("{k:width$}  {}\n", plain(&cell(value, k))))
         .collect()
 }
 
@@ -158,5 +165,13 @@ mod tests {
         assert_eq!(cell(&v, "on"), "true");
         assert_eq!(preview("abc\ndef", 10), "abc def");
         assert_eq!(preview("abcdefghij", 5), "abcd…");
+        assert_eq!(plain("jira:\u{1b}[2Jissue\u{7}"), "jira: [2Jissue ");
+        let mut table = Table::new(&["EVENT"]);
+        table.row(vec!["a\u{1b}]0;title\u{7}b".into()]);
+        assert_eq!(table.render(), "EVENT\na ]0;title b\n");
+        assert_eq!(
+            fields(&json!({"event": "x\ry"}), &["event"]),
+            "event  x y\n"
+        );
     }
 }

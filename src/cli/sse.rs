@@ -2,8 +2,8 @@
 //! live tail: bytes in, messages out.
 //!
 //! Only what the tail needs: `event`, `id` and `data` fields, `:` comments
-//! skipped, a blank line ending a message. Lines are bounded so that a server
-//! that never ends one cannot make the reader hold without limit.
+//! skipped, a blank line ending a message. Lines and messages are bounded so
+//! that a server that never ends one cannot make the reader hold without limit.
 
 /// One message: its `event` type (`message` when none was given), its `id`,
 /// and its `data` lines joined by `\n`.
@@ -14,13 +14,16 @@ pub struct Message {
     pub data: String,
 }
 
-/// The longest line kept: an event's JSON, payload included, is one line.
+/// The longest line or message kept: an event's JSON, payload included, is
+/// one line.
 const MAX_LINE: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SseError {
     #[error("the server sent a line longer than {MAX_LINE} bytes")]
     LineTooLong,
+    #[error("the server sent a message longer than {MAX_LINE} bytes")]
+    MessageTooLong,
 }
 
 /// Feed it the stream's bytes as they come; it hands back each complete message.
@@ -42,7 +45,7 @@ impl Reader {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
-                if let Some(message) = self.line_ended(&String::from_utf8_lossy(&line)) {
+                if let Some(message) = self.line_ended(&String::from_utf8_lossy(&line))? {
                     messages.push(message);
                 }
             } else {
@@ -55,20 +58,20 @@ impl Reader {
         Ok(messages)
     }
 
-    fn line_ended(&mut self, line: &str) -> Option<Message> {
+    fn line_ended(&mut self, line: &str) -> Result<Option<Message>, SseError> {
         if line.is_empty() {
             // A message ends; one that had no data is no message.
             let data = self.data.take();
             let event = self.event.take();
             let id = self.id.take();
-            return data.map(|data| Message {
+            return Ok(data.map(|data| Message {
                 event: event.unwrap_or_else(|| "message".into()),
                 id,
                 data,
-            });
+            }));
         }
         if line.starts_with(':') {
-            return None;
+            return Ok(None);
         }
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
@@ -77,6 +80,9 @@ impl Reader {
             "id" => self.id = Some(value.to_string()),
             "data" => match &mut self.data {
                 Some(data) => {
+                    if data.len() + 1 + value.len() > MAX_LINE {
+                        return Err(SseError::MessageTooLong);
+                    }
                     data.push('\n');
                     data.push_str(value);
                 }
@@ -85,7 +91,7 @@ impl Reader {
             // `retry` and unknown fields mean nothing to the tail.
             _ => {}
         }
-        None
+        Ok(None)
     }
 }
 
@@ -131,5 +137,22 @@ mod tests {
         let mut reader = Reader::default();
         assert!(reader.feed(b"event: event\ndata: {}\n").unwrap().is_empty());
         assert_eq!(reader.feed(b"\n").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_message_that_never_ends_is_refused_not_held() {
+        let mut reader = Reader::default();
+        let line = format!("data: {}\n", "x".repeat(1024 * 1024));
+        let mut refused = None;
+        for n in 0..40 {
+            if let Err(e) = reader.feed(line.as_bytes()) {
+                refused = Some((n, e));
+                break;
+            }
+        }
+        let (n, e) = refused.expect("a 40 MiB message was held");
+        assert!(matches!(e, SseError::MessageTooLong), "{e}");
+        // 31 lines of 1 MiB are held; the 32nd would pass 32 MiB.
+        assert_eq!(n, 31, "refused once past the bound");
     }
 }

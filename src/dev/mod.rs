@@ -148,6 +148,12 @@ fn parse_product(s: &str) -> Result<Product, String> {
 const INSTALL_HINT: &str = " and run `hookrelay dev site` again (--keys-listen sets the key \
      server's address; the default, 127.0.0.1:8788, is the one the README's quick start uses)";
 
+/// Options that cannot work together or name something that is not there:
+/// the run exits 2, having started nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
 /// One webhook to send: its event and body.
 struct Webhook {
     event: String,
@@ -155,18 +161,20 @@ struct Webhook {
 }
 
 /// The webhooks `args` ask for, before anything is started.
-fn webhooks(args: &SiteArgs) -> anyhow::Result<Vec<Webhook>> {
+fn webhooks(args: &SiteArgs) -> Result<Vec<Webhook>, UsageError> {
     if let Some(path) = &args.file {
-        let size = std::fs::metadata(path)
-            .with_context(|| format!("cannot read --file {}", path.display()))?
-            .len();
+        let unreadable =
+            |e: std::io::Error| UsageError(format!("cannot read --file {}: {e}", path.display()));
+        let size = std::fs::metadata(path).map_err(unreadable)?.len();
         if size > MAX_FILE_BYTES {
-            bail!("--file {} is larger than 16 MiB", path.display());
+            return Err(UsageError(format!(
+                "--file {} is larger than 16 MiB",
+                path.display()
+            )));
         }
-        let body = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --file {}", path.display()))?;
+        let body = std::fs::read_to_string(path).map_err(unreadable)?;
         serde_json::from_str::<Value>(&body)
-            .with_context(|| format!("--file {} is not JSON", path.display()))?;
+            .map_err(|e| UsageError(format!("--file {} is not JSON: {e}", path.display())))?;
         return Ok(args
             .events
             .iter()
@@ -188,18 +196,15 @@ fn webhooks(args: &SiteArgs) -> anyhow::Result<Vec<Webhook>> {
     args.events
         .iter()
         .map(|event| {
-            let fixture = bundled
-                .clone()
-                .find(|f| f.event == event)
-                .with_context(|| {
-                    let known: Vec<&str> = bundled.clone().map(|f| f.event).collect();
-                    format!(
-                        "no bundled {} payload for `{event}` (bundled: {}); send your own with \
+            let fixture = bundled.clone().find(|f| f.event == event).ok_or_else(|| {
+                let known: Vec<&str> = bundled.clone().map(|f| f.event).collect();
+                UsageError(format!(
+                    "no bundled {} payload for `{event}` (bundled: {}); send your own with \
                      --file PATH --event {event}",
-                        args.product,
-                        known.join(", ")
-                    )
-                })?;
+                    args.product,
+                    known.join(", ")
+                ))
+            })?;
             Ok(Webhook {
                 event: fixture.event.into(),
                 body: fixture.body.into(),
@@ -220,7 +225,9 @@ pub async fn run(command: DevCommand) -> anyhow::Result<()> {
 async fn site(args: SiteArgs) -> anyhow::Result<()> {
     let webhooks = webhooks(&args)?;
     if args.receiver && args.admin_token.is_none() {
-        bail!("--receiver needs --admin-token (or HOOKRELAY_ADMIN_TOKEN)");
+        return Err(
+            UsageError("--receiver needs --admin-token (or HOOKRELAY_ADMIN_TOKEN)".into()).into(),
+        );
     }
     let client = site::client(REQUEST_TIMEOUT)?;
     // Short, so that client keys stay readable; random, so that runs never meet.

@@ -1,6 +1,7 @@
 //! `hookrelay dev site --receiver`: a small HTTP endpoint on loopback that
-//! prints each delivery hookrelay makes to it and answers 204, so that a
-//! newcomer sees events relayed (and replayed) as a subscriber would.
+//! prints each delivery hookrelay makes to it and answers 204 (401 when the
+//! signature is not valid), so that a newcomer sees events relayed (and
+//! replayed) as a subscriber would.
 //!
 //! Each delivery's Standard Webhooks signature is checked with the
 //! subscription's secret, by hookrelay's own [`crate::relay::signing::verify`].
@@ -80,12 +81,15 @@ impl Receiver {
     }
 }
 
-/// Every request is a delivery: printed, answered 204.
+/// Every request is a delivery: printed, and answered 204 when its signature
+/// is valid. One that is not is answered 401 and not counted as delivered, so
+/// a run never reports success for deliveries a real receiver would refuse.
 async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
-    let signature = if signed(state.key.get(), &req, &body) {
+    let valid = signed(state.key.get(), &req, &body);
+    let signature = if valid {
         "signature valid"
     } else {
-        "signature NOT valid"
+        "signature NOT valid: refused with 401"
     };
     match serde_json::from_slice::<Envelope>(&body) {
         Ok(envelope) => {
@@ -95,18 +99,24 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<State>) ->
                 envelope.id,
                 body.len()
             );
-            state
-                .seen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(envelope.id);
+            if valid {
+                state
+                    .seen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(envelope.id);
+            }
         }
         Err(_) => println!(
             "hookrelay dev site: received {} bytes that are not an event envelope ({signature})",
             body.len()
         ),
     }
-    HttpResponse::NoContent().finish()
+    if valid {
+        HttpResponse::NoContent().finish()
+    } else {
+        HttpResponse::Unauthorized().finish()
+    }
 }
 
 /// Whether `req` carries a valid Standard Webhooks signature of `body` under
@@ -123,5 +133,43 @@ pub fn signed(key: Option<&Vec<u8>>, req: &HttpRequest, body: &[u8]) -> bool {
             signing::verify(key, id, timestamp, body, signature)
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_delivery_signed_wrongly_is_refused_and_not_counted() {
+        let receiver = Receiver::start("127.0.0.1:0", None).unwrap();
+        let secret = signing::generate_secret();
+        receiver.set_secret(&secret).unwrap();
+        let key = signing::key(&secret).unwrap();
+        let other = signing::key(&signing::generate_secret()).unwrap();
+        let body = br#"{"id":"e1","event":"jira:issue_created"}"#;
+        let timestamp = chrono::Utc::now().timestamp();
+        let post = |key: &[u8]| {
+            reqwest::Client::new()
+                .post(&receiver.url)
+                .header("webhook-id", "msg_1")
+                .header("webhook-timestamp", timestamp.to_string())
+                .header(
+                    "webhook-signature",
+                    signing::sign(key, "msg_1", timestamp, body),
+                )
+                .body(body.to_vec())
+                .send()
+        };
+        let ids = ["e1".to_string()];
+        assert_eq!(post(&other).await.unwrap().status(), 401);
+        assert_eq!(
+            receiver.missing(&ids).len(),
+            1,
+            "a forged delivery is not one"
+        );
+        assert_eq!(post(&key).await.unwrap().status(), 204);
+        assert!(receiver.missing(&ids).is_empty());
+        receiver.stop().await;
     }
 }

@@ -226,7 +226,7 @@ async fn dev_site_reports_a_refused_webhook_and_exits_1() {
 }
 
 #[tokio::test]
-async fn dev_site_with_options_it_cannot_use_exits_2_or_1_before_starting() {
+async fn dev_site_with_options_it_cannot_use_exits_2_before_starting() {
     // --file without --event: a usage error.
     let output = dev_site(&["--file", "/nonexistent.json"]).await;
     assert_eq!(output.status.code(), Some(2));
@@ -257,11 +257,26 @@ async fn dev_site_with_options_it_cannot_use_exits_2_or_1_before_starting() {
         let mut all = vec!["--url", nowhere.as_str()];
         all.extend(args);
         let output = dev_site(&all).await;
-        assert_eq!(output.status.code(), Some(1), "{all:?}");
+        assert_eq!(output.status.code(), Some(2), "{all:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(says), "{all:?}: {stderr}");
         assert!(output.stdout.is_empty(), "{all:?}: nothing started");
     }
+    // It is a client: a server setting that would stop `serve` is not its
+    // concern, and is not what it reports.
+    let output = tokio::task::spawn_blocking(move || {
+        hookrelay()
+            .args(["dev", "site", "--url", nowhere.as_str()])
+            .args(["--event", "jira:worklog_created"])
+            .env("HOOKRELAY_LISTEN", "not an address")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no bundled jira payload"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
