@@ -396,7 +396,9 @@ async fn stream_events(
     query: web::Query<TailQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tail = query.into_inner().tail()?;
-    Ok(super::stream::events(&state, tail))
+    // Open until the client leaves or falls behind; the token it showed is
+    // the server's until a restart.
+    Ok(super::stream::events(&state, tail, std::future::pending()))
 }
 
 /// `GET /events/{id}`: one event with its payload, its deliveries and their attempts.

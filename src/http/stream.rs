@@ -8,6 +8,8 @@
 //! found. A watcher that falls [`crate::feed::CAPACITY`] events behind, such
 //! as a browser that stopped reading, gets `event: lagged` with the count it
 //! missed and the stream ends: nothing is buffered for it beyond the feed's ring.
+//! A stream opened by an inspector session gets `event: signed-out` and ends
+//! when that session does.
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{Event, Source};
-use crate::feed::{Next, Watcher};
+use crate::feed::{Announced, Next, Watcher};
 use crate::relay::matching;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -86,16 +88,40 @@ impl Tail {
     }
 }
 
-/// The `200 text/event-stream` answer carrying `tail` from now on.
-pub(crate) fn events(state: &AppState, tail: Tail) -> HttpResponse {
+/// The `200 text/event-stream` answer carrying `tail` from now on, until the
+/// client leaves, falls behind, or `until` resolves (then a last
+/// `signed-out` message says why it ended).
+pub(crate) fn events(
+    state: &AppState,
+    tail: Tail,
+    until: impl std::future::Future<Output = ()> + 'static,
+) -> HttpResponse {
+    use futures_util::StreamExt;
     // Watching starts before the answer's head goes out, so a client that has
     // the head sees every event stored after it.
     let watcher = state.publisher.feed().watch();
+    let ended = std::rc::Rc::new(std::cell::Cell::new(false));
+    let until = {
+        let ended = ended.clone();
+        async move {
+            until.await;
+            ended.set(true);
+        }
+    };
+    let last = futures_util::stream::once(async move {
+        ended.get().then(|| {
+            tracing::info!("live tail's session ended: closing it");
+            Ok(Bytes::from_static(
+                b"event: signed-out\ndata: {\"reason\":\"the session ended\"}\n\n",
+            ))
+        })
+    })
+    .filter_map(std::future::ready);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(messages(watcher, tail))
+        .streaming(messages(watcher, tail).take_until(until).chain(last))
 }
 
 enum Step {
@@ -118,7 +144,7 @@ fn messages(
                 Step::Watching => loop {
                     tokio::select! {
                         next = watcher.next() => match next {
-                            Next::Event(event) if tail.shows(&event) => match message(&event) {
+                            Next::Event(announced) if tail.shows(&announced.event) => match message(&announced) {
                                 Some(m) => break m,
                                 None => continue,
                             },
@@ -140,12 +166,21 @@ fn messages(
 }
 
 /// One event's SSE message; `None` (logged) if its stored payload cannot be read.
-fn message(event: &Event) -> Option<Bytes> {
-    let shown = super::admin::admin_event(event, true).ok()?;
+fn message(announced: &Announced) -> Option<Bytes> {
+    let event = &announced.event;
+    let shown = super::admin::admin_event(event, !announced.payload_omitted).ok()?;
     // The payload is embedded as received; line breaks in JSON can only be
     // whitespace between tokens (inside strings they are escaped), so they
     // become spaces and the message keeps its one `data:` line.
-    let data = match serde_json::to_string(&shown) {
+    let data = if announced.payload_omitted {
+        serde_json::to_value(&shown).map(|mut shown| {
+            shown["payload_omitted"] = true.into();
+            shown.to_string()
+        })
+    } else {
+        serde_json::to_string(&shown)
+    };
+    let data = match data {
         Ok(data) if data.contains(['\n', '\r']) => data.replace(['\n', '\r'], " "),
         Ok(data) => data,
         Err(e) => {
@@ -236,6 +271,51 @@ mod tests {
             "event: lagged\ndata: {\"missed\":7}\n\n"
         );
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn payloads_a_slow_watcher_has_not_read_stay_within_the_budget() {
+        let payload = event("jira:issue_created").payload;
+        // Room for two payloads.
+        let feed = Feed::with_budget(2 * payload.len() + 1);
+        let mut stream = Box::pin(messages(feed.watch(), Tail::default()));
+        text(stream.next().await);
+        let events: Vec<Event> = (0..4).map(|_| event("jira:issue_created")).collect();
+        for e in &events {
+            feed.announce(e);
+        }
+        assert_eq!(
+            feed.held_bytes(),
+            2 * payload.len(),
+            "two held, two left out"
+        );
+        let mut shown = Vec::new();
+        for _ in &events {
+            let message = text(stream.next().await);
+            let data = message
+                .lines()
+                .nth(2)
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap();
+            shown.push(serde_json::from_str::<serde_json::Value>(data).unwrap());
+        }
+        for (data, e) in shown.iter().zip(&events) {
+            assert_eq!(data["id"], e.id.to_string());
+        }
+        assert_eq!(shown[0]["payload"]["n"], 1);
+        assert_eq!(shown[1]["payload"]["n"], 1);
+        for data in &shown[2..] {
+            assert_eq!(data["payload_omitted"], true, "{data}");
+            assert!(data["payload"].is_null(), "{data}");
+            assert_eq!(data["event"], "jira:issue_created");
+        }
+        // Read, they are given back: the next one has its payload again.
+        assert_eq!(feed.held_bytes(), 0);
+        feed.announce(&events[0]);
+        let message = text(stream.next().await);
+        assert!(message.contains("\"payload\":{   \"n\": 1"), "{message}");
+        assert!(!message.contains("payload_omitted"), "{message}");
     }
 
     #[tokio::test]

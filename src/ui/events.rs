@@ -1,13 +1,15 @@
 //! Events: the live tail, the search, and one event with its deliveries,
 //! their attempt timelines and the replay buttons.
 
+use actix_web::http::StatusCode;
+use actix_web::ResponseError as _;
 use actix_web::{web, HttpResponse};
 use maud::html;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::layout::{csrf, json, notice, or_dash, shell, tag};
-use super::{api, body, page, query, see_other, text, Session, UiError};
+use super::{api, body, page, query, see_other, text, with_status, Session, UiError};
 use crate::http::admin::{self, Admin, ListQuery};
 use crate::http::stream::TailQuery;
 use crate::http::AppState;
@@ -70,13 +72,17 @@ fn source_select(current: &str) -> maud::Markup {
 }
 
 /// `GET /admin/tail/stream`: the admin API's stream, for the session.
+/// `GET /admin/tail/stream`: the live tail's events, for as long as the
+/// session lasts (signing out elsewhere or its expiry ends the stream with a
+/// `signed-out` message).
 pub async fn tail_stream(
-    _: Session,
+    session: Session,
     state: web::Data<AppState>,
     filters: web::Query<TailQuery>,
 ) -> Result<HttpResponse, UiError> {
     let tail = filters.into_inner().tail()?;
-    Ok(crate::http::stream::events(&state, tail))
+    let ended = session.ended(state.clone());
+    Ok(crate::http::stream::events(&state, tail, ended))
 }
 
 #[derive(Deserialize, Default)]
@@ -119,10 +125,12 @@ pub async fn list(
     asked.extend(given.iter().map(|(k, v)| (*k, v.as_str())));
     asked.push(("limit", "50"));
     let q: web::Query<ListQuery> = query(&asked)?;
-    let (found, error) =
+    // A search the API refused (400) or could not run (a store away: 503)
+    // is shown with why, under the API's status.
+    let (found, status, error) =
         match api(admin::list_events(Admin::signed_in(&session), state, q).await).await {
-            Ok(found) => (found, None),
-            Err(UiError::Api(e)) => (Value::Null, Some(e.to_string())),
+            Ok(found) => (found, StatusCode::OK, None),
+            Err(UiError::Api(e)) => (Value::Null, e.status_code(), Some(e.to_string())),
             Err(e) => return Err(e),
         };
     let next = found["next_cursor"]
@@ -130,39 +138,42 @@ pub async fn list(
         .map(|cursor| format!("?{}", super::query_string(&pairs(cursor))));
     let empty = Vec::new();
     let events = found["data"].as_array().unwrap_or(&empty);
-    Ok(page(shell(
-        &session,
-        "Events",
-        "events",
-        html! {
-            form.filters method="get" {
-                label { "Event" input name="event" value=(search.event) placeholder="jira:issue_*"; }
-                label { "Tenant" input name="tenant" value=(search.tenant); }
-                label { "Source" (source_select(&search.source)) }
-                label { "Webhook id" input name="webhook_id" value=(search.webhook_id); }
-                label { "Since (RFC 3339)" input name="since" value=(search.since) placeholder="2026-12-01T00:00:00Z"; }
-                label { "Until" input name="until" value=(search.until); }
-                button type="submit" { "Search" }
-            }
-            (notice(None, error.as_deref()))
-            table #events {
-                thead { tr { th { "Received" } th { "Event" } th { "Source" } th { "Tenant" } th { "Webhook id" } } }
-                tbody {
-                    @for e in events {
-                        tr {
-                            td { (text(&e["received_at"])) }
-                            td { a href=(session.href(&format!("/admin/events/{}", text(&e["id"])))) { (text(&e["event"])) } }
-                            td { (text(&e["source"])) }
-                            td { (or_dash(&e["tenant"]["client_key"])) }
-                            td { (or_dash(&e["webhook_id"])) }
-                        }
-                    }
-                    @if events.is_empty() { tr { td colspan="5" .muted { "No events match." } } }
+    Ok(with_status(
+        page(shell(
+            &session,
+            "Events",
+            "events",
+            html! {
+                form.filters method="get" {
+                    label { "Event" input name="event" value=(search.event) placeholder="jira:issue_*"; }
+                    label { "Tenant" input name="tenant" value=(search.tenant); }
+                    label { "Source" (source_select(&search.source)) }
+                    label { "Webhook id" input name="webhook_id" value=(search.webhook_id); }
+                    label { "Since (RFC 3339)" input name="since" value=(search.since) placeholder="2026-12-01T00:00:00Z"; }
+                    label { "Until" input name="until" value=(search.until); }
+                    button type="submit" { "Search" }
                 }
-            }
-            @if let Some(next) = next { p { a href=(next) { "Older →" } } }
-        },
-    )))
+                (notice(None, error.as_deref()))
+                table #events {
+                    thead { tr { th { "Received" } th { "Event" } th { "Source" } th { "Tenant" } th { "Webhook id" } } }
+                    tbody {
+                        @for e in events {
+                            tr {
+                                td { (text(&e["received_at"])) }
+                                td { a href=(session.href(&format!("/admin/events/{}", text(&e["id"])))) { (text(&e["event"])) } }
+                                td { (text(&e["source"])) }
+                                td { (or_dash(&e["tenant"]["client_key"])) }
+                                td { (or_dash(&e["webhook_id"])) }
+                            }
+                        }
+                        @if events.is_empty() { tr { td colspan="5" .muted { "No events match." } } }
+                    }
+                }
+                @if let Some(next) = next { p { a href=(next) { "Older →" } } }
+            },
+        )),
+        status,
+    ))
 }
 
 #[derive(Deserialize, Default)]

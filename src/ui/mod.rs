@@ -191,15 +191,31 @@ where
     match api(answer).await {
         Ok(_) => Ok(see_other(page)),
         Err(UiError::Api(e)) if !matches!(e, ApiError::NotFound) => {
-            Ok(refused(again(e.to_string()).await?))
+            Ok(refused_by(again(e.to_string()).await?, &e))
         }
         Err(e) => Err(e),
     }
 }
 
 /// A form shown again with why it was refused.
-fn refused(mut response: HttpResponse) -> HttpResponse {
-    *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+fn refused(response: HttpResponse) -> HttpResponse {
+    with_status(response, StatusCode::UNPROCESSABLE_ENTITY)
+}
+
+/// A page shown again with why the admin API did not do what was asked: 422
+/// when it refused the input, its own status when it failed (a store that is
+/// away is a 503, not a refusal), so nothing that failed is answered 2xx.
+fn refused_by(response: HttpResponse, e: &ApiError) -> HttpResponse {
+    let status = e.status_code();
+    if status.is_server_error() {
+        with_status(response, status)
+    } else {
+        refused(response)
+    }
+}
+
+fn with_status(mut response: HttpResponse, status: StatusCode) -> HttpResponse {
+    *response.status_mut() = status;
     response
 }
 

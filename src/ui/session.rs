@@ -41,9 +41,14 @@ pub fn wrong_tokens() -> WrongTokens {
         .build()
 }
 
+/// How often an open live tail checks that its session still is.
+const RECHECK: Duration = Duration::from_secs(5);
+
 /// A signed-in admin, with the CSRF token their forms carry.
 pub struct Session {
     id_hash: String,
+    /// When it expires (Unix milliseconds).
+    expires_at: i64,
     pub csrf: String,
     /// The context path links start with.
     pub base: String,
@@ -57,6 +62,27 @@ impl Session {
         } else {
             tracing::warn!("inspector form refused: wrong or missing CSRF token");
             Err(UiError::Csrf)
+        }
+    }
+
+    /// Resolves when this session ends: at its expiry, or at the first check
+    /// (every [`RECHECK`]) that finds it signed out, opened with an admin
+    /// token that is no longer the one, or the store unable to say. What
+    /// stays open after sign-in (the live tail) ends with it.
+    pub fn ended(&self, state: web::Data<AppState>) -> impl Future<Output = ()> + 'static {
+        let id_hash = self.id_hash.clone();
+        let expires_at = self.expires_at;
+        async move {
+            loop {
+                let left = expires_at - chrono::Utc::now().timestamp_millis();
+                let Ok(left) = u64::try_from(left) else {
+                    return;
+                };
+                tokio::time::sleep(RECHECK.min(Duration::from_millis(left))).await;
+                if !matches!(current(&state, &id_hash).await, Ok(Some(_))) {
+                    return;
+                }
+            }
         }
     }
 
@@ -91,27 +117,36 @@ impl FromRequest for Session {
             let state = state(&req)?;
             let base = state.config.context_path.clone();
             let sign_in = || UiError::SignIn(format!("{base}/admin/login"));
-            let (Some(cookie), Some(token)) = (req.cookie(COOKIE), &state.config.admin_token)
-            else {
+            let Some(cookie) = req.cookie(COOKIE) else {
                 return Err(sign_in());
             };
             let id_hash = hash(cookie.value());
-            let Some(session) = state.store.ui_session(&id_hash).await? else {
+            let Some(session) = current(&state, &id_hash).await? else {
                 return Err(sign_in());
             };
-            let current = token_print(token.expose_secret());
-            if session.expires_at <= chrono::Utc::now().timestamp_millis()
-                || !bool::from(session.token_print.as_bytes().ct_eq(current.as_bytes()))
-            {
-                return Err(sign_in());
-            }
             Ok(Session {
                 id_hash,
+                expires_at: session.expires_at,
                 csrf: session.csrf,
                 base: base.clone(),
             })
         })
     }
+}
+
+/// The session whose cookie hashes to `id_hash`, if it is open: not expired,
+/// and opened with the admin token now configured.
+async fn current(state: &AppState, id_hash: &str) -> Result<Option<UiSession>, UiError> {
+    let Some(token) = &state.config.admin_token else {
+        return Ok(None);
+    };
+    let Some(session) = state.store.ui_session(id_hash).await? else {
+        return Ok(None);
+    };
+    let print = token_print(token.expose_secret());
+    let open = session.expires_at > chrono::Utc::now().timestamp_millis()
+        && bool::from(session.token_print.as_bytes().ct_eq(print.as_bytes()));
+    Ok(open.then_some(session))
 }
 
 /// `GET /admin`: to the overview.

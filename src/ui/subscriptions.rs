@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::layout::{csrf, json as pretty, notice, or_dash, shell, tag};
-use super::{api, body, page, refused, see_other, text, Session, UiError};
+use super::{api, body, page, refused, refused_by, see_other, text, Session, UiError};
 use crate::domain::EventId;
 use crate::http::admin::Admin;
 use crate::http::error::ApiError;
@@ -257,7 +257,7 @@ pub async fn create(
             )
             .await
         }
-        Err(UiError::Api(e)) => Ok(refused(new_page(&session, &f, Some(&e.to_string())))),
+        Err(UiError::Api(e)) => Ok(refused_by(new_page(&session, &f, Some(&e.to_string())), &e)),
         Err(e) => Err(e),
     }
 }
@@ -428,7 +428,7 @@ pub async fn replay(
             render(&session, &state, &id, Some(&message), None, None, None).await
         }
         Err(UiError::Api(e)) if !matches!(e, ApiError::NotFound) => {
-            render(
+            let page = render(
                 &session,
                 &state,
                 &id,
@@ -437,7 +437,8 @@ pub async fn replay(
                 None,
                 None,
             )
-            .await
+            .await?;
+            Ok(refused_by(page, &e))
         }
         Err(e) => Err(e),
     }
@@ -483,7 +484,8 @@ pub async fn try_it(
             None,
             None,
         )
-        .await;
+        .await
+        .map(refused);
     };
     let envelope_text = event.envelope_json();
     let verdict = matching::Matcher::new(&sub).and_then(|m| {

@@ -4,13 +4,14 @@
 
 use std::time::Instant;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::layout::{csrf, json as pretty, notice, or_dash, shell, tag};
-use super::{api, body, page, refused, text, Session, UiError};
+use super::{api, body, page, refused, refused_by, text, with_status, Session, UiError};
 use crate::domain::{EventId, InvocationId, TriggerId};
 use crate::http::admin::Admin;
 use crate::http::error::ApiError;
@@ -227,7 +228,7 @@ pub async fn create(
             )
             .await
         }
-        Err(UiError::Api(e)) => Ok(refused(new_page(&session, &f, Some(&e.to_string())))),
+        Err(UiError::Api(e)) => Ok(refused_by(new_page(&session, &f, Some(&e.to_string())), &e)),
         Err(e) => Err(e),
     }
 }
@@ -383,7 +384,8 @@ pub async fn test_run(
             None,
             None,
         )
-        .await;
+        .await
+        .map(refused);
     };
     let mut headers = actix_web::http::header::HeaderMap::new();
     for line in f.headers.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -397,7 +399,9 @@ pub async fn test_run(
             Some((name, value)) => headers.append(name, value),
             None => {
                 let why = format!("header line `{line}` is not `Name: value`");
-                return render(&session, &state, &id, None, Some(&why), None, None).await;
+                return render(&session, &state, &id, None, Some(&why), None, None)
+                    .await
+                    .map(refused);
             }
         }
     }
@@ -426,7 +430,15 @@ pub async fn test_run(
             None,
             None,
         )
-        .await;
+        .await
+        .map(|page| {
+            let mut page = with_status(page, StatusCode::SERVICE_UNAVAILABLE);
+            page.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from_static("1"),
+            );
+            page
+        });
     };
     let bridge = state.script_calls.bridge(
         trigger.tenant.clone(),

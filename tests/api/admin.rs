@@ -302,3 +302,146 @@ async fn sign_in_pauses_after_ten_wrong_tokens() {
         .unwrap();
     assert_eq!(listed.status(), 200);
 }
+
+/// A client that does not follow redirects, signed in to the inspector: the
+/// session cookie (`name=value`) and the CSRF token of its forms.
+async fn sign_in(app: &TestApp) -> (reqwest::Client, String, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = client
+        .post(app.url("/admin/login"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = client
+        .get(app.url("/admin/tail"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF field on the page")
+        .to_string();
+    (client, cookie, csrf)
+}
+
+/// An inspector's live tail lasts as long as its session: signing out (here
+/// from another tab, with the same cookie) ends the open stream with a
+/// `signed-out` message, and the stream closes.
+#[tokio::test]
+async fn an_inspector_tail_ends_when_its_session_does() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.admin_token = Some(TOKEN.into())).await;
+    let (client, cookie, csrf) = sign_in(&app).await;
+    let mut stream = client
+        .get(app.url("/admin/tail/stream"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut buffer = String::new();
+    let jira = Site::new("jira");
+    app.install(&jira).await;
+    let stored: Value = app
+        .webhook(&jira, "jira:issue_created", r#"{"n": 1}"#, &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let shown = next_message(&mut stream, &mut buffer, "event").await;
+    assert_eq!(shown["id"], stored["id"]);
+
+    let signed_out = client
+        .post(app.url("/admin/logout"))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), 303);
+    let last = next_message(&mut stream, &mut buffer, "signed-out").await;
+    assert_eq!(last["reason"], "the session ended");
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk())
+        .await
+        .expect("the stream closes after saying so")
+        .unwrap();
+    assert_eq!(end, None, "nothing follows the signed-out message");
+}
+
+/// Inspector pages that show why something was not done answer with a
+/// status that says so: never 200 for a refusal or a failure.
+#[tokio::test]
+async fn inspector_refusals_are_not_answered_200() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.admin_token = Some(TOKEN.into())).await;
+    let (client, cookie, csrf) = sign_in(&app).await;
+    let search = client
+        .get(app.url("/admin/events?since=yesterday"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(search.status(), 400);
+    assert!(search
+        .text()
+        .await
+        .unwrap()
+        .contains("since must be an RFC 3339 time"));
+
+    let created: Value = app
+        .client
+        .post(app.url("/admin/api/v1/subscriptions"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"url": "https://example.com/hook", "events": ["jira:*"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let tried = client
+        .post(app.url(&format!("/admin/subscriptions/{id}/try")))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("event_id", "not-an-event")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tried.status(), 422);
+    assert!(tried
+        .text()
+        .await
+        .unwrap()
+        .contains("no stored event with that id"));
+
+    // The store gone: an edit is not "refused", it failed.
+    let _broken = app.break_store().await;
+    let edit = client
+        .post(app.url(&format!("/admin/subscriptions/{id}")))
+        .header("Cookie", &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("url", "https://example.com/other"),
+            ("events", "jira:*"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(edit.status().is_server_error(), "{}", edit.status());
+}

@@ -30,7 +30,10 @@ function tail(section) {
     link.textContent = e.event;
     name.appendChild(link);
     cell(tr, e.tenant ? e.tenant.client_key : "–");
-    cell(tr, JSON.stringify(e.payload === undefined ? null : e.payload).slice(0, 160), "preview");
+    const preview = e.payload_omitted
+      ? "(payload left out of the live feed: open the event)"
+      : JSON.stringify(e.payload === undefined ? null : e.payload).slice(0, 160);
+    cell(tr, preview, "preview");
     rows.insertBefore(tr, rows.firstChild);
     while (rows.children.length > keep) rows.removeChild(rows.lastChild);
   }
@@ -56,6 +59,10 @@ function tail(section) {
       try { show(e); } catch (err) { status.textContent = "cannot show an event: " + err; }
     }
   });
+  source.addEventListener("signed-out", () => {
+    source.close();
+    window.location.reload();
+  });
   source.addEventListener("lagged", (message) => {
     const missed = JSON.parse(message.data).missed;
     status.textContent = "fell behind: " + missed + " events not shown; reconnecting…";
@@ -67,6 +74,8 @@ function refresh(element) {
   setInterval(async () => {
     try {
       const response = await fetch(element.dataset.refresh, { credentials: "same-origin" });
+      // Sent to the sign-in form: the session is over, so is the page.
+      if (response.redirected) { window.location.reload(); return; }
       if (response.ok) element.innerHTML = await response.text();
     } catch (_) { /* the next tick tries again */ }
   }, every);
