@@ -404,18 +404,9 @@ async fn inspector_refusals_are_not_answered_200() {
         .unwrap()
         .contains("since must be an RFC 3339 time"));
 
-    let created: Value = app
-        .client
-        .post(app.url("/admin/api/v1/subscriptions"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"url": "https://example.com/hook", "events": ["jira:*"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap();
+    let (id, _) = crate::relay::AdminApi::of(&app.address)
+        .subscribe(serde_json::json!({"url": "https://example.com/hook", "events": ["jira:*"]}))
+        .await;
     let tried = client
         .post(app.url(&format!("/admin/subscriptions/{id}/try")))
         .header("Cookie", &cookie)
