@@ -17,6 +17,7 @@ use super::stream::TailQuery;
 use super::AppState;
 use crate::domain::{ClientKey, Envelope, Event, EventId};
 use crate::store::EventFilter;
+use crate::telemetry::catalog::AUTH_FAILURES;
 
 const DEFAULT_LIMIT: i64 = 20;
 pub(crate) const MAX_LIMIT: i64 = 100;
@@ -83,11 +84,20 @@ impl FromRequest for Admin {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(
-            check_admin(req).inspect_err(|e| tracing::warn!(reason = %e, "admin request refused")),
-        )
+        ready(check_admin(req).inspect_err(|e| {
+            tracing::warn!(reason = %e, "admin request refused");
+            let reason = match e {
+                ApiError::Unauthorized(why) if why.starts_with("missing") => "missing_token",
+                ApiError::Unauthorized(why) if why.starts_with("wrong") => "wrong_token",
+                _ => "disabled",
+            };
+            metrics::counter!(AUTH_FAILURES, "source" => "admin", "reason" => reason).increment(1);
+        }))
     }
 }
+
+/// The `reason` labels of the admin API's refusals in the auth failure counter.
+pub(crate) const AUTH_REASONS: &[&str] = &["missing_token", "wrong_token", "disabled"];
 
 fn check_admin(req: &HttpRequest) -> Result<Admin, ApiError> {
     let state = req

@@ -621,6 +621,21 @@ async fn proxy(
     .await
 }
 
+/// The `reason` labels of the proxy's API key refusals in the auth failure
+/// counter.
+pub(crate) const API_KEY_AUTH_REASONS: &[&str] = &["missing", "unknown", "expired", "not_allowed"];
+
+/// `e`, counted as an API key refused for `reason`.
+fn key_refused(reason: &'static str, e: ApiError) -> ApiError {
+    metrics::counter!(
+        crate::telemetry::catalog::AUTH_FAILURES,
+        "source" => "api_key",
+        "reason" => reason
+    )
+    .increment(1);
+    e
+}
+
 async fn proxy_inner(
     req: &HttpRequest,
     tenant: &ClientKey,
@@ -634,18 +649,26 @@ async fn proxy_inner(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| ApiError::BadKey("missing `Authorization: Bearer <API key>`".into()))?;
+        .ok_or_else(|| {
+            key_refused(
+                "missing",
+                ApiError::BadKey("missing `Authorization: Bearer <API key>`".into()),
+            )
+        })?;
     let key = state
         .store
         .api_key_by_hash(&key_hash(presented))
         .await?
-        .ok_or_else(|| ApiError::BadKey("unknown API key".into()))?;
+        .ok_or_else(|| key_refused("unknown", ApiError::BadKey("unknown API key".into())))?;
     tracing::Span::current().record("api_key_id", key.id.as_str());
     if let Some(expired) = key.expires_at.filter(|at| *at <= chrono::Utc::now()) {
-        return Err(ApiError::BadKey(format!(
-            "this API key expired at {}",
-            format_timestamp(expired)
-        )));
+        return Err(key_refused(
+            "expired",
+            ApiError::BadKey(format!(
+                "this API key expired at {}",
+                format_timestamp(expired)
+            )),
+        ));
     }
     if !state.key_touches.contains_key(&key.id) {
         state.key_touches.insert(key.id.clone(), ()).await;
@@ -665,24 +688,26 @@ async fn proxy_inner(
     let method = req.method().clone();
     if let Some(tenants) = &key.tenants {
         if !tenants.contains(&tenant.0) {
-            return Err(ApiError::Forbidden(format!(
-                "this API key may not call tenant `{}`",
-                tenant.0
-            )));
+            return Err(key_refused(
+                "not_allowed",
+                ApiError::Forbidden(format!("this API key may not call tenant `{}`", tenant.0)),
+            ));
         }
     }
     if let Some(methods) = &key.methods {
         if !methods.iter().any(|m| m == method.as_str()) {
-            return Err(ApiError::Forbidden(format!(
-                "this API key may not use {method}"
-            )));
+            return Err(key_refused(
+                "not_allowed",
+                ApiError::Forbidden(format!("this API key may not use {method}")),
+            ));
         }
     }
     if let Some(prefixes) = &key.paths {
         if !prefixes.iter().any(|prefix| under(&path, prefix)) {
-            return Err(ApiError::Forbidden(format!(
-                "this API key may not call `{path}`"
-            )));
+            return Err(key_refused(
+                "not_allowed",
+                ApiError::Forbidden(format!("this API key may not call `{path}`")),
+            ));
         }
     }
     let (body, _held) =

@@ -86,6 +86,10 @@ pub const AUTH_FAILURE_REASONS: &[(&str, &[&str])] = &[
     ("jira-admin", sources::ADMIN_AUTH_REASONS),
     // A web trigger's refusal is labelled with the trigger's auth type.
     ("webtrigger", &["key", "hmac-sha256", "standard-webhooks"]),
+    // The admin API's bearer token, the inspector's sign-in, the proxy's keys.
+    ("admin", admin::AUTH_REASONS),
+    ("inspector", &["wrong_token", "paused"]),
+    ("api_key", bridge::API_KEY_AUTH_REASONS),
 ];
 
 /// Counts a source's request that ended in an error answer, by why. (Stored
@@ -166,37 +170,49 @@ pub fn app(
         app = app.service(web::scope(&context_path).configure(routes));
     }
     app.configure(routes)
-        .wrap_fn(|req, srv| {
-            let started = Instant::now();
-            let method = req.method().clone();
-            // Echo the request id tracing-actix-web assigned, so a caller can quote it.
-            let request_id = req
-                .extensions()
-                .get::<tracing_actix_web::RequestId>()
-                .map(|id| id.to_string());
-            let route = req.extensions_mut().remove::<MatchedRoute>();
-            let fut = srv.call(req);
-            async move {
-                let result = fut.await;
-                let status = match &result {
-                    Ok(response) => response.status(),
-                    Err(e) => e.as_response_error().status_code(),
-                };
-                let route = route.map_or(Cow::Borrowed(UNMATCHED), |r| Cow::Owned(r.0));
-                answered(&method, route, status, started, request_id.as_deref());
-                let mut response = result?;
-                // A web trigger's script may set its own, which is its answer.
-                let name = HeaderName::from_static("x-request-id");
-                if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-                    if !response.headers().contains_key(&name) {
-                        response.headers_mut().insert(name, id);
-                    }
-                }
-                Ok(response)
-            }
-        })
+        .wrap_fn(access)
         .wrap(ErrorHandlers::new().default_handler(json_error))
         .wrap(TracingLogger::<RedactedRootSpan>::new())
+}
+
+/// The access log line, the HTTP metrics and the `X-Request-Id` answer header
+/// of each request; inside [`TracingLogger`], which assigns the id and finds
+/// the route. Both the server's app and the worker's probes use it.
+pub(crate) fn access<S, B>(
+    req: ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<B>, actix_web::Error>> + 'static
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: 'static,
+{
+    let started = Instant::now();
+    let method = req.method().clone();
+    // Echo the request id tracing-actix-web assigned, so a caller can quote it.
+    let request_id = req
+        .extensions()
+        .get::<tracing_actix_web::RequestId>()
+        .map(|id| id.to_string());
+    let route = req.extensions_mut().remove::<MatchedRoute>();
+    let fut = srv.call(req);
+    async move {
+        let result = fut.await;
+        let status = match &result {
+            Ok(response) => response.status(),
+            Err(e) => e.as_response_error().status_code(),
+        };
+        let route = route.map_or(Cow::Borrowed(UNMATCHED), |r| Cow::Owned(r.0));
+        answered(&method, route, status, started, request_id.as_deref());
+        let mut response = result?;
+        // A web trigger's script may set its own, which is its answer.
+        let name = HeaderName::from_static("x-request-id");
+        if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+            if !response.headers().contains_key(&name) {
+                response.headers_mut().insert(name, id);
+            }
+        }
+        Ok(response)
+    }
 }
 
 /// The route label of a request no route matched (a 404).

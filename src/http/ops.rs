@@ -48,6 +48,8 @@ pub fn ops_app(
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound)
         }))
+        .wrap_fn(super::access)
+        .wrap(tracing_actix_web::TracingLogger::<super::RedactedRootSpan>::new())
 }
 
 /// The process is up and serving HTTP.

@@ -135,8 +135,25 @@ pub enum CallError {
     Store(#[from] StoreError),
 }
 
+/// Every `outcome` label of the bridge's call counter: answered (`ok`, or
+/// `error_status` for a 4xx/5xx from the product), or why there was no answer.
+pub const CALL_OUTCOMES: &[&str] = &[
+    "ok",
+    "error_status",
+    "no_tenant",
+    "no_credentials",
+    "bad_path",
+    "bad_method",
+    "rate_limited",
+    "unreachable",
+    "timeout",
+    "too_large",
+    "busy",
+    "store",
+];
+
 impl CallError {
-    /// The `outcome` label of the metrics.
+    /// The `outcome` label of the metrics (one of [`CALL_OUTCOMES`]).
     fn label(&self) -> &'static str {
         match self {
             CallError::UnknownTenant(_) | CallError::NotInstalled(..) => "no_tenant",
@@ -663,6 +680,26 @@ fn cut(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_outcome_label_is_registered_at_start() {
+        let errors = [
+            CallError::UnknownTenant("t".into()),
+            CallError::NotInstalled("t".into(), "uninstalled"),
+            CallError::NoCredentials("none".into()),
+            CallError::BadPath("p".into()),
+            CallError::BadMethod("TRACE".into()),
+            CallError::RateLimited(Duration::from_secs(1)),
+            CallError::Unreachable("refused".into()),
+            CallError::Timeout(Duration::from_secs(1)),
+            CallError::TooLarge(1),
+            CallError::Busy,
+            CallError::Store(StoreError::Invalid("away".into())),
+        ];
+        for e in &errors {
+            assert!(CALL_OUTCOMES.contains(&e.label()), "{}", e.label());
+        }
+    }
 
     #[test]
     fn paths_stay_under_the_base() {

@@ -330,9 +330,10 @@ const SCRIPT_OUTCOMES: &[&str] = &[
     "crashed",
 ];
 
-/// Buckets for request-sized latencies (HTTP, scripts): 1 ms to 10 s.
+/// Buckets for request-sized latencies (HTTP, scripts): 1 ms to 60 s, since
+/// a script may run up to 55 s (and a sync trigger's request with it).
 const FAST_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// Buckets for outbound calls and publish delays: 5 ms to 60 s.
@@ -387,7 +388,7 @@ pub fn describe_and_register() {
         }
     }
     for &caller in BRIDGE_CALLERS {
-        for outcome in ["ok", "error_status"] {
+        for &outcome in crate::product::CALL_OUTCOMES {
             metrics::counter!(BRIDGE_CALLS, "caller" => caller, "outcome" => outcome).absolute(0);
         }
         let _ = metrics::histogram!(BRIDGE_DURATION, "caller" => caller);

@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 use super::{layout, UiError};
 use crate::http::AppState;
 use crate::store::UiSession;
+use crate::telemetry::catalog::AUTH_FAILURES;
 
 const COOKIE: &str = "hookrelay_session";
 /// How long a session lasts from sign-in.
@@ -205,6 +206,8 @@ pub async fn login(
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     if state.wrong_tokens.get(&peer).await.unwrap_or(0) >= MAX_WRONG_TOKENS {
         tracing::warn!(%peer, "inspector sign-in refused: too many wrong tokens from this address");
+        metrics::counter!(AUTH_FAILURES, "source" => "inspector", "reason" => "paused")
+            .increment(1);
         return Ok(HttpResponse::TooManyRequests()
             .insert_header(("Retry-After", SIGN_IN_PAUSE.as_secs().to_string()))
             .content_type("text/html; charset=utf-8")
@@ -223,6 +226,8 @@ pub async fn login(
             .entry(peer)
             .and_upsert_with(|seen| async move { seen.map_or(1, |n| n.into_value() + 1) })
             .await;
+        metrics::counter!(AUTH_FAILURES, "source" => "inspector", "reason" => "wrong_token")
+            .increment(1);
         return Ok(refuse("That is not the admin token."));
     }
     let id = random_token();

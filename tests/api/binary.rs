@@ -618,6 +618,10 @@ async fn worker_serves_health_readiness_and_metrics() {
 
     let health = get("/healthz").await.unwrap();
     assert_eq!(health.status(), 200);
+    assert!(
+        health.headers().contains_key("x-request-id"),
+        "probes are logged with a request id like every other request"
+    );
     let ready = get("/readyz").await.unwrap();
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();
@@ -629,6 +633,15 @@ async fn worker_serves_health_readiness_and_metrics() {
         .headers()
         .get("content-type")
         .is_some_and(|v| v.to_str().unwrap_or_default().starts_with("text/plain")));
+    // The worker's own series (relay, broker) and its probes' requests.
+    let text = metrics.text().await.unwrap();
+    for series in [
+        "hookrelay_delivery_attempts_total{outcome=\"delivered\"} 0",
+        "hookrelay_broker_up 1",
+        "hookrelay_http_requests_total{route=\"/readyz\",status=\"200\"} 1",
+    ] {
+        assert!(text.contains(series), "no `{series}` in:\n{text}");
+    }
     // Nothing else is served there.
     assert_eq!(get("/admin/api/v1/events").await.unwrap().status(), 404);
 
