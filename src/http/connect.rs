@@ -46,10 +46,13 @@ pub(super) fn signed_request(req: &HttpRequest) -> SignedRequest<'_> {
 }
 
 /// Logs why authentication failed and turns it into the answer: 503 when the
-/// failure is ours (store or key server), 401 otherwise.
+/// failure is ours (store or key server), 401 otherwise. Only the caller's
+/// failures count as auth failures; ours are an outage (intake counts them as
+/// `unavailable`), so an alert on refused credentials does not fire for one.
 fn auth_failure(e: AuthError) -> ApiError {
-    metrics::counter!(AUTH_FAILURES, "source" => "connect", "reason" => auth_reason(&e))
-        .increment(1);
+    if let Some(reason) = auth_reason(&e) {
+        metrics::counter!(AUTH_FAILURES, "source" => "connect", "reason" => reason).increment(1);
+    }
     match &e {
         AuthError::QshMismatch { canonical } => {
             tracing::warn!(reason = %e, canonical = %canonical, "request not authenticated")
@@ -86,13 +89,11 @@ pub(super) const AUTH_REASONS: &[&str] = &[
     "audience",
     "kid",
     "unknown_kid",
-    "key_server",
-    "store",
     "replayed",
 ];
 
-fn auth_reason(e: &AuthError) -> &'static str {
-    match e {
+fn auth_reason(e: &AuthError) -> Option<&'static str> {
+    Some(match e {
         AuthError::MissingToken => "missing_token",
         AuthError::Malformed(_) => "malformed",
         AuthError::WrongAlgorithm => "algorithm",
@@ -108,9 +109,8 @@ fn auth_reason(e: &AuthError) -> &'static str {
         AuthError::WrongAudience => "audience",
         AuthError::BadKid => "kid",
         AuthError::UnknownKid => "unknown_kid",
-        AuthError::KeyServer(_) => "key_server",
-        AuthError::Store(_) => "store",
-    }
+        AuthError::KeyServer(_) | AuthError::Store(_) => return None,
+    })
 }
 
 /// Lifecycle bodies are a few KiB; this is far more than any real one.

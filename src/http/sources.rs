@@ -75,7 +75,6 @@ pub(super) const FORGE_AUTH_REASONS: &[&str] = &[
     "isolated_cloud",
     "unknown_kid",
     "signature",
-    "jwks",
     "replayed",
     "tenant_kind",
 ];
@@ -198,7 +197,11 @@ async fn forge_event(
 }
 
 fn forge_refused(e: ForgeError) -> ApiError {
-    count("forge", e.reason());
+    // Keys that cannot be had are an outage (counted by intake as
+    // `unavailable`), not a credential refused.
+    if !e.is_unavailable() {
+        count("forge", e.reason());
+    }
     if e.is_unavailable() {
         tracing::error!(reason = %e, "cannot verify Forge invocation tokens now");
         ApiError::Unavailable("cannot verify the request now, retry later".into())
