@@ -649,8 +649,14 @@ impl RawConfig {
     /// `hookrelay config check`: loads and validates the settings, and gives
     /// them back as [`RawConfig::redacted_toml`] prints them.
     pub fn check(file: Option<&Path>) -> Result<String, ConfigError> {
-        let raw = Self::load(file)?;
+        let mut raw = Self::load(file)?;
         raw.clone().validate()?;
+        // Shown as in effect: the relay queue's name when left to default,
+        // and the one binding it always has.
+        if raw.relay_queue.name.trim().is_empty() {
+            raw.relay_queue.name = format!("{}.relay", raw.exchange.trim());
+        }
+        raw.relay_queue.bindings = vec!["#".into()];
         raw.redacted_toml()
     }
 

@@ -471,6 +471,11 @@ fn config_check_prints_the_settings_with_secrets_redacted() {
         printed["amqp_url"].as_str(),
         Some("amqp://guest:[redacted]@mq:5672/%2f")
     );
+    // What a default comes to is shown, not the empty setting.
+    assert_eq!(
+        printed["relay_queue"]["name"].as_str(),
+        Some("hookrelay.events.relay")
+    );
 
     // Invalid: the error, exit 1, nothing printed.
     let stderr = one_line_failure(
