@@ -279,8 +279,18 @@ async fn dev_site_with_options_it_cannot_use_exits_2_before_starting() {
     assert!(stderr.contains("no bundled jira payload"), "{stderr}");
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM: either way the run cleans up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_site_receiver_prints_deliveries_and_replays_then_unsubscribes_on_ctrl_c() {
+    receiver_run_then_stopped_by("INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_site_receiver_unsubscribes_on_sigterm_too() {
+    receiver_run_then_stopped_by("TERM").await;
+}
+
+async fn receiver_run_then_stopped_by(signal: &str) {
     let keys_listen = format!("127.0.0.1:{}", free_port());
     let app = app_trusting(Backend::Sqlite, &keys_listen, |c| {
         c.allow_private_destinations = true;
@@ -328,7 +338,7 @@ async fn dev_site_receiver_prints_deliveries_and_replays_then_unsubscribes_on_ct
     let line = wait_for(&|l| l.contains(&delivered));
     assert!(line.contains("signature valid"), "{line}");
 
-    run.signal("INT");
+    run.signal(signal);
     let status = tokio::task::block_in_place(|| run.wait_exit(wait));
     assert!(status.success(), "{status:?}");
     let lines = tokio::task::block_in_place(|| run.all_lines(wait));
