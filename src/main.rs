@@ -353,21 +353,9 @@ async fn migrated_store(config: &Config) -> anyhow::Result<Store> {
 
 /// SIGINT or SIGTERM starts a graceful shutdown.
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = hookrelay::startup::sigterm() => tracing::info!("SIGTERM received"),
     }
     shutdown.cancel();
 }

@@ -25,6 +25,19 @@ use crate::relay::{self, Relay};
 use crate::store::Store;
 use crate::telemetry;
 
+/// Resolves when the process gets SIGTERM (never, off Unix or when the
+/// handler cannot be set up). With Ctrl-C, what every long-running command
+/// stops on.
+pub async fn sigterm() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        term.recv().await;
+        return;
+    }
+    std::future::pending::<()>().await
+}
+
 pub struct Application {
     port: u16,
     server: actix_web::dev::Server,

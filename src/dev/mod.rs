@@ -249,20 +249,9 @@ async fn site(args: SiteArgs) -> anyhow::Result<()> {
 pub async fn stop_on_ctrl_c(stop: CancellationToken, who: &str) {
     // SIGTERM (a `timeout`, a process manager) cleans up as Ctrl-C does, so a
     // run stopped either way leaves no subscription behind.
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
         interrupted = tokio::signal::ctrl_c() => if interrupted.is_err() { return },
-        _ = term => {}
+        _ = crate::startup::sigterm() => {}
     }
     eprintln!("{who}: interrupted; cleaning up (Ctrl-C again to quit at once)");
     stop.cancel();
