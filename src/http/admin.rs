@@ -84,14 +84,13 @@ impl FromRequest for Admin {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(check_admin(req).inspect_err(|e| {
+        let Some(state) = req.app_data::<web::Data<AppState>>() else {
+            return ready(Err(ApiError::Internal));
+        };
+        ready(check_admin(req, state).map_err(|(reason, e)| {
             tracing::warn!(reason = %e, "admin request refused");
-            let reason = match e {
-                ApiError::Unauthorized(why) if why.starts_with("missing") => "missing_token",
-                ApiError::Unauthorized(why) if why.starts_with("wrong") => "wrong_token",
-                _ => "disabled",
-            };
             metrics::counter!(AUTH_FAILURES, "source" => "admin", "reason" => reason).increment(1);
+            e
         }))
     }
 }
@@ -99,13 +98,13 @@ impl FromRequest for Admin {
 /// The `reason` labels of the admin API's refusals in the auth failure counter.
 pub(crate) const AUTH_REASONS: &[&str] = &["missing_token", "wrong_token", "disabled"];
 
-fn check_admin(req: &HttpRequest) -> Result<Admin, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or(ApiError::Internal)?;
+/// The admin, or why not: one of [`AUTH_REASONS`] and the answer.
+fn check_admin(req: &HttpRequest, state: &AppState) -> Result<Admin, (&'static str, ApiError)> {
+    let refused = |reason, why: &str| (reason, ApiError::Unauthorized(why.into()));
     let Some(expected) = &state.config.admin_token else {
-        return Err(ApiError::Unauthorized(
-            "admin API disabled: set HOOKRELAY_ADMIN_TOKEN".into(),
+        return Err(refused(
+            "disabled",
+            "admin API disabled: set HOOKRELAY_ADMIN_TOKEN",
         ));
     };
     let given = req
@@ -113,7 +112,7 @@ fn check_admin(req: &HttpRequest) -> Result<Admin, ApiError> {
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+        .ok_or_else(|| refused("missing_token", "missing bearer token"))?;
     if bool::from(
         given
             .trim()
@@ -122,7 +121,7 @@ fn check_admin(req: &HttpRequest) -> Result<Admin, ApiError> {
     ) {
         Ok(Admin(()))
     } else {
-        Err(ApiError::Unauthorized("wrong bearer token".into()))
+        Err(refused("wrong_token", "wrong bearer token"))
     }
 }
 

@@ -199,13 +199,11 @@ async fn forge_event(
 fn forge_refused(e: ForgeError) -> ApiError {
     // Keys that cannot be had are an outage (counted by intake as
     // `unavailable`), not a credential refused.
-    if !e.is_unavailable() {
-        count("forge", e.reason());
-    }
     if e.is_unavailable() {
         tracing::error!(reason = %e, "cannot verify Forge invocation tokens now");
         ApiError::Unavailable("cannot verify the request now, retry later".into())
     } else {
+        count("forge", e.reason());
         tracing::warn!(reason = %e, "Forge request not authenticated");
         ApiError::Unauthorized(e.to_string())
     }

@@ -11,6 +11,8 @@
 //! A stream opened by an inspector session gets `event: signed-out` and ends
 //! when that session does.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use actix_web::web::Bytes;
@@ -24,6 +26,9 @@ use crate::feed::{Announced, Next, Watcher};
 use crate::relay::matching;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The last message of a stream whose session ended.
+const SIGNED_OUT: &[u8] = b"event: signed-out\ndata: {\"reason\":\"the session ended\"}\n\n";
 
 /// The tail's filters, as query parameters.
 #[derive(Deserialize, Default, utoipa::IntoParams)]
@@ -94,34 +99,16 @@ impl Tail {
 pub(crate) fn events(
     state: &AppState,
     tail: Tail,
-    until: impl std::future::Future<Output = ()> + 'static,
+    until: impl Future<Output = ()> + 'static,
 ) -> HttpResponse {
-    use futures_util::StreamExt;
     // Watching starts before the answer's head goes out, so a client that has
     // the head sees every event stored after it.
     let watcher = state.publisher.feed().watch();
-    let ended = std::rc::Rc::new(std::cell::Cell::new(false));
-    let until = {
-        let ended = ended.clone();
-        async move {
-            until.await;
-            ended.set(true);
-        }
-    };
-    let last = futures_util::stream::once(async move {
-        ended.get().then(|| {
-            tracing::info!("live tail's session ended: closing it");
-            Ok(Bytes::from_static(
-                b"event: signed-out\ndata: {\"reason\":\"the session ended\"}\n\n",
-            ))
-        })
-    })
-    .filter_map(std::future::ready);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(messages(watcher, tail).take_until(until).chain(last))
+        .streaming(messages(watcher, tail, Box::pin(until)))
 }
 
 enum Step {
@@ -130,14 +117,17 @@ enum Step {
     Done,
 }
 
+/// The stream's messages: what `watcher` gets that `tail` shows, keep-alives,
+/// and a last message when it falls behind or `until` resolves.
 fn messages(
     watcher: Watcher,
     tail: Tail,
+    until: Pin<Box<dyn Future<Output = ()>>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
     let keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     futures_util::stream::unfold(
-        (Step::Start, watcher, tail, keep_alive),
-        |(step, mut watcher, tail, mut keep_alive)| async move {
+        (Step::Start, watcher, tail, keep_alive, until),
+        |(step, mut watcher, tail, mut keep_alive, mut until)| async move {
             let message = match step {
                 Step::Done => return None,
                 Step::Start => Bytes::from_static(b"retry: 3000\n: watching\n\n"),
@@ -152,15 +142,23 @@ fn messages(
                             Next::Lagged(missed) => {
                                 tracing::info!(missed, "live tail fell behind: closing it");
                                 let m = format!("event: lagged\ndata: {{\"missed\":{missed}}}\n\n");
-                                return Some((Ok(Bytes::from(m)), (Step::Done, watcher, tail, keep_alive)));
+                                return Some((Ok(Bytes::from(m)), (Step::Done, watcher, tail, keep_alive, until)));
                             }
                             Next::Closed => return None,
                         },
+                        () = &mut until => {
+                            tracing::info!("live tail's session ended: closing it");
+                            let m = Bytes::from_static(SIGNED_OUT);
+                            return Some((Ok(m), (Step::Done, watcher, tail, keep_alive, until)));
+                        }
                         _ = keep_alive.tick() => break Bytes::from_static(b": keep-alive\n\n"),
                     }
                 },
             };
-            Some((Ok(message), (Step::Watching, watcher, tail, keep_alive)))
+            Some((
+                Ok(message),
+                (Step::Watching, watcher, tail, keep_alive, until),
+            ))
         },
     )
 }
@@ -233,7 +231,11 @@ mod tests {
         }
         .tail()
         .unwrap();
-        let mut stream = Box::pin(messages(feed.watch(), tail));
+        let mut stream = Box::pin(messages(
+            feed.watch(),
+            tail,
+            Box::pin(std::future::pending()),
+        ));
         assert!(text(stream.next().await).starts_with("retry:"));
         feed.announce(&event("jira:comment_created"));
         let shown = event("jira:issue_created");
@@ -278,7 +280,11 @@ mod tests {
         let payload = event("jira:issue_created").payload;
         // Room for two payloads.
         let feed = Feed::with_budget(2 * payload.len() + 1);
-        let mut stream = Box::pin(messages(feed.watch(), Tail::default()));
+        let mut stream = Box::pin(messages(
+            feed.watch(),
+            Tail::default(),
+            Box::pin(std::future::pending()),
+        ));
         text(stream.next().await);
         let events: Vec<Event> = (0..4).map(|_| event("jira:issue_created")).collect();
         for e in &events {
@@ -321,7 +327,11 @@ mod tests {
     #[tokio::test]
     async fn closing_the_feed_ends_every_stream() {
         let feed = Feed::new();
-        let mut stream = Box::pin(messages(feed.watch(), Tail::default()));
+        let mut stream = Box::pin(messages(
+            feed.watch(),
+            Tail::default(),
+            Box::pin(std::future::pending()),
+        ));
         text(stream.next().await);
         feed.close();
         assert!(stream.next().await.is_none());

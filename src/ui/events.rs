@@ -71,7 +71,6 @@ fn source_select(current: &str) -> maud::Markup {
     }
 }
 
-/// `GET /admin/tail/stream`: the admin API's stream, for the session.
 /// `GET /admin/tail/stream`: the live tail's events, for as long as the
 /// session lasts (signing out elsewhere or its expiry ends the stream with a
 /// `signed-out` message).
